@@ -1,0 +1,36 @@
+"""Shared by the benchmarks: the labelled devset (../shared/data/faces/devset) and its embeddings."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+DEVSET = Path(os.environ.get("FACESTREAM_DEVSET", Path(__file__).resolve().parents[2] / "shared/data/faces/devset"))
+
+
+def labelled_images(devset: Path = DEVSET) -> list[tuple[Path, str]]:
+    with open(devset / "labels.csv", newline="") as fh:
+        return [(devset / row["path"], row["identity"]) for row in csv.DictReader(fh)]
+
+
+def embed_all(items: list[tuple[Path, str]]) -> tuple[np.ndarray, list[str], list[Path]]:
+    """One embedding per image (its largest face); images without a face are left out."""
+    from services.detector.logic import FaceDetector, align
+    from services.embedder.logic import OnnxRuntimeBackend
+
+    detector, backend = FaceDetector(), OnnxRuntimeBackend()
+    vectors, labels, paths = [], [], []
+    for path, identity in items:
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        faces = detector.detect(image) if image is not None else []
+        if not faces:
+            continue
+        face = max(faces, key=lambda f: f.area)
+        vectors.append(backend.embed([align(image, face)])[0])
+        labels.append(identity)
+        paths.append(path)
+    return np.stack(vectors), labels, paths

@@ -1,0 +1,135 @@
+"""The faust application: topics and one thin agent per service.
+
+Each agent takes a batch from its stream, hands it to the service's stage (plain logic, no
+Kafka), produces the outputs and dead letters, and waits until the broker has acknowledged all
+of them. Only then does the batch count as processed, so offsets are committed after the outputs
+exist (at-least-once; downstream ids are deterministic, so redelivery duplicates nothing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import faust
+
+from facestream import contracts
+from facestream.config import Settings
+from facestream.kafka import MAX_REQUEST, TOPICS
+from facestream.logs import get_logger
+from facestream.pipeline import Record, Stage, dead_letter
+
+log = get_logger(__name__)
+SERVICES = ("detector", "embedder", "matcher", "notifier")
+SOURCE = {"detector": "images", "embedder": "faces", "matcher": "embeddings", "notifier": "matches"}
+
+
+def _stage(name: str, settings: Settings, executor: ThreadPoolExecutor) -> Stage:
+    # Imported here so a worker loads only the models its services need.
+    if name == "detector":
+        from services.detector.stage import DetectorStage
+
+        return DetectorStage(settings, executor)
+    if name == "embedder":
+        from services.embedder.stage import EmbedderStage
+
+        return EmbedderStage(settings, executor=executor)
+    if name == "matcher":
+        from services.matcher.stage import MatcherStage
+
+        return MatcherStage(settings)
+    if name == "notifier":
+        from services.notifier.stage import NotifierStage
+
+        return NotifierStage(settings)
+    raise ValueError(f"unknown service {name!r}")
+
+
+def _headers(raw: Any) -> dict[str, bytes]:
+    if not raw:
+        return {}
+    items = raw.items() if isinstance(raw, dict) else raw
+    return {str(k): (v if isinstance(v, bytes) else str(v).encode()) for k, v in items}
+
+
+def app_id_for(settings: Settings, services: Sequence[str]) -> str:
+    """One consumer group for all four in one process, one per service when run alone."""
+    if set(services) == set(SERVICES):
+        return settings.app_id
+    return f"{settings.app_id}-{'-'.join(services)}"
+
+
+def create_app(
+    settings: Settings, services: Iterable[str] = SERVICES,
+    stage_factory: Callable[[str, Settings, ThreadPoolExecutor], Stage] = _stage,
+) -> faust.App:
+    services = tuple(services)
+    app_id = app_id_for(settings, services)
+    app = faust.App(
+        app_id,
+        broker=f"kafka://{settings.kafka_bootstrap}",
+        key_serializer="raw",
+        value_serializer="raw",
+        web_enabled=False,
+        topic_allow_declare=False,
+        topic_partitions=settings.partitions,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        producer_max_request_size=MAX_REQUEST,
+        consumer_max_fetch_size=MAX_REQUEST,
+        datadir=str(settings.data_dir / "faust" / app_id),
+    )
+    topics = {
+        name: app.topic(settings.topic(name), key_type=bytes, value_type=bytes,
+                        partitions=settings.partitions, internal=False)
+        for name in TOPICS
+    }
+    executor = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="facestream")
+    for name in services:
+        _register(app, name, topics, settings, executor, stage_factory)
+    return app
+
+
+def _register(
+    app: faust.App, name: str, topics: dict[str, Any], settings: Settings, executor: ThreadPoolExecutor,
+    stage_factory: Callable[[str, Settings, ThreadPoolExecutor], Stage],
+) -> None:
+    dlq = topics["dlq"]
+
+    async def agent(stream: Any) -> None:
+        stage = stage_factory(name, settings, executor)
+        await stage.start()
+        log.info("stage_started", stage=name)
+        try:
+            async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
+                records = [
+                    Record(e.message.value, e.message.key, e.message.topic, e.message.partition,
+                           e.message.offset, _headers(e.headers))
+                    for e in events
+                ]
+                outcomes = await stage.process(records)
+                pending = []
+                for record, outcome in zip(records, outcomes, strict=True):
+                    headers = {"trace-id": record.headers["trace-id"]} if "trace-id" in record.headers else {}
+                    if outcome.error is not None:
+                        letter = dead_letter(name, record, outcome.error)
+                        log.warning("dead_letter", stage=name, reason=letter["reason"], image_id=letter["image_id"],
+                                    detail=letter["detail"][:300])
+                        pending.append(await dlq.send(key=record.key, value=contracts.dumps(letter), headers=headers))
+                    for subscription, error in outcome.failures:
+                        letter = dead_letter(name, record, error, subscription)
+                        pending.append(await dlq.send(key=record.key, value=contracts.dumps(letter), headers=headers))
+                    for out in outcome.outputs:
+                        trace = out.value.get("trace_id")
+                        out_headers = {"trace-id": trace.encode()} if trace else headers
+                        pending.append(await topics[out.topic].send(
+                            key=out.key.encode(), value=contracts.dumps(out.value), headers=out_headers))
+                # The batch is acked (and its offsets become committable) only after this returns.
+                await asyncio.gather(*pending)
+        finally:
+            await stage.stop()
+            log.info("stage_stopped", stage=name)
+
+    app.agent(topics[SOURCE[name]], name=f"facestream.{name}")(agent)

@@ -1,0 +1,61 @@
+"""Building and publishing image submissions: what an upstream system does, in Python."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import uuid
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+
+from facestream import contracts
+from facestream.config import Settings
+from facestream.timeutil import now_iso
+
+
+def image_ref(path: Path, settings: Settings) -> dict[str, str]:
+    """Inline base64 when small enough, else a claim check (file URI + sha256)."""
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    if len(data) <= settings.inline_max_bytes:
+        return {"data_b64": base64.b64encode(data).decode(), "sha256": digest}
+    return {"uri": path.resolve().as_uri(), "sha256": digest}
+
+
+def search_intent(purpose: str, case_ref: str, requester: str, watchlists: list[str] | None = None) -> dict[str, Any]:
+    intent: dict[str, Any] = {"kind": "search", "purpose": purpose, "case_ref": case_ref, "requester": requester}
+    if watchlists:
+        intent["watchlists"] = watchlists
+    return intent
+
+
+def enroll_intent(
+    subject_id: str, watchlist: str, *, lawful_basis: str, consent_ref: str, retain_until: str,
+    source_attestation: str, enrolled_by: str,
+) -> dict[str, Any]:
+    return {
+        "kind": "enroll", "subject_id": subject_id, "watchlist": watchlist,
+        "consent": {"lawful_basis": lawful_basis, "consent_ref": consent_ref, "retain_until": retain_until,
+                    "source_attestation": source_attestation, "enrolled_by": enrolled_by},
+    }
+
+
+def submission(image_id: str, image: dict[str, str], intent: dict[str, Any], source: str,
+               captured_at: str | None = None) -> dict[str, Any]:
+    event = {
+        "schema_version": 1, "event_type": "image.submitted", "image_id": image_id,
+        "trace_id": uuid.uuid4().hex, "source": source, "captured_at": captured_at or now_iso(),
+        "submitted_at": now_iso(), "image": image, "intent": intent,
+    }
+    contracts.validate("image.submitted", event)
+    return event
+
+
+async def publish(producer: AIOKafkaProducer, settings: Settings, event: dict[str, Any]) -> Any:
+    """Send one submission keyed by its image id; returns the delivery future."""
+    return await producer.send(
+        settings.topic("images"), contracts.dumps(event), key=event["image_id"].encode(),
+        headers=[("trace-id", event["trace_id"].encode())],
+    )

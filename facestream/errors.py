@@ -1,0 +1,76 @@
+"""Every error facestream raises, in one hierarchy.
+
+`RejectedEvent` and its subclasses mean "this event cannot be processed, ever": the stage sends
+it to the dead-letter topic with `reason` and carries on. Anything else that escapes a stage is a
+fault of the stage or its dependencies, and is also dead-lettered (stage `internal`) so nothing is
+lost, but it is logged as an error.
+"""
+
+from __future__ import annotations
+
+
+class FacestreamError(Exception):
+    """Base of all facestream errors."""
+
+
+class ConfigError(FacestreamError):
+    """The configuration is invalid or incomplete."""
+
+
+class ModelError(FacestreamError):
+    """A model file is missing, altered, or does not have the expected inputs and outputs."""
+
+
+class RejectedEvent(FacestreamError):
+    """An event that can never be processed. `reason` is a short, stable machine-readable code."""
+
+    reason = "rejected"
+
+    def __init__(self, detail: str, *, reason: str | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        if reason is not None:
+            self.reason = reason
+
+
+class MalformedEvent(RejectedEvent):
+    """Not JSON, or JSON that does not validate against the event's contract."""
+
+    reason = "malformed_event"
+
+
+class ImageRejected(RejectedEvent):
+    """The image is missing, too large, of a type we do not decode, corrupt, or altered."""
+
+    reason = "image_rejected"
+
+
+class FetchRejected(ImageRejected):
+    """The image URI is not allowed (scheme, SSRF policy, path outside the store)."""
+
+    reason = "fetch_rejected"
+
+
+class FetchFailed(ImageRejected):
+    """The image URI is allowed but could not be fetched (unreachable, timeout, HTTP error)."""
+
+    reason = "fetch_failed"
+
+
+class EnrolmentRejected(RejectedEvent):
+    """An enrolment that would enrol the wrong face or none."""
+
+    reason = "enrolment_rejected"
+
+
+class DeliveryFailed(FacestreamError):
+    """A webhook could not be delivered after the configured attempts."""
+
+    def __init__(self, detail: str, *, status: int | None = None, attempts: int = 0) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.attempts = attempts
+
+
+class UnsafeDestination(FacestreamError):
+    """A URL resolves to an address the SSRF policy forbids."""

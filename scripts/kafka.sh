@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Local single-node Apache Kafka (KRaft) on loopback, from Maven Central jars.
+#   scripts/kafka.sh fetch | up | down | status
+# State lives under $FACESTREAM_HOME (default .facestream/): jars in kafka-lib/, the log
+# directory in kafka-data/, the broker's PID in kafka.pid.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+home=${FACESTREAM_HOME:-$root/.facestream}
+port=${FACESTREAM_KAFKA_PORT:-9092}
+ctl_port=${FACESTREAM_KAFKA_CONTROLLER_PORT:-9093}
+lib=$home/kafka-lib
+data=$home/kafka-data
+pidfile=$home/kafka.pid
+logfile=$home/kafka.log
+mkdir -p "$home"
+
+fetch() {
+  if [ -f "$lib/.complete" ]; then return 0; fi
+  echo "kafka: resolving broker jars from Maven Central" >&2
+  rm -rf "$lib"
+  mvn -q -B -f "$root/kafka/pom.xml" dependency:copy-dependencies \
+    -DoutputDirectory="$lib" -DincludeScope=runtime >&2
+  touch "$lib/.complete"
+}
+
+running() { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
+
+answers() { (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; }
+
+write_config() {
+  cat > "$home/server.properties" <<CONF
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$ctl_port
+listeners=PLAINTEXT://127.0.0.1:$port,CONTROLLER://127.0.0.1:$ctl_port
+advertised.listeners=PLAINTEXT://127.0.0.1:$port
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+log.dirs=$data
+num.partitions=1
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=8
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+group.initial.rebalance.delay.ms=0
+auto.create.topics.enable=false
+message.max.bytes=16777216
+CONF
+}
+
+java_run() {
+  java -Xms256m -Xmx1g -XX:+UseG1GC -Djava.awt.headless=true \
+    -Dlog4j2.configurationFile="$root/kafka/log4j2.yaml" \
+    -cp "$lib/*" "$@"
+}
+
+up() {
+  fetch
+  if running && answers; then echo "kafka: already running on 127.0.0.1:$port (pid $(cat "$pidfile"))"; return 0; fi
+  write_config
+  if [ ! -f "$data/meta.properties" ]; then
+    mkdir -p "$data"
+    java_run kafka.tools.StorageTool format -t "$(java_run kafka.tools.StorageTool random-uuid)" \
+      -c "$home/server.properties" >"$home/format.log" 2>&1 || { cat "$home/format.log" >&2; exit 1; }
+  fi
+  nohup java -Xms256m -Xmx1g -XX:+UseG1GC -Djava.awt.headless=true \
+    -Dlog4j2.configurationFile="$root/kafka/log4j2.yaml" \
+    -cp "$lib/*" kafka.Kafka "$home/server.properties" >"$logfile" 2>&1 &
+  echo $! > "$pidfile"
+  for _ in $(seq 1 120); do
+    if answers; then echo "kafka: up on 127.0.0.1:$port (pid $(cat "$pidfile"))"; return 0; fi
+    if ! running; then echo "kafka: broker exited; see $logfile" >&2; tail -n 30 "$logfile" >&2; exit 1; fi
+    sleep 0.5
+  done
+  echo "kafka: broker did not answer within 60 s; see $logfile" >&2; exit 1
+}
+
+down() {
+  if ! running; then echo "kafka: not running"; rm -f "$pidfile"; return 0; fi
+  pid=$(cat "$pidfile"); kill "$pid"
+  for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || { rm -f "$pidfile"; echo "kafka: stopped"; return 0; }; sleep 0.5; done
+  kill -9 "$pid" 2>/dev/null || true; rm -f "$pidfile"; echo "kafka: killed after 30 s"
+}
+
+status() {
+  if running && answers; then echo "kafka: running on 127.0.0.1:$port (pid $(cat "$pidfile"))"; else echo "kafka: not running"; return 3; fi
+}
+
+case "${1:-}" in
+  fetch) fetch ;;
+  up) up ;;
+  down) down ;;
+  status) status ;;
+  reset) down; rm -rf "$data" ;;
+  *) echo "usage: $0 fetch|up|down|status|reset" >&2; exit 2 ;;
+esac

@@ -1,0 +1,190 @@
+"""Face detection with YuNet on ONNX Runtime, quality gates and 5-point alignment.
+
+YuNet (2023mar) takes a fixed 640x640 BGR input, unnormalised. The image is scaled to fit and
+padded; the three stride heads (8, 16, 32) are decoded as in the model's reference decoder and
+filtered with NMS. Alignment maps the 5 landmarks onto the 112x112 template the embedder was
+trained on with a least-squares similarity transform.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+
+from facestream.errors import EnrolmentRejected
+from facestream.models import YUNET, path_of
+
+Image = np.ndarray[Any, np.dtype[np.uint8]]
+FloatArray = np.ndarray[Any, np.dtype[np.float32]]
+
+INPUT_SIZE = 640
+STRIDES = (8, 16, 32)
+ALIGNED_SIZE = 112
+# Landmark template for 112x112 crops (eyes, nose tip, mouth corners) used by SFace/ArcFace.
+TEMPLATE = np.array(
+    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
+    dtype=np.float64,
+)
+
+
+@dataclass(frozen=True)
+class Face:
+    bbox: tuple[float, float, float, float]  # x, y, w, h in source pixels
+    landmarks: tuple[tuple[float, float], ...]  # 5 points
+    score: float
+
+    @property
+    def size(self) -> float:
+        return min(self.bbox[2], self.bbox[3])
+
+    @property
+    def area(self) -> float:
+        return self.bbox[2] * self.bbox[3]
+
+
+@dataclass(frozen=True)
+class Quality:
+    face_px: float
+    sharpness: float
+
+
+def session_options(threads: int = 1) -> ort.SessionOptions:
+    opts = ort.SessionOptions()
+    # One thread per call: concurrency comes from running calls in parallel (one per core).
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return opts
+
+
+def _anchor_grids() -> dict[int, tuple[FloatArray, FloatArray]]:
+    grids = {}
+    for stride in STRIDES:
+        n = INPUT_SIZE // stride
+        rows, cols = np.mgrid[0:n, 0:n].astype(np.float32)
+        grids[stride] = (cols.reshape(-1), rows.reshape(-1))
+    return grids
+
+
+class FaceDetector:
+    """YuNet through ONNX Runtime. Thread-safe: `detect` may run in parallel threads."""
+
+    def __init__(self, score_threshold: float = 0.6, nms_threshold: float = 0.3, top_k: int = 50) -> None:
+        self.session = ort.InferenceSession(
+            str(path_of(YUNET)), session_options(), providers=["CPUExecutionProvider"]
+        )
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.score_threshold = score_threshold
+        self.nms_threshold = nms_threshold
+        self.top_k = top_k
+        self._grids = _anchor_grids()
+
+    def detect(self, image: Image) -> list[Face]:
+        """Faces in `image` (BGR), highest score first."""
+        height, width = image.shape[:2]
+        scale = INPUT_SIZE / max(height, width)
+        resized_w, resized_h = max(1, round(width * scale)), max(1, round(height * scale))
+        interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+        canvas = np.zeros((INPUT_SIZE, INPUT_SIZE, 3), dtype=np.uint8)
+        canvas[:resized_h, :resized_w] = cv2.resize(image, (resized_w, resized_h), interpolation=interp)
+        blob = canvas.transpose(2, 0, 1)[np.newaxis].astype(np.float32)
+        outputs = dict(zip(self.output_names, self.session.run(self.output_names, {self.input_name: blob}), strict=True))
+
+        boxes, landmarks, scores = [], [], []
+        for stride in STRIDES:
+            cols, rows = self._grids[stride]
+            cls = np.clip(outputs[f"cls_{stride}"][0, :, 0], 0, 1)
+            obj = np.clip(outputs[f"obj_{stride}"][0, :, 0], 0, 1)
+            score = np.sqrt(cls * obj)
+            keep = score >= self.score_threshold
+            if not keep.any():
+                continue
+            bbox = outputs[f"bbox_{stride}"][0][keep]
+            kps = outputs[f"kps_{stride}"][0][keep]
+            c, r = cols[keep], rows[keep]
+            cx, cy = (c + bbox[:, 0]) * stride, (r + bbox[:, 1]) * stride
+            w, h = np.exp(bbox[:, 2]) * stride, np.exp(bbox[:, 3]) * stride
+            boxes.append(np.stack([cx - w / 2, cy - h / 2, w, h], axis=1))
+            pts = kps.reshape(-1, 5, 2)
+            pts = np.stack([(pts[..., 0] + c[:, None]) * stride, (pts[..., 1] + r[:, None]) * stride], axis=-1)
+            landmarks.append(pts)
+            scores.append(score[keep])
+        if not boxes:
+            return []
+        all_boxes = np.concatenate(boxes) / scale
+        all_pts = np.concatenate(landmarks) / scale
+        all_scores = np.concatenate(scores)
+        kept = cv2.dnn.NMSBoxes(all_boxes.tolist(), all_scores.tolist(), self.score_threshold, self.nms_threshold, top_k=self.top_k)
+        faces = []
+        for i in np.asarray(kept).reshape(-1):
+            x, y, w, h = (float(v) for v in all_boxes[i])
+            # Clip to the image: faces at the border keep their visible part.
+            x0, y0 = max(0.0, x), max(0.0, y)
+            x1, y1 = min(float(width), x + w), min(float(height), y + h)
+            if x1 <= x0 or y1 <= y0:
+                continue
+            pts = tuple((float(px), float(py)) for px, py in all_pts[i])
+            faces.append(Face((x0, y0, x1 - x0, y1 - y0), pts, float(all_scores[i])))
+        faces.sort(key=lambda f: f.score, reverse=True)
+        return faces
+
+
+def similarity_transform(src: np.ndarray[Any, Any], dst: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    """Least-squares similarity (rotation, uniform scale, translation) mapping src onto dst (Umeyama)."""
+    n = src.shape[0]
+    src_mean, dst_mean = src.mean(axis=0), dst.mean(axis=0)
+    src_c, dst_c = src - src_mean, dst - dst_mean
+    cov = dst_c.T @ src_c / n
+    u, s, vt = np.linalg.svd(cov)
+    d = np.ones(2)
+    if np.linalg.det(u) * np.linalg.det(vt) < 0:
+        d[-1] = -1
+    rot = u @ np.diag(d) @ vt
+    var_src = (src_c**2).sum() / n
+    scale = (s * d).sum() / var_src
+    matrix = np.zeros((2, 3))
+    matrix[:, :2] = scale * rot
+    matrix[:, 2] = dst_mean - scale * rot @ src_mean
+    return matrix
+
+
+def align(image: Image, face: Face) -> Image:
+    """The 112x112 BGR crop of `face`, aligned to the embedder's landmark template."""
+    matrix = similarity_transform(np.array(face.landmarks, dtype=np.float64), TEMPLATE)
+    return cv2.warpAffine(image, matrix, (ALIGNED_SIZE, ALIGNED_SIZE), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)  # type: ignore[no-any-return]
+
+
+def quality(face: Face, aligned: Image) -> Quality:
+    """Face size in source pixels and sharpness (variance of the Laplacian of the aligned crop)."""
+    gray = cv2.cvtColor(aligned, cv2.COLOR_BGR2GRAY)
+    sharpness = float(cv2.Laplacian(gray, cv2.CV_64F).var())
+    return Quality(face_px=face.size, sharpness=sharpness)
+
+
+def passes(q: Quality, score: float, *, min_face_px: float, min_sharpness: float, min_score: float) -> str | None:
+    """None if the face passes the quality gates, else the reason it does not."""
+    if score < min_score:
+        return f"detection score {score:.2f} < {min_score}"
+    if q.face_px < min_face_px:
+        return f"face {q.face_px:.0f}px < {min_face_px}px"
+    if q.sharpness < min_sharpness:
+        return f"sharpness {q.sharpness:.1f} < {min_sharpness}"
+    return None
+
+
+def dominant_face(faces: list[Face], dominance: float) -> Face:
+    """For enrolment: the one face clearly larger than any other, never a bystander."""
+    if not faces:
+        raise EnrolmentRejected("no face passed the quality gates", reason="enrolment_no_face")
+    ordered = sorted(faces, key=lambda f: f.area, reverse=True)
+    if len(ordered) > 1 and ordered[0].area < dominance * ordered[1].area:
+        raise EnrolmentRejected(
+            f"{len(ordered)} faces of similar size; enrolment needs one dominant face",
+            reason="enrolment_ambiguous",
+        )
+    return ordered[0]

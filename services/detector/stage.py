@@ -1,0 +1,128 @@
+"""Detector stage: image.submitted → face.detected (one per face) or match.result `no_face`."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from collections.abc import Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from facestream import contracts, ids
+from facestream.config import Settings
+from facestream.errors import EnrolmentRejected
+from facestream.images import decode, fetch
+from facestream.logs import get_logger
+from facestream.net import guarded_client
+from facestream.pipeline import Outcome, Output, Record, carry
+from facestream.timeutil import now_iso
+from services.detector.logic import Face, FaceDetector, Image, Quality, align, dominant_face, passes, quality
+
+log = get_logger(__name__)
+REVIEW = "candidate: investigative lead, requires human confirmation"
+
+
+@dataclass(frozen=True)
+class Analysis:
+    faces: list[tuple[Face, Quality, Image]]
+    found: int
+    rejected: list[str]
+
+
+def analyse(data: bytes, detector: FaceDetector, settings: Settings, enrol: bool) -> Analysis:
+    """Decode, detect, align and gate. CPU-bound; runs in a worker thread."""
+    image = decode(data, settings)
+    faces = detector.detect(image)
+    kept: list[tuple[Face, Quality, Image]] = []
+    rejected: list[str] = []
+    for face in faces:
+        crop = align(image, face)
+        q = quality(face, crop)
+        why = passes(q, face.score, min_face_px=settings.min_face_px,
+                     min_sharpness=settings.min_sharpness, min_score=settings.det_score_threshold)
+        if why is None:
+            kept.append((face, q, crop))
+        else:
+            rejected.append(why)
+    if enrol:
+        # Dominance is judged among all detected faces, so a bystander is never enrolled
+        # because the main face failed a quality gate.
+        chosen = dominant_face(faces, settings.enrol_dominance)
+        kept = [k for k in kept if k[0] is chosen]
+        if not kept:
+            raise EnrolmentRejected(f"the dominant face fails quality gates: {'; '.join(rejected)}",
+                                    reason="enrolment_low_quality")
+    return Analysis(kept, len(faces), rejected)
+
+
+def face_events(event: dict[str, Any], analysis: Analysis, trace_id: str, seconds: float) -> list[Output]:
+    base = carry(event, "image_id", "intent", "source", "captured_at", "submitted_at")
+    now = now_iso()
+    if not analysis.faces:
+        reason = "no face found" if analysis.found == 0 else "; ".join(analysis.rejected)[:500]
+        return [Output("matches", event["image_id"], {
+            "schema_version": 1, "event_type": "match.result",
+            "event_id": ids.event_id("match", event["image_id"]), "trace_id": trace_id,
+            "status": "no_face", "face_index": None, "face_count": 0, "candidates": [],
+            "reason": reason, "review": REVIEW, "occurred_at": now, "timings": {"detector": seconds}, **base,
+        })]
+    outputs = []
+    for index, (face, q, crop) in enumerate(analysis.faces):
+        outputs.append(Output("faces", event["image_id"], {
+            "schema_version": 1, "event_type": "face.detected",
+            "event_id": ids.event_id("face", event["image_id"], index), "trace_id": trace_id,
+            "face_index": index, "face_count": len(analysis.faces),
+            "bbox": [round(v, 1) for v in face.bbox],
+            "landmarks": [[round(x, 1), round(y, 1)] for x, y in face.landmarks],
+            "det_score": round(face.score, 4),
+            "quality": {"face_px": round(q.face_px, 1), "sharpness": round(q.sharpness, 1)},
+            "aligned": {"format": "bgr8", "width": 112, "height": 112,
+                        "data_b64": base64.b64encode(crop.tobytes()).decode()},
+            "occurred_at": now, "timings": {"detector": seconds}, **base,
+        }))
+    return outputs
+
+
+class DetectorStage:
+    name = "detector"
+
+    def __init__(self, settings: Settings, executor: Executor | None = None,
+                 client: httpx.AsyncClient | None = None) -> None:
+        self.settings = settings
+        self.executor = executor
+        self.client = client
+        self.detector: FaceDetector | None = None
+
+    async def start(self) -> None:
+        self.detector = FaceDetector(score_threshold=min(0.5, self.settings.det_score_threshold))
+        if self.client is None:
+            self.client = guarded_client(self.settings.allow_private, self.settings.fetch_timeout_s)
+
+    async def stop(self) -> None:
+        if self.client is not None:
+            await self.client.aclose()
+
+    async def _one(self, record: Record) -> Outcome:
+        assert self.detector is not None and self.client is not None
+        try:
+            event = contracts.loads(record.value, "image.submitted")
+            started = time.perf_counter()
+            trace_id = event.get("trace_id") or record.trace_id or ids.event_id("trace", event["image_id"])
+            data = await fetch(event["image"], self.settings, self.client)
+            enrol = event["intent"]["kind"] == "enroll"
+            loop = asyncio.get_running_loop()
+            analysis = await loop.run_in_executor(self.executor, analyse, data, self.detector, self.settings, enrol)
+            seconds = round(time.perf_counter() - started, 4)
+            log.info("detected", image_id=event["image_id"], trace_id=trace_id, faces=len(analysis.faces),
+                     found=analysis.found, seconds=seconds)
+            return Outcome(face_events(event, analysis, trace_id, seconds))
+        except Exception as exc:
+            return Outcome(error=exc)
+
+    async def process(self, records: Sequence[Record]) -> list[Outcome]:
+        # Images of a batch are fetched and analysed concurrently (threads release the GIL).
+        return list(await asyncio.gather(*(self._one(r) for r in records)))

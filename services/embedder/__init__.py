@@ -1,0 +1,1 @@
+"""Embedder: batches aligned faces and embeds them (SFace) through a pluggable backend."""

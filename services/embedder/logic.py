@@ -1,0 +1,74 @@
+"""Face embedding backends. `EmbeddingBackend` is the interface; `OnnxRuntimeBackend` runs SFace
+in-process (the embedded default). A Triton backend implements the same interface."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+
+from facestream.errors import ModelError
+from facestream.models import SFACE, path_of
+from services.detector.logic import ALIGNED_SIZE, session_options
+
+FloatArray = np.ndarray[Any, np.dtype[np.float32]]
+Crop = np.ndarray[Any, np.dtype[np.uint8]]
+
+
+class EmbeddingBackend(Protocol):
+    """Turns aligned 112x112 BGR crops into L2-normalised embeddings."""
+
+    model_name: str
+    model_version: str
+    dim: int
+
+    def embed(self, crops: list[Crop]) -> FloatArray:
+        """Embeddings of `crops`, shape (len(crops), dim), each row of unit length."""
+        ...
+
+
+def preprocess(crops: list[Crop]) -> FloatArray:
+    """NCHW float32 RGB, unscaled, as SFace expects."""
+    for crop in crops:
+        if crop.shape != (ALIGNED_SIZE, ALIGNED_SIZE, 3):
+            raise ValueError(f"crop shape {crop.shape} != (112, 112, 3)")
+    batch = np.stack([cv2.cvtColor(c, cv2.COLOR_BGR2RGB) for c in crops])
+    return np.ascontiguousarray(batch.transpose(0, 3, 1, 2), dtype=np.float32)
+
+
+def l2_normalise(vectors: FloatArray) -> FloatArray:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+class OnnxRuntimeBackend:
+    """SFace on ONNX Runtime in this process. Thread-safe: call `embed` from several threads."""
+
+    model_name = SFACE.name
+    model_version = SFACE.version
+
+    def __init__(self, threads: int = 1) -> None:
+        self.session = ort.InferenceSession(
+            str(path_of(SFACE)), session_options(threads), providers=["CPUExecutionProvider"]
+        )
+        inputs = self.session.get_inputs()
+        self.input_name = inputs[0].name
+        shape = inputs[0].shape
+        if list(shape[1:]) != [3, ALIGNED_SIZE, ALIGNED_SIZE]:
+            raise ModelError(f"SFace input shape {shape} != [N, 3, 112, 112]")
+        # The packaged file has a fixed batch of 1; a prepared model may have a dynamic one.
+        self.max_batch = shape[0] if isinstance(shape[0], int) else 64
+        self.output_name = self.session.get_outputs()[0].name
+        self.dim = int(self.session.get_outputs()[0].shape[1])
+
+    def embed(self, crops: list[Crop]) -> FloatArray:
+        if not crops:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        batch = preprocess(crops)
+        parts = [
+            self.session.run([self.output_name], {self.input_name: batch[i : i + self.max_batch]})[0]
+            for i in range(0, len(batch), self.max_batch)
+        ]
+        return l2_normalise(np.concatenate(parts).astype(np.float32))

@@ -1,0 +1,89 @@
+"""Embedder stage: face.detected batches → face.embedded, one backend call per batch."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+from collections.abc import Sequence
+from concurrent.futures import Executor
+from typing import Any
+
+import numpy as np
+
+from facestream import contracts, ids
+from facestream.config import Settings
+from facestream.errors import MalformedEvent
+from facestream.logs import get_logger
+from facestream.pipeline import Outcome, Output, Record, carry
+from facestream.timeutil import now_iso
+from services.embedder.logic import Crop, EmbeddingBackend, OnnxRuntimeBackend
+
+log = get_logger(__name__)
+CROP_BYTES = 112 * 112 * 3
+
+
+def crop_of(event: dict[str, Any]) -> Crop:
+    raw = base64.b64decode(event["aligned"]["data_b64"])
+    if len(raw) != CROP_BYTES:
+        raise MalformedEvent(f"aligned crop has {len(raw)} bytes, expected {CROP_BYTES}")
+    return np.frombuffer(raw, dtype=np.uint8).reshape(112, 112, 3)
+
+
+class EmbedderStage:
+    name = "embedder"
+
+    def __init__(self, settings: Settings, backend: EmbeddingBackend | None = None,
+                 executor: Executor | None = None) -> None:
+        self.settings = settings
+        self.backend = backend
+        self.executor = executor
+
+    async def start(self) -> None:
+        if self.backend is None:
+            self.backend = OnnxRuntimeBackend()
+
+    async def stop(self) -> None:
+        return None
+
+    def _embed_parallel(self, crops: list[Crop]) -> np.ndarray[Any, Any]:
+        assert self.backend is not None
+        return self.backend.embed(crops)
+
+    async def process(self, records: Sequence[Record]) -> list[Outcome]:
+        assert self.backend is not None
+        outcomes = [Outcome() for _ in records]
+        valid: list[tuple[int, dict[str, Any], Crop]] = []
+        for i, record in enumerate(records):
+            try:
+                event = contracts.loads(record.value, "face.detected")
+                valid.append((i, event, crop_of(event)))
+            except Exception as exc:
+                outcomes[i].error = exc
+        if not valid:
+            return outcomes
+        started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        crops = [c for _, _, c in valid]
+        # Split the batch across the executor's threads: ONNX Runtime releases the GIL.
+        n = max(1, min(self.settings.workers, len(crops)))
+        chunks = [crops[j::n] for j in range(n)]
+        parts = await asyncio.gather(*(loop.run_in_executor(self.executor, self._embed_parallel, c) for c in chunks))
+        vectors = np.zeros((len(crops), self.backend.dim), dtype=np.float32)
+        for j, part in enumerate(parts):
+            vectors[j::n] = part
+        seconds = (time.perf_counter() - started) / len(crops)
+        now = now_iso()
+        model = {"name": self.backend.model_name, "version": self.backend.model_version}
+        for (i, event, _), vector in zip(valid, vectors, strict=True):
+            out = carry(event, "image_id", "trace_id", "face_index", "face_count", "bbox", "det_score",
+                        "intent", "source", "captured_at", "submitted_at")
+            out.update({
+                "schema_version": 1, "event_type": "face.embedded",
+                "event_id": ids.event_id("embedding", event["image_id"], event["face_index"]),
+                "embedding": [round(float(v), 7) for v in vector], "model": model, "occurred_at": now,
+                "timings": {**event.get("timings", {}), "embedder": round(seconds, 4)},
+            })
+            outcomes[i].outputs.append(Output("embeddings", event["image_id"], out))
+        log.info("embedded", faces=len(valid), batch=len(records), seconds=round(seconds * len(valid), 4))
+        return outcomes

@@ -1,0 +1,1 @@
+"""Matcher: searches the enrolled gallery (Qdrant) or enrols into it."""

@@ -1,0 +1,1 @@
+"""Notifier: fans match results out to subscribers as signed Standard Webhooks."""

@@ -1,0 +1,67 @@
+"""Shared fixtures. Kafka is the real local broker (scripts/test.sh starts it; these fixtures
+start it too when a test is run on its own). The devset fixtures run only where
+../shared/data/faces/devset exists; everything else uses the committed sample photos."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from facestream.config import Settings
+from services.detector.logic import FaceDetector
+from services.embedder.logic import OnnxRuntimeBackend
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "samples"
+DEVSET = ROOT.parent / "shared" / "data" / "faces" / "devset"
+
+
+def sample(subject: str, index: int = 0) -> Path:
+    """The index-th photo of a sample subject, gallery photo first."""
+    photos = sorted((SAMPLES / "gallery" / subject).glob("*")) + sorted((SAMPLES / "probes" / subject).glob("*"))
+    return photos[index]
+
+
+def read(path: Path) -> np.ndarray:
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    assert image is not None, path
+    return image
+
+
+@pytest.fixture(scope="session")
+def detector() -> FaceDetector:
+    return FaceDetector()
+
+
+@pytest.fixture(scope="session")
+def backend() -> OnnxRuntimeBackend:
+    return OnnxRuntimeBackend()
+
+
+@pytest.fixture()
+def settings(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path / "state", image_roots=(SAMPLES, tmp_path), workers=2)
+
+
+@pytest.fixture(scope="session")
+def kafka() -> Iterator[str]:
+    """The bootstrap address of the real local broker, started here if it is not running."""
+    script = ROOT / "scripts" / "kafka.sh"
+    started = subprocess.call(["bash", str(script), "status"], stdout=subprocess.DEVNULL) != 0
+    if started:
+        subprocess.check_call(["bash", str(script), "up"])
+    yield "127.0.0.1:9092"
+    if started:
+        subprocess.call(["bash", str(script), "down"])
+
+
+@pytest.fixture(scope="session")
+def devset() -> Path:
+    if not (DEVSET / "labels.csv").exists():
+        pytest.skip("../shared/data/faces/devset is absent here; the suite passes without it")
+    return DEVSET

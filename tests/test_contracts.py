@@ -1,0 +1,91 @@
+"""The JSON Schemas in contracts/ are valid, accept well-formed events and name what is wrong."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import jsonschema
+import orjson
+import pytest
+
+from facestream import client, contracts
+from facestream.errors import MalformedEvent
+
+
+def submission(kind: str = "search") -> dict[str, Any]:
+    if kind == "search":
+        intent = client.search_intent("locate a missing person", "CASE-1", "officer-7")
+    else:
+        intent = client.enroll_intent("subj-1", "missing-persons", lawful_basis="explicit_consent",
+                                      consent_ref="consent/1", retain_until="2027-01-31",
+                                      source_attestation="photo provided by the family", enrolled_by="clerk-2")
+    return client.submission("img-1", {"data_b64": "aGVsbG8=", "sha256": "0" * 64}, intent, "camera-3")
+
+
+def test_every_schema_is_valid() -> None:
+    assert set(contracts.EVENT_TYPES) == {p.name.removesuffix(".schema.json")
+                                          for p in contracts.CONTRACTS_DIR.glob("*.schema.json")} - {"common"}
+    for path in contracts.CONTRACTS_DIR.glob("*.schema.json"):
+        schema = orjson.loads(path.read_bytes())
+        jsonschema.Draft202012Validator.check_schema(schema)
+        assert schema["$id"].endswith(path.name)
+
+
+@pytest.mark.parametrize("kind", ["search", "enroll"])
+def test_well_formed_submission_validates(kind: str) -> None:
+    event = submission(kind)
+    assert contracts.loads(contracts.dumps(event), "image.submitted") == event
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        (("intent", "consent"), "intent"),
+        (("intent", "consent", "lawful_basis"), "lawful_basis"),
+        (("intent", "consent", "retain_until"), "retain_until"),
+        (("image_id",), "image_id"),
+        (("captured_at",), "captured_at"),
+    ],
+)
+def test_enrolment_missing_a_field_is_rejected_with_its_name(path: tuple[str, ...], expected: str) -> None:
+    event = submission("enroll")
+    target = event
+    for part in path[:-1]:
+        target = target[part]
+    del target[path[-1]]
+    with pytest.raises(MalformedEvent) as info:
+        contracts.validate("image.submitted", event)
+    assert expected in str(info.value) or "intent" in str(info.value)
+
+
+def test_search_needs_purpose_case_and_requester() -> None:
+    for field in ("purpose", "case_ref", "requester"):
+        event = submission("search")
+        del event["intent"][field]
+        with pytest.raises(MalformedEvent):
+            contracts.validate("image.submitted", event)
+
+
+@pytest.mark.parametrize("raw", [b"not json", b"[1, 2]", b'{"schema_version": 2}', b"\xff\xfe"])
+def test_garbage_is_malformed(raw: bytes) -> None:
+    with pytest.raises(MalformedEvent):
+        contracts.loads(raw, "image.submitted")
+
+
+def test_bad_dates_and_digests_are_rejected() -> None:
+    event = submission("enroll")
+    event["intent"]["consent"]["retain_until"] = "next year"
+    with pytest.raises(MalformedEvent, match="retain_until"):
+        contracts.validate("image.submitted", event)
+    event = copy.deepcopy(submission())
+    event["image"] = {"uri": "file:///x.jpg", "sha256": "not-a-digest"}
+    with pytest.raises(MalformedEvent):
+        contracts.validate("image.submitted", event)
+
+
+def test_timestamps_must_be_rfc3339() -> None:
+    event = submission()
+    event["captured_at"] = "yesterday at noon"
+    with pytest.raises(MalformedEvent, match="captured_at"):
+        contracts.validate("image.submitted", event)

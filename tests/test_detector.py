@@ -1,0 +1,145 @@
+"""Detection, alignment and quality gates on real photos."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+
+import cv2
+import numpy as np
+import pytest
+
+from facestream import client, contracts
+from facestream.config import Settings
+from facestream.errors import EnrolmentRejected, MalformedEvent
+from facestream.models import YUNET, path_of
+from facestream.pipeline import Record
+from services.detector.logic import TEMPLATE, Face, FaceDetector, align, dominant_face, passes, quality
+from services.detector.stage import DetectorStage, analyse
+from tests.conftest import read, sample
+
+SUBJECTS = ["azure_family1_dad", "azure_family1_mom", "azure_family1_son", "azure_family2_lady", "azure_family2_man"]
+
+
+def side_by_side(*images: np.ndarray, gap: int = 40) -> np.ndarray:
+    height = max(i.shape[0] for i in images)
+    padded = [cv2.copyMakeBorder(i, 0, height - i.shape[0], 0, gap, cv2.BORDER_CONSTANT) for i in images]
+    return np.hstack(padded)
+
+
+@pytest.mark.parametrize("subject", SUBJECTS)
+def test_finds_the_one_face_like_the_reference_decoder(detector: FaceDetector, subject: str) -> None:
+    image = read(sample(subject))
+    faces = detector.detect(image)
+    assert len(faces) == 1
+    face = faces[0]
+    assert face.score > 0.8
+    # OpenCV's own YuNet implementation on the same model and scale is the reference.
+    h, w = image.shape[:2]
+    scale = 640 / max(h, w)
+    small = cv2.resize(image, (round(w * scale), round(h * scale)))
+    reference = cv2.FaceDetectorYN.create(str(path_of(YUNET)), "", (small.shape[1], small.shape[0]), 0.6, 0.3, 50)
+    _, found = reference.detect(small)
+    assert found is not None and len(found) == 1
+    ref_box = found[0][:4] / scale
+    assert np.allclose(face.bbox, ref_box, atol=0.03 * max(ref_box[2:]))
+    ref_pts = found[0][4:14].reshape(5, 2) / scale
+    assert np.allclose(np.array(face.landmarks), ref_pts, atol=0.03 * max(ref_box[2:]))
+
+
+def test_alignment_puts_landmarks_on_the_template(detector: FaceDetector) -> None:
+    image = read(sample("azure_family2_lady"))
+    face = detector.detect(image)[0]
+    crop = align(image, face)
+    assert crop.shape == (112, 112, 3) and crop.dtype == np.uint8
+    # Detect again on the upscaled crop: eyes, nose and mouth land near the template points.
+    again = detector.detect(cv2.resize(crop, (448, 448)))
+    assert again, "the aligned crop still shows a face"
+    pts = np.array(again[0].landmarks) / 4
+    assert np.abs(pts - TEMPLATE).max() < 6.0
+
+
+def test_every_face_of_a_group_photo(detector: FaceDetector) -> None:
+    group = side_by_side(*(read(sample(s)) for s in SUBJECTS[:3]))
+    faces = detector.detect(group)
+    assert len(faces) == 3
+    centres = sorted(f.bbox[0] + f.bbox[2] / 2 for f in faces)
+    assert centres[0] < centres[1] < centres[2]
+
+
+def test_no_face_in_a_blank_image(detector: FaceDetector) -> None:
+    assert detector.detect(np.full((300, 400, 3), 127, np.uint8)) == []
+
+
+def test_quality_gates(detector: FaceDetector) -> None:
+    image = read(sample("azure_family2_man"))
+    face = detector.detect(image)[0]
+    q = quality(face, align(image, face))
+    assert passes(q, face.score, min_face_px=24, min_sharpness=15, min_score=0.6) is None
+    assert "px" in (passes(q, face.score, min_face_px=10_000, min_sharpness=15, min_score=0.6) or "")
+    assert "score" in (passes(q, 0.3, min_face_px=24, min_sharpness=15, min_score=0.6) or "")
+    blurred = cv2.GaussianBlur(image, (0, 0), 6)
+    bface = detector.detect(blurred)
+    if bface:  # if the detector still finds it, the sharpness gate must catch it
+        bq = quality(bface[0], align(blurred, bface[0]))
+        assert bq.sharpness < q.sharpness
+        assert "sharpness" in (passes(bq, 0.9, min_face_px=24, min_sharpness=q.sharpness * 0.5, min_score=0.6) or "")
+
+
+def test_enrolment_takes_the_dominant_face_never_a_bystander() -> None:
+    big = Face((0, 0, 200, 200), ((0, 0),) * 5, 0.9)
+    small = Face((300, 0, 60, 60), ((0, 0),) * 5, 0.95)
+    similar = Face((600, 0, 180, 190), ((0, 0),) * 5, 0.9)
+    assert dominant_face([small, big], 2.0) is big
+    with pytest.raises(EnrolmentRejected, match="similar size"):
+        dominant_face([big, similar, small], 2.0)
+    with pytest.raises(EnrolmentRejected, match="no face"):
+        dominant_face([], 2.0)
+
+
+def test_enrolment_of_a_group_photo_is_refused(detector: FaceDetector, settings: Settings) -> None:
+    group = side_by_side(read(sample("azure_family1_dad")), read(sample("azure_family2_man")))
+    ok, data = cv2.imencode(".jpg", group)
+    assert ok
+    with pytest.raises(EnrolmentRejected) as info:
+        analyse(data.tobytes(), detector, settings, enrol=True)
+    assert info.value.reason == "enrolment_ambiguous"
+    # A search of the same photo yields both faces.
+    assert len(analyse(data.tobytes(), detector, settings, enrol=False).faces) == 2
+
+
+def _record(event: dict[str, object] | bytes, offset: int = 0) -> Record:
+    value = event if isinstance(event, bytes) else contracts.dumps(event)  # type: ignore[arg-type]
+    return Record(value, b"k", "facestream.images", 0, offset)
+
+
+async def test_stage_emits_valid_events_and_rejects_bad_input(settings: Settings) -> None:
+    stage = DetectorStage(settings)
+    await stage.start()
+    try:
+        intent = client.search_intent("test search", "CASE-9", "tester")
+        photo = sample("azure_family1_mom").read_bytes()
+        good = client.submission("img-good", {"data_b64": base64.b64encode(photo).decode(),
+                                              "sha256": hashlib.sha256(photo).hexdigest()}, intent, "test")
+        blank_bytes = cv2.imencode(".png", np.full((200, 200, 3), 200, np.uint8))[1].tobytes()
+        blank = client.submission("img-blank", {"data_b64": base64.b64encode(blank_bytes).decode()}, intent, "test")
+        corrupt = client.submission("img-corrupt", {"data_b64": base64.b64encode(b"\xff\xd8garbage").decode()}, intent, "test")
+        outcomes = await stage.process([_record(good), _record(blank, 1), _record(corrupt, 2), _record(b"{oops", 3)])
+    finally:
+        await stage.stop()
+    faces = outcomes[0].outputs
+    assert [o.topic for o in faces] == ["faces"] and outcomes[0].error is None
+    contracts.validate("face.detected", faces[0].value)
+    assert faces[0].value["intent"] == intent and faces[0].value["trace_id"] == good["trace_id"]
+    assert outcomes[1].outputs[0].value["status"] == "no_face"
+    contracts.validate("match.result", outcomes[1].outputs[0].value)
+    assert getattr(outcomes[2].error, "reason", None) == "undecodable"
+    assert isinstance(outcomes[3].error, MalformedEvent)
+    # Deterministic ids: the same submission again gives the same event id.
+    stage2 = DetectorStage(settings)
+    await stage2.start()
+    again = await stage2.process([_record(good)])
+    await stage2.stop()
+    assert again[0].outputs[0].value["event_id"] == faces[0].value["event_id"]
+    await asyncio.sleep(0)

@@ -1,0 +1,80 @@
+"""Embeddings on real faces: unit length, stable, and same-identity pairs score above others."""
+
+from __future__ import annotations
+
+import base64
+import itertools
+
+import numpy as np
+
+from facestream import contracts
+from facestream.config import Settings
+from facestream.errors import MalformedEvent
+from facestream.pipeline import Record
+from services.detector.logic import FaceDetector, align
+from services.embedder.logic import OnnxRuntimeBackend
+from services.embedder.stage import EmbedderStage
+from tests.conftest import SAMPLES, read
+
+PHOTOS = sorted(p for p in SAMPLES.rglob("*.jpg"))
+
+
+def embed(detector: FaceDetector, backend: OnnxRuntimeBackend) -> tuple[np.ndarray, list[str]]:
+    crops, labels = [], []
+    for path in PHOTOS:
+        image = read(path)
+        face = max(detector.detect(image), key=lambda f: f.area)
+        crops.append(align(image, face))
+        labels.append(path.parent.name)
+    return backend.embed(crops), labels
+
+
+def test_unit_length_and_deterministic(detector: FaceDetector, backend: OnnxRuntimeBackend) -> None:
+    vectors, _ = embed(detector, backend)
+    assert vectors.shape == (len(PHOTOS), 128) and vectors.dtype == np.float32
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    again, _ = embed(detector, backend)
+    assert np.allclose(vectors, again, atol=1e-6)
+
+
+def test_same_identity_scores_above_different_identity(detector: FaceDetector, backend: OnnxRuntimeBackend) -> None:
+    vectors, labels = embed(detector, backend)
+    same, different = [], []
+    for i, j in itertools.combinations(range(len(labels)), 2):
+        (same if labels[i] == labels[j] else different).append(float(vectors[i] @ vectors[j]))
+    assert min(same) > 0.4, "every mated pair of the samples is well above chance"
+    assert np.mean(same) > np.mean(different) + 0.4
+    # Ranking: for every photo, its nearest other photo is of the same person (where one exists).
+    sims = vectors @ vectors.T
+    np.fill_diagonal(sims, -1)
+    for i, label in enumerate(labels):
+        if labels.count(label) > 1:
+            assert labels[int(sims[i].argmax())] == label
+
+
+async def test_stage_batches_and_validates(detector: FaceDetector, settings: Settings) -> None:
+    from facestream import client, ids
+
+    image = read(PHOTOS[0])
+    crop = align(image, detector.detect(image)[0])
+    intent = client.search_intent("test search", "CASE-2", "tester")
+    event = {
+        "schema_version": 1, "event_type": "face.detected", "event_id": ids.event_id("face", "img-1", 0),
+        "image_id": "img-1", "trace_id": "t1", "face_index": 0, "face_count": 1, "bbox": [1, 2, 3, 4],
+        "landmarks": [[1, 1]] * 5, "det_score": 0.9, "quality": {"face_px": 100, "sharpness": 50},
+        "aligned": {"format": "bgr8", "width": 112, "height": 112, "data_b64": base64.b64encode(crop.tobytes()).decode()},
+        "intent": intent, "source": "test", "captured_at": "2026-01-01T00:00:00Z", "occurred_at": "2026-01-01T00:00:01Z",
+    }
+    contracts.validate("face.detected", event)
+    short = {**event, "aligned": {**event["aligned"], "data_b64": base64.b64encode(b"short").decode()}}
+    stage = EmbedderStage(settings)
+    await stage.start()
+    records = [Record(contracts.dumps(e), b"img-1", "t", 0, i) for i, e in enumerate([event, short, event])]
+    outcomes = await stage.process(records)
+    assert isinstance(outcomes[1].error, MalformedEvent)
+    out = [o.outputs[0].value for o in (outcomes[0], outcomes[2])]
+    for value in out:
+        contracts.validate("face.embedded", value)
+        assert value["model"] == {"name": "sface", "version": "2021dec"}
+        assert abs(np.linalg.norm(value["embedding"]) - 1) < 1e-4
+    assert out[0]["embedding"] == out[1]["embedding"] and out[0]["event_id"] == out[1]["event_id"]

@@ -1,0 +1,118 @@
+"""Gallery behaviour on both implementations (Qdrant Edge on disk, qdrant-client local mode),
+candidate ranking and the threshold decision, and the matcher stage end to end without Kafka."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from qdrant_client import AsyncQdrantClient
+
+from facestream import client, contracts, ids
+from facestream.config import Settings
+from facestream.pipeline import Record
+from services.matcher.gallery import EdgeGallery, Gallery, GalleryPoint, Hit, QdrantGallery
+from services.matcher.logic import candidates
+from services.matcher.stage import MatcherStage
+
+
+def unit(*values: float) -> list[float]:
+    v = np.zeros(128, np.float32)
+    v[: len(values)] = values
+    return (v / np.linalg.norm(v)).tolist()
+
+
+@pytest.fixture(params=["edge", "qdrant-local"])
+async def gallery(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Gallery]:
+    g: Gallery
+    if request.param == "edge":
+        g = EdgeGallery(tmp_path / "gallery", 128)
+    else:
+        g = QdrantGallery(AsyncQdrantClient(location=":memory:"), 128)
+    await g.open()
+    yield g
+    await g.close()
+
+
+def point(subject: str, watchlist: str, vector: list[float], image: str = "img") -> GalleryPoint:
+    return GalleryPoint(ids.point_id(subject, image, 0), vector, {"subject_id": subject, "watchlist": watchlist})
+
+
+async def test_upsert_is_idempotent_and_search_ranks(gallery: Gallery) -> None:
+    pts = [point("alice", "w1", unit(1, 0)), point("bob", "w2", unit(0, 1)), point("alice", "w1", unit(1, 0.2), "img2")]
+    await gallery.upsert(pts)
+    await gallery.upsert(pts)  # redelivery
+    assert await gallery.count() == 3
+    [hits] = await gallery.search([unit(1, 0.1)], 10, 0.0)
+    assert hits[0].subject_id == "alice" and hits[0].score > 0.98
+    [only_w2] = await gallery.search([unit(1, 0.1)], 10, 0.0, ["w2"])
+    assert {h.subject_id for h in only_w2} == {"bob"}
+    [above] = await gallery.search([unit(0, 1)], 10, 0.9)
+    assert [h.subject_id for h in above] == ["bob"]
+
+
+async def test_erasing_a_subject_removes_all_its_points(gallery: Gallery) -> None:
+    await gallery.upsert([point("alice", "w", unit(1)), point("alice", "w", unit(1, 1), "i2"), point("bob", "w", unit(0, 1))])
+    await gallery.delete_subject("alice")
+    assert await gallery.count() == 1
+    [hits] = await gallery.search([unit(1)], 10, -1.0)
+    assert {h.subject_id for h in hits} == {"bob"}
+
+
+async def test_edge_gallery_survives_a_restart(tmp_path: Path) -> None:
+    g = EdgeGallery(tmp_path / "g", 128)
+    await g.open()
+    await g.upsert([point("alice", "w", unit(1))])
+    await g.close()
+    g2 = EdgeGallery(tmp_path / "g", 128)
+    await g2.open()
+    assert await g2.count() == 1
+    await g2.close()
+
+
+def test_candidates_one_per_subject_ranked_above_threshold() -> None:
+    hits = [Hit("1", 0.61, "a", "w"), Hit("2", 0.72, "a", "w"), Hit("3", 0.50, "b", "w"), Hit("4", 0.30, "c", "w")]
+    found = candidates(hits, 0.44, 5)
+    assert [(c.subject_id, c.score, c.rank) for c in found] == [("a", 0.72, 1), ("b", 0.5, 2)]
+    assert candidates(hits, 0.8, 5) == []
+    assert len(candidates(hits, 0.0, 1)) == 1
+
+
+def embedded(image_id: str, vector: list[float], intent: dict[str, object]) -> dict[str, object]:
+    event = {
+        "schema_version": 1, "event_type": "face.embedded", "event_id": ids.event_id("embedding", image_id, 0),
+        "image_id": image_id, "trace_id": uuid.uuid4().hex, "face_index": 0, "face_count": 1, "bbox": [0, 0, 10, 10],
+        "det_score": 0.9, "embedding": vector, "model": {"name": "sface", "version": "2021dec"}, "intent": intent,
+        "source": "test", "captured_at": "2026-01-01T00:00:00Z", "occurred_at": "2026-01-01T00:00:01Z",
+    }
+    contracts.validate("face.embedded", event)
+    return event
+
+
+async def test_stage_enrols_then_searches(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, threshold=0.5)
+    stage = MatcherStage(settings)
+    await stage.start()
+    enrol = client.enroll_intent("alice", "w1", lawful_basis="explicit_consent", consent_ref="c/1",
+                                 retain_until="2030-01-01", source_attestation="provided in person", enrolled_by="clerk")
+    search = client.search_intent("find alice", "CASE-3", "investigator")
+    try:
+        e = embedded("enrol-1", unit(1, 0), enrol)
+        r = [Record(contracts.dumps(e), b"enrol-1", "t", 0, 0), Record(contracts.dumps(e), b"enrol-1", "t", 0, 1)]
+        outcomes = await stage.process(r)
+        assert [o.outputs[0].value["status"] for o in outcomes] == ["enrolled", "enrolled"]
+        assert await stage.gallery.count() == 1  # the redelivered enrolment added nothing
+        probes = [embedded("p1", unit(1, 0.3), search), embedded("p2", unit(0, 1), search)]
+        outcomes = await stage.process([Record(contracts.dumps(p), b"p", "t", 0, i) for i, p in enumerate(probes)])
+    finally:
+        await stage.stop()
+    hit, miss = (o.outputs[0].value for o in outcomes)
+    for value in (hit, miss):
+        contracts.validate("match.result", value)
+        assert value["threshold"] == 0.5 and value["operating_point"]["false_positive_identification_rate"] == 0.01
+        assert value["review"].startswith("candidate")
+    assert hit["status"] == "match" and hit["candidates"][0]["subject_id"] == "alice" and hit["candidates"][0]["rank"] == 1
+    assert miss["status"] == "no_match" and miss["candidates"] == []
