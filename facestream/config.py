@@ -7,6 +7,7 @@ import dataclasses
 import json
 import os
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -149,3 +150,19 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
     if settings.gallery_backend not in {"edge", "qdrant"}:
         raise ConfigError("gallery_backend must be 'edge' or 'qdrant'")
     return settings
+
+
+def to_toml(values: dict[str, Any], subscriptions: Sequence[dict[str, str]] = ()) -> str:
+    """A settings file for `load_settings` (flat values, then `[[subscriptions]]` tables)."""
+
+    def lit(v: Any) -> str:
+        if isinstance(v, str | Path):
+            return json.dumps(str(v))
+        if isinstance(v, list | tuple):
+            return "[" + ", ".join(lit(x) for x in v) + "]"
+        return str(v).lower() if isinstance(v, bool) else str(v)
+
+    lines = [f"{k} = {lit(v)}" for k, v in values.items()]
+    for sub in subscriptions:
+        lines += ["", "[[subscriptions]]", *(f"{k} = {lit(v)}" for k, v in sub.items())]
+    return "\n".join(lines) + "\n"

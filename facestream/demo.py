@@ -28,7 +28,7 @@ import orjson
 from aiokafka.admin import AIOKafkaAdminClient
 
 from facestream import client
-from facestream.config import Settings, load_settings
+from facestream.config import Settings, load_settings, to_toml
 from facestream.kafka import consumer, ensure_topics, producer
 from facestream.receiver import Delivery, WebhookReceiver
 from facestream.worker import ROOT, kafka
@@ -40,20 +40,6 @@ RETAIN = "2027-12-31"
 
 def _images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES)
-
-
-def _toml(values: dict[str, Any], subscriptions: list[dict[str, str]]) -> str:
-    def lit(v: Any) -> str:
-        if isinstance(v, str | Path):
-            return orjson.dumps(str(v)).decode()
-        if isinstance(v, list | tuple):
-            return "[" + ", ".join(lit(x) for x in v) + "]"
-        return str(v).lower() if isinstance(v, bool) else str(v)
-
-    lines = [f"{k} = {lit(v)}" for k, v in values.items()]
-    for sub in subscriptions:
-        lines += ["", "[[subscriptions]]", *(f"{k} = {lit(v)}" for k, v in sub.items())]
-    return "\n".join(lines) + "\n"
 
 
 @dataclass
@@ -162,7 +148,7 @@ async def run_demo(gallery: Path, probes: Path, report: Path | None, quiet: bool
         "image_roots": [str(gallery.resolve()), str(probes.resolve())], "allow_private": ["127.0.0.1"],
     }
     config_path = workdir / "facestream.toml"
-    config_path.write_text(_toml(settings_values, [{"name": "demo-receiver", "url": receiver.url, "secret": secret}]))
+    config_path.write_text(to_toml(settings_values, [{"name": "demo-receiver", "url": receiver.url, "secret": secret}]))
     config_path.chmod(0o600)
     settings = load_settings(config_path)
     await ensure_topics(settings)

@@ -1,0 +1,119 @@
+"""A pipeline on the real local Kafka for end-to-end tests: unique topics, a worker process
+(`facestream run`), a verifying webhook receiver, and helpers to submit and to read topics."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+
+from facestream.config import Settings, load_settings, to_toml
+from facestream.kafka import TOPICS, consumer, ensure_topics, producer
+from facestream.receiver import WebhookReceiver
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Pipeline:
+    def __init__(self, workdir: Path, roots: Sequence[Path], services: Sequence[Sequence[str]] = ((),)) -> None:
+        self.workdir = workdir
+        self.roots = roots
+        self.services = services
+        self.secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+        self.receiver = WebhookReceiver(self.secret)
+        self.workers: list[subprocess.Popen[bytes]] = []
+        self.settings: Settings
+
+    async def start(self) -> None:
+        await self.receiver.start()
+        prefix = f"t{uuid.uuid4().hex[:10]}"
+        config = self.workdir / "facestream.toml"
+        config.write_text(to_toml(
+            {"topic_prefix": prefix, "app_id": prefix, "data_dir": str(self.workdir / "state"),
+             "image_roots": [str(r) for r in self.roots], "allow_private": ["127.0.0.1"],
+             "webhook_backoff_s": 0.05},
+            [{"name": "test-receiver", "url": self.receiver.url, "secret": self.secret}],
+        ))
+        self.settings = load_settings(config)
+        await ensure_topics(self.settings)
+        env = {**os.environ, "FACESTREAM_CONFIG": str(config)}
+        for group in self.services:
+            args = [a for name in group for a in ("--service", name)]
+            with open(self.workdir / f"worker-{'-'.join(group) or 'all'}.log", "wb") as log:
+                self.workers.append(subprocess.Popen([sys.executable, "-m", "facestream.cli", "run", *args],
+                                                     env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT))
+        self.producer = producer(self.settings)
+        await self.producer.start()
+
+    async def stop(self) -> None:
+        await self.producer.stop()
+        for worker in self.workers:
+            if worker.poll() is None:
+                worker.send_signal(signal.SIGTERM)
+        for worker in self.workers:
+            try:
+                worker.wait(30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+        await self.receiver.stop()
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap)
+        await admin.start()
+        try:
+            await admin.delete_topics([self.settings.topic(t) for t in TOPICS])
+        finally:
+            await admin.close()
+
+    def logs(self) -> str:
+        return "\n".join(p.read_text(errors="replace")[-4000:] for p in self.workdir.glob("worker-*.log"))
+
+    async def submit(self, key: str, value: dict[str, Any] | bytes) -> None:
+        raw = value if isinstance(value, bytes) else orjson.dumps(value)
+        await self.producer.send_and_wait(self.settings.topic("images"), raw, key=key.encode())
+
+    async def read(self, topic: str) -> list[tuple[str | None, bytes]]:
+        """Every record now in `topic`, from the beginning to the current end offsets."""
+        cons = consumer(self.settings, topic)
+        await cons.start()
+        try:
+            parts = [TopicPartition(self.settings.topic(topic), p)
+                     for p in cons.partitions_for_topic(self.settings.topic(topic)) or ()]
+            ends = await cons.end_offsets(parts)
+            out: list[tuple[str | None, bytes]] = []
+            remaining = {tp for tp, end in ends.items() if end > 0}
+            while remaining:
+                batch = await cons.getmany(timeout_ms=500)
+                for tp, records in batch.items():
+                    for r in records:
+                        if r.offset < ends[tp]:
+                            out.append((r.key.decode() if r.key else None, r.value))
+                        if r.offset >= ends[tp] - 1:
+                            remaining.discard(tp)
+            return out
+        finally:
+            await cons.stop()
+
+    async def wait_for(self, done: Callable[[], bool], timeout: float = 120, what: str = "") -> None:
+        deadline = time.monotonic() + timeout
+        while not done():
+            for worker in self.workers:
+                if worker.poll() is not None:
+                    raise AssertionError(f"worker exited {worker.returncode}:\n{self.logs()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}\n{self.logs()}")
+            await asyncio.sleep(0.2)
+
+    async def events(self, topic: str) -> list[dict[str, Any]]:
+        return [orjson.loads(v) for _, v in await self.read(topic)]

@@ -1,0 +1,175 @@
+"""The whole pipeline on the real local Kafka: submissions in, signed webhooks out.
+
+The worker is the real `facestream run` process; the receiver is a real HTTP server on loopback
+that verifies every signature. Nothing is faked.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from facestream import client, contracts
+from tests.conftest import SAMPLES
+from tests.harness import Pipeline
+
+GALLERY = sorted((SAMPLES / "gallery").rglob("*.jpg"))
+PROBES = sorted((SAMPLES / "probes").rglob("*.jpg"))
+NOT_ENROLLED = "azure_family1_son"
+
+
+def enrolment(image_id: str, path: Path, settings: Any) -> dict[str, Any]:
+    intent = client.enroll_intent(path.parent.name, "test-list", lawful_basis="explicit_consent",
+                                  consent_ref=f"consent/{path.parent.name}", retain_until="2030-01-01",
+                                  source_attestation="sample photo (MIT), see samples/SOURCES.md",
+                                  enrolled_by="test-suite")
+    return client.submission(image_id, client.image_ref(path, settings), intent, "tests")
+
+
+def search(image_id: str, path: Path, settings: Any) -> dict[str, Any]:
+    intent = client.search_intent("end-to-end test", "CASE-E2E", "test-suite")
+    return client.submission(image_id, client.image_ref(path, settings), intent, "tests")
+
+
+@pytest.fixture()
+async def pipeline(kafka: str, tmp_path: Path) -> AsyncIterator[Pipeline]:
+    p = Pipeline(tmp_path, [SAMPLES, tmp_path])
+    await p.start()
+    yield p
+    await p.stop()
+
+
+def statuses(matches: list[dict[str, Any]]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for m in matches:
+        out.setdefault(m["image_id"], []).append(m["status"])
+    return out
+
+
+async def enrol_gallery(pipeline: Pipeline) -> None:
+    for i, path in enumerate(GALLERY):
+        await pipeline.submit(f"enrol-{i}", enrolment(f"enrol-{i}", path, pipeline.settings))
+    matches: list[dict[str, Any]] = []
+
+    async def refresh() -> None:
+        matches[:] = await pipeline.events("matches")
+
+    async def enrolled() -> bool:
+        await refresh()
+        return sum(1 for m in matches if m["status"] == "enrolled") >= len(GALLERY)
+
+    await wait_async(pipeline, enrolled, "enrolments")
+
+
+async def wait_async(pipeline: Pipeline, check: Any, what: str, timeout: float = 180) -> None:
+    state = {"done": False}
+
+    async def poll() -> bool:
+        state["done"] = await check()
+        return state["done"]
+
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not await poll():
+        await pipeline.wait_for(lambda: True)
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}\n{pipeline.logs()}")
+        await asyncio.sleep(0.5)
+
+
+async def test_images_in_signed_webhooks_out(pipeline: Pipeline) -> None:
+    settings = pipeline.settings
+    await enrol_gallery(pipeline)
+
+    probe_ids = {f"probe-{i}": path for i, path in enumerate(PROBES)}
+    for image_id, path in probe_ids.items():
+        await pipeline.submit(image_id, search(image_id, path, settings))
+    # Bad input between good input: it must be dead-lettered while the rest flows on.
+    await pipeline.submit("bad-json", b"{this is not json")
+    missing_consent = enrolment("bad-consent", GALLERY[0], settings)
+    del missing_consent["intent"]["consent"]
+    await pipeline.submit("bad-consent", missing_consent)
+    garbage = b"\xff\xd8\xff\xe0 definitely not a jpeg"
+    await pipeline.submit("bad-image", search("bad-image", GALLERY[0], settings) | {
+        "image": {"data_b64": base64.b64encode(garbage).decode(), "sha256": hashlib.sha256(garbage).hexdigest()}})
+    late = "probe-late"
+    await pipeline.submit(late, search(late, PROBES[0], settings))
+
+    expected_matches = sum(1 for p in PROBES if p.parent.name != NOT_ENROLLED) + 1
+    state: dict[str, Any] = {}
+
+    async def settled() -> bool:
+        state["matches"] = await pipeline.events("matches")
+        state["dlq"] = await pipeline.events("dlq")
+        searched = {m["image_id"] for m in state["matches"] if m["status"] in ("match", "no_match", "no_face")}
+        return (searched >= {*probe_ids, late} and len(state["dlq"]) >= 3
+                and len(pipeline.receiver.deliveries) >= expected_matches)
+
+    await wait_async(pipeline, settled, "probe outcomes, dead letters and webhooks")
+
+    receiver = pipeline.receiver
+    assert receiver.rejected == 0, "every signature verifies"
+    assert receiver.duplicates == 0
+    webhook_ids = [d.webhook_id for d in receiver.deliveries]
+    assert len(webhook_ids) == len(set(webhook_ids)) == expected_matches
+    by_image = Counter(d.event["image_id"] for d in receiver.deliveries)
+    for image_id, path in probe_ids.items():
+        if path.parent.name == NOT_ENROLLED:
+            assert by_image[image_id] == 0, f"{path.name}: someone not enrolled got a candidate"
+        else:
+            assert by_image[image_id] == 1
+            [delivery] = [d for d in receiver.deliveries if d.event["image_id"] == image_id]
+            top = delivery.event["candidates"][0]
+            assert (top["subject_id"], top["rank"]) == (path.parent.name, 1), path
+            assert delivery.event["review"].startswith("candidate")
+            assert delivery.webhook_id == "msg_" + delivery.event["event_id"].replace("-", "")
+
+    letters = {d["key"]: d for d in state["dlq"]}
+    assert letters["bad-json"]["reason"] == "malformed_event" and letters["bad-json"]["stage"] == "detector"
+    assert letters["bad-consent"]["reason"] == "malformed_event" and "consent" in letters["bad-consent"]["detail"]
+    assert letters["bad-image"]["reason"] == "undecodable"
+    assert base64.b64decode(letters["bad-json"]["payload_b64"]) == b"{this is not json"
+
+    # Every event on every topic honours its contract.
+    for topic, event_type in (("faces", "face.detected"), ("embeddings", "face.embedded"),
+                              ("matches", "match.result"), ("dlq", "dead.letter")):
+        events = await pipeline.events(topic)
+        assert events, topic
+        for event in events:
+            contracts.validate(event_type, event)
+    for key, raw in await pipeline.read("images"):
+        if key not in letters:
+            contracts.validate("image.submitted", orjson.loads(raw))
+
+    # Redelivery: the same enrolment and the same search again change nothing downstream.
+    await pipeline.submit("enrol-0", enrolment("enrol-0", GALLERY[0], settings))
+    again = next(i for i, p in probe_ids.items() if p.parent.name != NOT_ENROLLED)
+    await pipeline.submit(again, search(again, probe_ids[again], settings))
+    await pipeline.wait_for(lambda: receiver.duplicates >= 1, what="the redelivered webhook")
+    assert len(receiver.deliveries) == expected_matches
+    matches = await pipeline.events("matches")
+    sizes = {m["gallery"]["size"] for m in matches if m["status"] in ("match", "no_match")}
+    assert sizes == {len(GALLERY)}, "a redelivered enrolment never adds a gallery point"
+
+
+async def test_services_run_as_separate_workers(kafka: str, tmp_path: Path) -> None:
+    pipeline = Pipeline(tmp_path, [SAMPLES], services=[["detector"], ["embedder"], ["matcher"], ["notifier"]])
+    await pipeline.start()
+    try:
+        await enrol_gallery(pipeline)
+        probe = next(p for p in PROBES if p.parent.name == "azure_family2_man")
+        await pipeline.submit("probe-1", search("probe-1", probe, pipeline.settings))
+        await pipeline.wait_for(lambda: len(pipeline.receiver.deliveries) >= 1, what="the webhook")
+        [delivery] = pipeline.receiver.deliveries
+        assert delivery.event["candidates"][0]["subject_id"] == "azure_family2_man"
+    finally:
+        await pipeline.stop()
