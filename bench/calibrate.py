@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench._devset import DEVSET, embed_all, labelled_images  # noqa: E402
+from bench._devset import DEVSET, embed_all, labelled_images
 
 
 def main() -> int:
@@ -56,7 +56,10 @@ def main() -> int:
         for j, t in enumerate(grid):
             fpir[s, j] = (scores_nm >= t).mean()
             fnir[s, j] = 1 - (correct & (top_score >= t)).mean()
-    print(f"gallery {args.gallery} subjects, {args.splits} splits, non-mated probes per split ~{len(non_mated)}, mated ~{len(mated)}")
+    print(
+        f"gallery {args.gallery} subjects, {args.splits} splits, "
+        f"non-mated probes per split ~{len(non_mated)}, mated ~{len(mated)}"
+    )
     print(" threshold  FPIR mean  FPIR max  FNIR mean (rank 1)")
     chosen = None
     for j, t in enumerate(grid):
@@ -68,8 +71,10 @@ def main() -> int:
     if chosen is None:
         print("no threshold in range meets the target")
         return 1
-    print(f"chosen threshold {grid[chosen]:.2f}: FPIR mean {fpir[:, chosen].mean():.4f} max {fpir[:, chosen].max():.4f},"
-          f" rank-1 identification rate {1 - fnir[:, chosen].mean():.4f}")
+    print(
+        f"chosen threshold {grid[chosen]:.2f}: FPIR mean {fpir[:, chosen].mean():.4f} max {fpir[:, chosen].max():.4f},"
+        f" rank-1 identification rate {1 - fnir[:, chosen].mean():.4f}"
+    )
     return 0
 
 

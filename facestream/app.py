@@ -62,7 +62,8 @@ def app_id_for(settings: Settings, services: Sequence[str]) -> str:
 
 
 def create_app(
-    settings: Settings, services: Iterable[str] = SERVICES,
+    settings: Settings,
+    services: Iterable[str] = SERVICES,
     stage_factory: Callable[[str, Settings, ThreadPoolExecutor], Stage] = _stage,
 ) -> faust.App:
     services = tuple(services)
@@ -82,8 +83,9 @@ def create_app(
         datadir=str(settings.data_dir / "faust" / app_id),
     )
     topics = {
-        name: app.topic(settings.topic(name), key_type=bytes, value_type=bytes,
-                        partitions=settings.partitions, internal=False)
+        name: app.topic(
+            settings.topic(name), key_type=bytes, value_type=bytes, partitions=settings.partitions, internal=False
+        )
         for name in TOPICS
     }
     executor = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="facestream")
@@ -93,7 +95,11 @@ def create_app(
 
 
 def _register(
-    app: faust.App, name: str, topics: dict[str, Any], settings: Settings, executor: ThreadPoolExecutor,
+    app: faust.App,
+    name: str,
+    topics: dict[str, Any],
+    settings: Settings,
+    executor: ThreadPoolExecutor,
     stage_factory: Callable[[str, Settings, ThreadPoolExecutor], Stage],
 ) -> None:
     dlq = topics["dlq"]
@@ -105,8 +111,14 @@ def _register(
         try:
             async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
                 records = [
-                    Record(e.message.value, e.message.key, e.message.topic, e.message.partition,
-                           e.message.offset, _headers(e.headers))
+                    Record(
+                        e.message.value,
+                        e.message.key,
+                        e.message.topic,
+                        e.message.partition,
+                        e.message.offset,
+                        _headers(e.headers),
+                    )
                     for e in events
                 ]
                 outcomes = await stage.process(records)
@@ -115,8 +127,13 @@ def _register(
                     headers = {"trace-id": record.headers["trace-id"]} if "trace-id" in record.headers else {}
                     if outcome.error is not None:
                         letter = dead_letter(name, record, outcome.error)
-                        log.warning("dead_letter", stage=name, reason=letter["reason"], image_id=letter["image_id"],
-                                    detail=letter["detail"][:300])
+                        log.warning(
+                            "dead_letter",
+                            stage=name,
+                            reason=letter["reason"],
+                            image_id=letter["image_id"],
+                            detail=letter["detail"][:300],
+                        )
                         pending.append(await dlq.send(key=record.key, value=contracts.dumps(letter), headers=headers))
                     for subscription, error in outcome.failures:
                         letter = dead_letter(name, record, error, subscription)
@@ -124,8 +141,11 @@ def _register(
                     for out in outcome.outputs:
                         trace = out.value.get("trace_id")
                         out_headers = {"trace-id": trace.encode()} if trace else headers
-                        pending.append(await topics[out.topic].send(
-                            key=out.key.encode(), value=contracts.dumps(out.value), headers=out_headers))
+                        pending.append(
+                            await topics[out.topic].send(
+                                key=out.key.encode(), value=contracts.dumps(out.value), headers=out_headers
+                            )
+                        )
                 # The batch is acked (and its offsets become committable) only after this returns.
                 await asyncio.gather(*pending)
         finally:

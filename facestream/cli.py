@@ -1,11 +1,11 @@
 """`facestream`: the command line.
 
-    facestream kafka up|down|status        local single-node Kafka (KRaft) on 127.0.0.1
-    facestream run [--service NAME ...]    the four services in one process, or some of them
-    facestream enroll ...                  enrol photos of one subject (consent record required)
-    facestream submit ...                  submit photos for search (purpose, case, requester)
-    facestream tail [TOPIC]                print events from matches (default) or dlq
-    facestream demo [--gallery DIR --probes DIR --report FILE]
+facestream kafka up|down|status        local single-node Kafka (KRaft) on 127.0.0.1
+facestream run [--service NAME ...]    the four services in one process, or some of them
+facestream enroll ...                  enrol photos of one subject (consent record required)
+facestream submit ...                  submit photos for search (purpose, case, requester)
+facestream tail [TOPIC]                print events from matches (default) or dlq
+facestream demo [--gallery DIR --probes DIR --report FILE]
 """
 
 from __future__ import annotations
@@ -49,11 +49,18 @@ async def _publish_all(settings: Any, events: list[dict[str, Any]]) -> None:
 def _cmd_enroll(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     intent = client.enroll_intent(
-        args.subject, args.watchlist, lawful_basis=args.lawful_basis, consent_ref=args.consent_ref,
-        retain_until=args.retain_until, source_attestation=args.source_attestation, enrolled_by=args.enrolled_by,
+        args.subject,
+        args.watchlist,
+        lawful_basis=args.lawful_basis,
+        consent_ref=args.consent_ref,
+        retain_until=args.retain_until,
+        source_attestation=args.source_attestation,
+        enrolled_by=args.enrolled_by,
     )
-    events = [client.submission(f"enrol-{uuid.uuid4().hex[:12]}", client.image_ref(p, settings), intent, args.source)
-              for p in _images(args.images)]
+    events = [
+        client.submission(f"enrol-{uuid.uuid4().hex[:12]}", client.image_ref(p, settings), intent, args.source)
+        for p in _images(args.images)
+    ]
     asyncio.run(_publish_all(settings, events))
     return 0
 
@@ -61,8 +68,10 @@ def _cmd_enroll(args: argparse.Namespace) -> int:
 def _cmd_submit(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     intent = client.search_intent(args.purpose, args.case_ref, args.requester, args.watchlist or None)
-    events = [client.submission(f"img-{uuid.uuid4().hex[:12]}", client.image_ref(p, settings), intent, args.source)
-              for p in _images(args.images)]
+    events = [
+        client.submission(f"img-{uuid.uuid4().hex[:12]}", client.image_ref(p, settings), intent, args.source)
+        for p in _images(args.images)
+    ]
     asyncio.run(_publish_all(settings, events))
     return 0
 
@@ -118,7 +127,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="facestream", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="facestream", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--config", help="TOML settings file (default: $FACESTREAM_CONFIG)")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -135,9 +146,18 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("images", nargs="+")
     e.add_argument("--subject", required=True)
     e.add_argument("--watchlist", required=True)
-    e.add_argument("--lawful-basis", required=True,
-                   choices=["explicit_consent", "legal_obligation", "vital_interests", "public_task",
-                            "law_enforcement", "legal_claims"])
+    e.add_argument(
+        "--lawful-basis",
+        required=True,
+        choices=[
+            "explicit_consent",
+            "legal_obligation",
+            "vital_interests",
+            "public_task",
+            "law_enforcement",
+            "legal_claims",
+        ],
+    )
     e.add_argument("--consent-ref", required=True)
     e.add_argument("--retain-until", required=True, help="YYYY-MM-DD")
     e.add_argument("--source-attestation", required=True)

@@ -32,22 +32,42 @@ def search_intent(purpose: str, case_ref: str, requester: str, watchlists: list[
 
 
 def enroll_intent(
-    subject_id: str, watchlist: str, *, lawful_basis: str, consent_ref: str, retain_until: str,
-    source_attestation: str, enrolled_by: str,
+    subject_id: str,
+    watchlist: str,
+    *,
+    lawful_basis: str,
+    consent_ref: str,
+    retain_until: str,
+    source_attestation: str,
+    enrolled_by: str,
 ) -> dict[str, Any]:
     return {
-        "kind": "enroll", "subject_id": subject_id, "watchlist": watchlist,
-        "consent": {"lawful_basis": lawful_basis, "consent_ref": consent_ref, "retain_until": retain_until,
-                    "source_attestation": source_attestation, "enrolled_by": enrolled_by},
+        "kind": "enroll",
+        "subject_id": subject_id,
+        "watchlist": watchlist,
+        "consent": {
+            "lawful_basis": lawful_basis,
+            "consent_ref": consent_ref,
+            "retain_until": retain_until,
+            "source_attestation": source_attestation,
+            "enrolled_by": enrolled_by,
+        },
     }
 
 
-def submission(image_id: str, image: dict[str, str], intent: dict[str, Any], source: str,
-               captured_at: str | None = None) -> dict[str, Any]:
+def submission(
+    image_id: str, image: dict[str, str], intent: dict[str, Any], source: str, captured_at: str | None = None
+) -> dict[str, Any]:
     event = {
-        "schema_version": 1, "event_type": "image.submitted", "image_id": image_id,
-        "trace_id": uuid.uuid4().hex, "source": source, "captured_at": captured_at or now_iso(),
-        "submitted_at": now_iso(), "image": image, "intent": intent,
+        "schema_version": 1,
+        "event_type": "image.submitted",
+        "image_id": image_id,
+        "trace_id": uuid.uuid4().hex,
+        "source": source,
+        "captured_at": captured_at or now_iso(),
+        "submitted_at": now_iso(),
+        "image": image,
+        "intent": intent,
     }
     contracts.validate("image.submitted", event)
     return event
@@ -56,6 +76,8 @@ def submission(image_id: str, image: dict[str, str], intent: dict[str, Any], sou
 async def publish(producer: AIOKafkaProducer, settings: Settings, event: dict[str, Any]) -> Any:
     """Send one submission keyed by its image id; returns the delivery future."""
     return await producer.send(
-        settings.topic("images"), contracts.dumps(event), key=event["image_id"].encode(),
+        settings.topic("images"),
+        contracts.dumps(event),
+        key=event["image_id"].encode(),
         headers=[("trace-id", event["trace_id"].encode())],
     )

@@ -34,7 +34,7 @@ def validator(event_type: str) -> jsonschema.protocols.Validator:
         raise KeyError(event_type)
     schema = _registry().contents(f"{_BASE}{event_type}.schema.json")
     cls = jsonschema.validators.validator_for(schema)
-    return cls(schema, registry=_registry(), format_checker=cls.FORMAT_CHECKER)  # type: ignore[no-any-return]
+    return cls(schema, registry=_registry(), format_checker=cls.FORMAT_CHECKER)
 
 
 def validate(event_type: str, event: Any) -> None:

@@ -12,9 +12,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import os
+import contextlib
 import secrets
-import signal
 import subprocess
 import sys
 import tempfile
@@ -31,7 +30,7 @@ from facestream import client
 from facestream.config import Settings, load_settings, to_toml
 from facestream.kafka import consumer, ensure_topics, producer
 from facestream.receiver import Delivery, WebhookReceiver
-from facestream.worker import ROOT, kafka
+from facestream.worker import ROOT, kafka, spawn, terminate
 
 SAMPLES = ROOT / "samples"
 SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
@@ -96,7 +95,9 @@ async def _follow(settings: Settings, tracker: Tracker, on_done: Any, stop: asyn
         await cons.stop()
 
 
-def _stage_seconds(tracker: Tracker, probe_ids: list[str], delivered_at: dict[tuple[str, int], float]) -> dict[str, float]:
+def _stage_seconds(
+    tracker: Tracker, probe_ids: list[str], delivered_at: dict[tuple[str, int], float]
+) -> dict[str, float]:
     sums: dict[str, list[float]] = defaultdict(list)
     for image_id in probe_ids:
         for result in tracker.results.get(image_id, {}).values():
@@ -108,11 +109,8 @@ def _stage_seconds(tracker: Tracker, probe_ids: list[str], delivered_at: dict[tu
     return out
 
 
-async def run_demo(gallery: Path, probes: Path, report: Path | None, quiet: bool) -> dict[str, Any]:
-    started_kafka = subprocess.call(["bash", str(ROOT / "scripts/kafka.sh"), "status"],
-                                    stdout=subprocess.DEVNULL) != 0
-    if started_kafka and kafka("up") != 0:
-        raise SystemExit("could not start Kafka")
+async def run_demo(gallery: Path, probes: Path, quiet: bool = False) -> dict[str, Any]:
+    """Enrol `gallery`, search `probes` (absolute paths); Kafka must be running. Returns the report."""
     workdir = Path(tempfile.mkdtemp(prefix="facestream-demo-"))
     run_id = f"demo{int(time.time())}{secrets.token_hex(2)}"
     secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
@@ -136,16 +134,22 @@ async def run_demo(gallery: Path, probes: Path, report: Path | None, quiet: bool
         if not quiet:
             top = d.event["candidates"][0]
             rel = paths[key[0]].relative_to(probes) if key[0] in paths else key[0]
-            print(f"  match  {rel} (face {key[1]}) -> {top['subject_id']} score {top['score']:.3f} "
-                  f"rank 1 of {len(d.event['candidates'])}  [{d.webhook_id}, signature verified]", flush=True)
+            print(
+                f"  match  {rel} (face {key[1]}) -> {top['subject_id']} score {top['score']:.3f} "
+                f"rank 1 of {len(d.event['candidates'])}  [{d.webhook_id}, signature verified]",
+                flush=True,
+            )
         if tracker.update(key[0]):
             on_done(key[0])
 
     receiver = WebhookReceiver(secret, on_delivery=on_delivery)
     await receiver.start()
     settings_values: dict[str, Any] = {
-        "topic_prefix": run_id, "app_id": run_id, "data_dir": workdir / "state",
-        "image_roots": [str(gallery.resolve()), str(probes.resolve())], "allow_private": ["127.0.0.1"],
+        "topic_prefix": run_id,
+        "app_id": run_id,
+        "data_dir": workdir / "state",
+        "image_roots": [str(gallery), str(probes)],
+        "allow_private": ["127.0.0.1"],
     }
     config_path = workdir / "facestream.toml"
     config_path.write_text(to_toml(settings_values, [{"name": "demo-receiver", "url": receiver.url, "secret": secret}]))
@@ -153,12 +157,12 @@ async def run_demo(gallery: Path, probes: Path, report: Path | None, quiet: bool
     settings = load_settings(config_path)
     await ensure_topics(settings)
     log_path = workdir / "worker.log"
-    env = {**os.environ, "FACESTREAM_CONFIG": str(config_path)}
-    with open(log_path, "wb") as log_file:
-        worker = subprocess.Popen([sys.executable, "-m", "facestream.cli", "run"], env=env, cwd=ROOT,
-                                  stdout=log_file, stderr=subprocess.STDOUT)
-    print(f"demo {run_id}: {len(gallery_images)} gallery photos, {len(probe_images)} probes; "
-          f"worker pid {worker.pid}, log {log_path}", flush=True)
+    worker = spawn(config_path, log=log_path)
+    print(
+        f"demo {run_id}: {len(gallery_images)} gallery photos, {len(probe_images)} probes; "
+        f"worker pid {worker.pid}, log {log_path}",
+        flush=True,
+    )
     stop = asyncio.Event()
     enrol_ids = [i for i, k in kind.items() if k == "enrol"]
     probe_ids = [i for i, k in kind.items() if k == "probe"]
@@ -186,9 +190,14 @@ async def run_demo(gallery: Path, probes: Path, report: Path | None, quiet: bool
         for image_id in enrol_ids:
             subject = paths[image_id].relative_to(gallery).parts[0]
             intent = client.enroll_intent(
-                subject, "demo", lawful_basis="explicit_consent", consent_ref=f"demo-consent/{subject}",
-                retain_until=RETAIN, source_attestation="sample photo published for face identification (MIT)",
-                enrolled_by="facestream-demo")
+                subject,
+                "demo",
+                lawful_basis="explicit_consent",
+                consent_ref=f"demo-consent/{subject}",
+                retain_until=RETAIN,
+                source_attestation="sample photo published for face identification (MIT)",
+                enrolled_by="facestream-demo",
+            )
             event = client.submission(image_id, client.image_ref(paths[image_id], settings), intent, "demo")
             futures.append(await client.publish(prod, settings, event))
         await asyncio.gather(*futures)
@@ -211,19 +220,14 @@ async def run_demo(gallery: Path, probes: Path, report: Path | None, quiet: bool
         stop.set()
         await prod.stop()
         await asyncio.gather(follower, return_exceptions=True)
-        _stop_worker(worker)
+        terminate([worker])
         await receiver.stop()
         await _delete_topics(settings)
-        if started_kafka:
-            kafka("down")
 
     last = max((tracker.done_at[i] for i in probe_ids), default=first_submit)
     elapsed = max(last - first_submit, 1e-9)
     summary = _summary(tracker, enrol_ids, probe_ids, paths, probes, elapsed, receiver, delivered_at)
     _print_summary(summary)
-    if report is not None:
-        report.write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
-        print(f"report: {report}")
     return summary
 
 
@@ -233,8 +237,10 @@ def _epoch(iso: str) -> float:
     return parse_iso(iso).timestamp()
 
 
-async def _wait(done: asyncio.Event, follower: asyncio.Task[None], worker: subprocess.Popen[bytes], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
+async def _wait(
+    done: asyncio.Event, follower: asyncio.Task[None], worker: subprocess.Popen[bytes], limit_s: float
+) -> None:
+    deadline = time.monotonic() + limit_s
     while not done.is_set():
         if follower.done():
             follower.result()
@@ -242,20 +248,8 @@ async def _wait(done: asyncio.Event, follower: asyncio.Task[None], worker: subpr
             raise SystemExit(f"worker exited with {worker.returncode}; see its log")
         if time.monotonic() > deadline:
             raise SystemExit("timed out waiting for outcomes")
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(done.wait(), 0.5)
-        except TimeoutError:
-            pass
-
-
-def _stop_worker(worker: subprocess.Popen[bytes]) -> None:
-    if worker.poll() is None:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
 
 
 async def _delete_topics(settings: Settings) -> None:
@@ -271,8 +265,16 @@ async def _delete_topics(settings: Settings) -> None:
         await admin.close()
 
 
-def _summary(tracker: Tracker, enrol_ids: list[str], probe_ids: list[str], paths: dict[str, Path], probes: Path,
-             elapsed: float, receiver: WebhookReceiver, delivered_at: dict[tuple[str, int], float]) -> dict[str, Any]:
+def _summary(
+    tracker: Tracker,
+    enrol_ids: list[str],
+    probe_ids: list[str],
+    paths: dict[str, Path],
+    probes: Path,
+    elapsed: float,
+    receiver: WebhookReceiver,
+    delivered_at: dict[tuple[str, int], float],
+) -> dict[str, Any]:
     per_probe = []
     matches = no_matches = no_face = faces = 0
     for image_id in probe_ids:
@@ -280,7 +282,8 @@ def _summary(tracker: Tracker, enrol_ids: list[str], probe_ids: list[str], paths
         faces += len(results)
         cands = [
             {"face_index": fi, "subject_id": c["subject_id"], "score": c["score"], "rank": c["rank"]}
-            for (iid, fi), d in sorted(tracker.webhooks.items()) if iid == image_id
+            for (iid, fi), d in sorted(tracker.webhooks.items())
+            if iid == image_id
             for c in d.event["candidates"]
         ]
         if image_id in tracker.dead:
@@ -291,17 +294,28 @@ def _summary(tracker: Tracker, enrol_ids: list[str], probe_ids: list[str], paths
             status, matches = "match", matches + 1
         else:
             status, no_matches = "no_match", no_matches + 1
-        entry: dict[str, Any] = {"path": str(paths[image_id].relative_to(probes)), "status": status, "candidates": cands}
+        entry: dict[str, Any] = {
+            "path": str(paths[image_id].relative_to(probes)),
+            "status": status,
+            "candidates": cands,
+        }
         if image_id in tracker.dead:
             entry["dead_letter"] = tracker.dead[image_id]
         per_probe.append(entry)
     return {
         "totals": {
             "gallery_images": len(enrol_ids),
-            "enrolled": sum(1 for i in enrol_ids if any(r["status"] == "enrolled" for r in tracker.results[i].values())),
-            "probes": len(probe_ids), "faces": faces, "matches": matches, "no_matches": no_matches,
-            "no_face": no_face, "dead_letters": len(tracker.dead),
-            "webhooks": len(receiver.deliveries), "webhook_signature_failures": receiver.rejected,
+            "enrolled": sum(
+                1 for i in enrol_ids if any(r["status"] == "enrolled" for r in tracker.results[i].values())
+            ),
+            "probes": len(probe_ids),
+            "faces": faces,
+            "matches": matches,
+            "no_matches": no_matches,
+            "no_face": no_face,
+            "dead_letters": len(tracker.dead),
+            "webhooks": len(receiver.deliveries),
+            "webhook_signature_failures": receiver.rejected,
             "duplicate_webhooks": receiver.duplicates,
         },
         "timings": {
@@ -318,8 +332,10 @@ def _print_summary(summary: dict[str, Any]) -> None:
     print("\nsummary")
     print(f"  gallery photos enrolled  {t['enrolled']} / {t['gallery_images']}")
     print(f"  probe images             {t['probes']}  (faces searched {t['faces']})")
-    print(f"  matches                  {t['matches']}  (webhooks {t['webhooks']}, all signatures verified: "
-          f"{t['webhook_signature_failures'] == 0}, duplicates {t['duplicate_webhooks']})")
+    print(
+        f"  matches                  {t['matches']}  (webhooks {t['webhooks']}, all signatures verified: "
+        f"{t['webhook_signature_failures'] == 0}, duplicates {t['duplicate_webhooks']})"
+    )
     print(f"  no match                 {t['no_matches']}")
     print(f"  no usable face           {t['no_face']}")
     print(f"  dead letters             {t['dead_letters']}")
@@ -330,11 +346,23 @@ def _print_summary(summary: dict[str, Any]) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    gallery = args.gallery or SAMPLES / "gallery"
-    probes = args.probes or SAMPLES / "probes"
+    gallery = (args.gallery or SAMPLES / "gallery").resolve()
+    probes = (args.probes or SAMPLES / "probes").resolve()
     for folder in (gallery, probes):
         if not folder.is_dir():
             print(f"not a folder: {folder}", file=sys.stderr)
             return 2
-    asyncio.run(run_demo(gallery, probes, args.report, args.quiet))
+    status = subprocess.call(["bash", str(ROOT / "scripts/kafka.sh"), "status"], stdout=subprocess.DEVNULL)
+    started_kafka = status != 0
+    if started_kafka and kafka("up") != 0:
+        print("could not start Kafka", file=sys.stderr)
+        return 1
+    try:
+        summary = asyncio.run(run_demo(gallery, probes, args.quiet))
+    finally:
+        if started_kafka:
+            kafka("down")
+    if args.report is not None:
+        args.report.write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+        print(f"report: {args.report}")
     return 0

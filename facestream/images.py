@@ -117,4 +117,4 @@ def decode(data: bytes, settings: Settings) -> np.ndarray[Any, np.dtype[np.uint8
     pixels = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     if pixels is None:
         raise ImageRejected("image data is corrupt or truncated", reason="undecodable")
-    return pixels  # type: ignore[no-any-return]
+    return np.asarray(pixels, dtype=np.uint8)

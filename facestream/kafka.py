@@ -34,9 +34,14 @@ async def ensure_topics(settings: Settings) -> list[str]:
         existing = set(await admin.list_topics())
         new = [
             NewTopic(
-                settings.topic(name), settings.partitions, 1,
-                topic_configs={"max.message.bytes": str(size), "retention.ms": str(retention),
-                               "cleanup.policy": "delete"},
+                settings.topic(name),
+                settings.partitions,
+                1,
+                topic_configs={
+                    "max.message.bytes": str(size),
+                    "retention.ms": str(retention),
+                    "cleanup.policy": "delete",
+                },
             )
             for name, (size, retention) in TOPICS.items()
             if settings.topic(name) not in existing
@@ -51,14 +56,22 @@ async def ensure_topics(settings: Settings) -> list[str]:
 
 def producer(settings: Settings, **kwargs: Any) -> AIOKafkaProducer:
     return AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=True,
-        max_request_size=MAX_REQUEST, linger_ms=5, **kwargs,
+        bootstrap_servers=settings.kafka_bootstrap,
+        acks="all",
+        enable_idempotence=True,
+        max_request_size=MAX_REQUEST,
+        linger_ms=5,
+        **kwargs,
     )
 
 
 def consumer(settings: Settings, *topics: str, group_id: str | None = None, **kwargs: Any) -> AIOKafkaConsumer:
     return AIOKafkaConsumer(
-        *(settings.topic(t) for t in topics), bootstrap_servers=settings.kafka_bootstrap,
-        group_id=group_id, auto_offset_reset="earliest", enable_auto_commit=group_id is not None,
-        max_partition_fetch_bytes=MAX_REQUEST, **kwargs,
+        *(settings.topic(t) for t in topics),
+        bootstrap_servers=settings.kafka_bootstrap,
+        group_id=group_id,
+        auto_offset_reset="earliest",
+        enable_auto_commit=group_id is not None,
+        max_partition_fetch_bytes=MAX_REQUEST,
+        **kwargs,
     )

@@ -23,12 +23,18 @@ class ModelFile:
 
 
 YUNET = ModelFile(
-    "yunet", "2023mar", "face_detection_yunet_2023mar.onnx",
-    "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4", "MIT",
+    "yunet",
+    "2023mar",
+    "face_detection_yunet_2023mar.onnx",
+    "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4",
+    "MIT",
 )
 SFACE = ModelFile(
-    "sface", "2021dec", "face_recognition_sface_2021dec.onnx",
-    "0ba9fbfa01b5270c96627c4ef784da859931e02f04419c829e83484087c34e79", "Apache-2.0",
+    "sface",
+    "2021dec",
+    "face_recognition_sface_2021dec.onnx",
+    "0ba9fbfa01b5270c96627c4ef784da859931e02f04419c829e83484087c34e79",
+    "Apache-2.0",
 )
 
 

@@ -94,8 +94,12 @@ def dead_letter(stage: str, record: Record, error: BaseException, subscription: 
     if subscription is not None:
         event["subscription"] = subscription
     if not isinstance(error, RejectedEvent):
-        log.error("stage_internal_error", stage=stage, offset=record.offset,
-                  error="".join(traceback.format_exception_only(error)).strip()[:500])
+        log.error(
+            "stage_internal_error",
+            stage=stage,
+            offset=record.offset,
+            error="".join(traceback.format_exception_only(error)).strip()[:500],
+        )
     return event
 
 

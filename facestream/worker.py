@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -36,3 +38,27 @@ def run(settings: Settings, services: Sequence[str] = SERVICES, loglevel: str = 
     os.makedirs(settings.data_dir / "faust", exist_ok=True)
     worker = faust.Worker(app, loglevel="WARNING", quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()
+
+
+def spawn(config: Path, services: Sequence[str] = (), log: Path | None = None) -> subprocess.Popen[bytes]:
+    """Start `facestream run` as a separate worker process with settings file `config`."""
+    args = [a for name in services for a in ("--service", name)]
+    env = {**os.environ, "FACESTREAM_CONFIG": str(config)}
+    command = [sys.executable, "-m", "facestream.cli", "run", *args]
+    if log is None:
+        return subprocess.Popen(command, env=env, cwd=ROOT)
+    with open(log, "wb") as out:
+        return subprocess.Popen(command, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+
+
+def terminate(workers: Sequence[subprocess.Popen[bytes]], grace_s: float = 30) -> None:
+    """SIGTERM (faust stops gracefully and commits), then SIGKILL after `grace_s`."""
+    for worker in workers:
+        if worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+    for worker in workers:
+        try:
+            worker.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()

@@ -43,7 +43,7 @@ def backend() -> OnnxRuntimeBackend:
     return OnnxRuntimeBackend()
 
 
-@pytest.fixture()
+@pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return Settings(data_dir=tmp_path / "state", image_roots=(SAMPLES, tmp_path), workers=2)
 

@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
 import secrets
-import signal
 import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +20,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from facestream.config import Settings, load_settings, to_toml
 from facestream.kafka import TOPICS, consumer, ensure_topics, producer
 from facestream.receiver import WebhookReceiver
+from facestream.worker import spawn, terminate
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,33 +39,30 @@ class Pipeline:
         await self.receiver.start()
         prefix = f"t{uuid.uuid4().hex[:10]}"
         config = self.workdir / "facestream.toml"
-        config.write_text(to_toml(
-            {"topic_prefix": prefix, "app_id": prefix, "data_dir": str(self.workdir / "state"),
-             "image_roots": [str(r) for r in self.roots], "allow_private": ["127.0.0.1"],
-             "webhook_backoff_s": 0.05},
-            [{"name": "test-receiver", "url": self.receiver.url, "secret": self.secret}],
-        ))
+        config.write_text(
+            to_toml(
+                {
+                    "topic_prefix": prefix,
+                    "app_id": prefix,
+                    "data_dir": str(self.workdir / "state"),
+                    "image_roots": [str(r) for r in self.roots],
+                    "allow_private": ["127.0.0.1"],
+                    "webhook_backoff_s": 0.05,
+                },
+                [{"name": "test-receiver", "url": self.receiver.url, "secret": self.secret}],
+            )
+        )
         self.settings = load_settings(config)
         await ensure_topics(self.settings)
-        env = {**os.environ, "FACESTREAM_CONFIG": str(config)}
         for group in self.services:
-            args = [a for name in group for a in ("--service", name)]
-            with open(self.workdir / f"worker-{'-'.join(group) or 'all'}.log", "wb") as log:
-                self.workers.append(subprocess.Popen([sys.executable, "-m", "facestream.cli", "run", *args],
-                                                     env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT))
+            log = self.workdir / f"worker-{'-'.join(group) or 'all'}.log"
+            self.workers.append(spawn(config, group, log))
         self.producer = producer(self.settings)
         await self.producer.start()
 
     async def stop(self) -> None:
         await self.producer.stop()
-        for worker in self.workers:
-            if worker.poll() is None:
-                worker.send_signal(signal.SIGTERM)
-        for worker in self.workers:
-            try:
-                worker.wait(30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+        terminate(self.workers)
         await self.receiver.stop()
         admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap)
         await admin.start()
@@ -88,8 +83,10 @@ class Pipeline:
         cons = consumer(self.settings, topic)
         await cons.start()
         try:
-            parts = [TopicPartition(self.settings.topic(topic), p)
-                     for p in cons.partitions_for_topic(self.settings.topic(topic)) or ()]
+            parts = [
+                TopicPartition(self.settings.topic(topic), p)
+                for p in cons.partitions_for_topic(self.settings.topic(topic)) or ()
+            ]
             ends = await cons.end_offsets(parts)
             out: list[tuple[str | None, bytes]] = []
             remaining = {tp for tp, end in ends.items() if end > 0}
@@ -105,15 +102,19 @@ class Pipeline:
         finally:
             await cons.stop()
 
-    async def wait_for(self, done: Callable[[], bool], timeout: float = 120, what: str = "") -> None:
-        deadline = time.monotonic() + timeout
-        while not done():
+    async def wait_for(self, done: Callable[[], bool | Awaitable[bool]], limit_s: float = 180, what: str = "") -> None:
+        """Poll `done` (sync or async) until true; fail with the workers' logs on a dead worker or time-out."""
+        deadline = time.monotonic() + limit_s
+        while True:
+            result = done()
+            if result if isinstance(result, bool) else await result:
+                return
             for worker in self.workers:
                 if worker.poll() is not None:
                     raise AssertionError(f"worker exited {worker.returncode}:\n{self.logs()}")
             if time.monotonic() > deadline:
                 raise AssertionError(f"timed out waiting for {what}\n{self.logs()}")
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.3)
 
     async def events(self, topic: str) -> list[dict[str, Any]]:
         return [orjson.loads(v) for _, v in await self.read(topic)]

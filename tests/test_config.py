@@ -20,11 +20,15 @@ def test_toml_then_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("CASES_SECRET", "whsec_c2VjcmV0")
     monkeypatch.setenv("FACESTREAM_THRESHOLD", "0.55")
     settings = load_settings(path)
-    assert settings.partitions == 8 and settings.threshold == 0.55
+    assert settings.partitions == 8
+    assert settings.threshold == 0.55
     assert settings.image_roots == (Path("/srv/images"),)
     [sub] = settings.subscriptions
-    assert sub.secret == "whsec_c2VjcmV0" and sub.watchlists == ("missing",) and sub.wants("missing", 0.7)
-    assert not sub.wants("other", 0.9) and not sub.wants("missing", 0.5)
+    assert sub.secret == "whsec_c2VjcmV0"
+    assert sub.watchlists == ("missing",)
+    assert sub.wants("missing", 0.7)
+    assert not sub.wants("other", 0.9)
+    assert not sub.wants("missing", 0.5)
 
 
 def test_errors_are_clear(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

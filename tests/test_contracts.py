@@ -17,15 +17,22 @@ def submission(kind: str = "search") -> dict[str, Any]:
     if kind == "search":
         intent = client.search_intent("locate a missing person", "CASE-1", "officer-7")
     else:
-        intent = client.enroll_intent("subj-1", "missing-persons", lawful_basis="explicit_consent",
-                                      consent_ref="consent/1", retain_until="2027-01-31",
-                                      source_attestation="photo provided by the family", enrolled_by="clerk-2")
+        intent = client.enroll_intent(
+            "subj-1",
+            "missing-persons",
+            lawful_basis="explicit_consent",
+            consent_ref="consent/1",
+            retain_until="2027-01-31",
+            source_attestation="photo provided by the family",
+            enrolled_by="clerk-2",
+        )
     return client.submission("img-1", {"data_b64": "aGVsbG8=", "sha256": "0" * 64}, intent, "camera-3")
 
 
 def test_every_schema_is_valid() -> None:
-    assert set(contracts.EVENT_TYPES) == {p.name.removesuffix(".schema.json")
-                                          for p in contracts.CONTRACTS_DIR.glob("*.schema.json")} - {"common"}
+    assert set(contracts.EVENT_TYPES) == {
+        p.name.removesuffix(".schema.json") for p in contracts.CONTRACTS_DIR.glob("*.schema.json")
+    } - {"common"}
     for path in contracts.CONTRACTS_DIR.glob("*.schema.json"):
         schema = orjson.loads(path.read_bytes())
         jsonschema.Draft202012Validator.check_schema(schema)

@@ -41,7 +41,8 @@ def test_finds_the_one_face_like_the_reference_decoder(detector: FaceDetector, s
     small = cv2.resize(image, (round(w * scale), round(h * scale)))
     reference = cv2.FaceDetectorYN.create(str(path_of(YUNET)), "", (small.shape[1], small.shape[0]), 0.6, 0.3, 50)
     _, found = reference.detect(small)
-    assert found is not None and len(found) == 1
+    assert found is not None
+    assert len(found) == 1
     ref_box = found[0][:4] / scale
     assert np.allclose(face.bbox, ref_box, atol=0.03 * max(ref_box[2:]))
     ref_pts = found[0][4:14].reshape(5, 2) / scale
@@ -52,7 +53,8 @@ def test_alignment_puts_landmarks_on_the_template(detector: FaceDetector) -> Non
     image = read(sample("azure_family2_lady"))
     face = detector.detect(image)[0]
     crop = align(image, face)
-    assert crop.shape == (112, 112, 3) and crop.dtype == np.uint8
+    assert crop.shape == (112, 112, 3)
+    assert crop.dtype == np.uint8
     # Detect again on the upscaled crop: eyes, nose and mouth land near the template points.
     again = detector.detect(cv2.resize(crop, (448, 448)))
     assert again, "the aligned crop still shows a face"
@@ -120,18 +122,26 @@ async def test_stage_emits_valid_events_and_rejects_bad_input(settings: Settings
     try:
         intent = client.search_intent("test search", "CASE-9", "tester")
         photo = sample("azure_family1_mom").read_bytes()
-        good = client.submission("img-good", {"data_b64": base64.b64encode(photo).decode(),
-                                              "sha256": hashlib.sha256(photo).hexdigest()}, intent, "test")
+        good = client.submission(
+            "img-good",
+            {"data_b64": base64.b64encode(photo).decode(), "sha256": hashlib.sha256(photo).hexdigest()},
+            intent,
+            "test",
+        )
         blank_bytes = cv2.imencode(".png", np.full((200, 200, 3), 200, np.uint8))[1].tobytes()
         blank = client.submission("img-blank", {"data_b64": base64.b64encode(blank_bytes).decode()}, intent, "test")
-        corrupt = client.submission("img-corrupt", {"data_b64": base64.b64encode(b"\xff\xd8garbage").decode()}, intent, "test")
+        corrupt = client.submission(
+            "img-corrupt", {"data_b64": base64.b64encode(b"\xff\xd8garbage").decode()}, intent, "test"
+        )
         outcomes = await stage.process([_record(good), _record(blank, 1), _record(corrupt, 2), _record(b"{oops", 3)])
     finally:
         await stage.stop()
     faces = outcomes[0].outputs
-    assert [o.topic for o in faces] == ["faces"] and outcomes[0].error is None
+    assert [o.topic for o in faces] == ["faces"]
+    assert outcomes[0].error is None
     contracts.validate("face.detected", faces[0].value)
-    assert faces[0].value["intent"] == intent and faces[0].value["trace_id"] == good["trace_id"]
+    assert faces[0].value["intent"] == intent
+    assert faces[0].value["trace_id"] == good["trace_id"]
     assert outcomes[1].outputs[0].value["status"] == "no_face"
     contracts.validate("match.result", outcomes[1].outputs[0].value)
     assert getattr(outcomes[2].error, "reason", None) == "undecodable"

@@ -31,7 +31,8 @@ def embed(detector: FaceDetector, backend: OnnxRuntimeBackend) -> tuple[np.ndarr
 
 def test_unit_length_and_deterministic(detector: FaceDetector, backend: OnnxRuntimeBackend) -> None:
     vectors, _ = embed(detector, backend)
-    assert vectors.shape == (len(PHOTOS), 128) and vectors.dtype == np.float32
+    assert vectors.shape == (len(PHOTOS), 128)
+    assert vectors.dtype == np.float32
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     again, _ = embed(detector, backend)
     assert np.allclose(vectors, again, atol=1e-6)
@@ -59,11 +60,27 @@ async def test_stage_batches_and_validates(detector: FaceDetector, settings: Set
     crop = align(image, detector.detect(image)[0])
     intent = client.search_intent("test search", "CASE-2", "tester")
     event = {
-        "schema_version": 1, "event_type": "face.detected", "event_id": ids.event_id("face", "img-1", 0),
-        "image_id": "img-1", "trace_id": "t1", "face_index": 0, "face_count": 1, "bbox": [1, 2, 3, 4],
-        "landmarks": [[1, 1]] * 5, "det_score": 0.9, "quality": {"face_px": 100, "sharpness": 50},
-        "aligned": {"format": "bgr8", "width": 112, "height": 112, "data_b64": base64.b64encode(crop.tobytes()).decode()},
-        "intent": intent, "source": "test", "captured_at": "2026-01-01T00:00:00Z", "occurred_at": "2026-01-01T00:00:01Z",
+        "schema_version": 1,
+        "event_type": "face.detected",
+        "event_id": ids.event_id("face", "img-1", 0),
+        "image_id": "img-1",
+        "trace_id": "t1",
+        "face_index": 0,
+        "face_count": 1,
+        "bbox": [1, 2, 3, 4],
+        "landmarks": [[1, 1]] * 5,
+        "det_score": 0.9,
+        "quality": {"face_px": 100, "sharpness": 50},
+        "aligned": {
+            "format": "bgr8",
+            "width": 112,
+            "height": 112,
+            "data_b64": base64.b64encode(crop.tobytes()).decode(),
+        },
+        "intent": intent,
+        "source": "test",
+        "captured_at": "2026-01-01T00:00:00Z",
+        "occurred_at": "2026-01-01T00:00:01Z",
     }
     contracts.validate("face.detected", event)
     short = {**event, "aligned": {**event["aligned"], "data_b64": base64.b64encode(b"short").decode()}}
@@ -77,4 +94,5 @@ async def test_stage_batches_and_validates(detector: FaceDetector, settings: Set
         contracts.validate("face.embedded", value)
         assert value["model"] == {"name": "sface", "version": "2021dec"}
         assert abs(np.linalg.norm(value["embedding"]) - 1) < 1e-4
-    assert out[0]["embedding"] == out[1]["embedding"] and out[0]["event_id"] == out[1]["event_id"]
+    assert out[0]["embedding"] == out[1]["embedding"]
+    assert out[0]["event_id"] == out[1]["event_id"]

@@ -33,7 +33,9 @@ def encoded(image: Image.Image, fmt: str) -> bytes:
 
 def test_decodes_a_real_photo(settings: Settings) -> None:
     pixels = decode(JPEG, settings)
-    assert pixels.ndim == 3 and pixels.shape[2] == 3 and pixels.dtype.name == "uint8"
+    assert pixels.ndim == 3
+    assert pixels.shape[2] == 3
+    assert pixels.dtype.name == "uint8"
     assert pixels.shape[:2] == Image.open(io.BytesIO(JPEG)).size[::-1]
 
 
@@ -111,8 +113,11 @@ async def test_file_claim_check_is_confined_to_image_roots(settings: Settings, t
 
 
 async def test_http_claim_check_through_the_ssrf_guard() -> None:
-    routes = {"/ok.jpg": respond(200, JPEG), "/missing.jpg": respond(404),
-              "/moved.jpg": respond(302, headers={"Location": "http://169.254.169.254/latest/meta-data/"})}
+    routes = {
+        "/ok.jpg": respond(200, JPEG),
+        "/missing.jpg": respond(404),
+        "/moved.jpg": respond(302, headers={"Location": "http://169.254.169.254/latest/meta-data/"}),
+    }
     async with Server(routes) as server:
         allowed = Settings(allow_private=("127.0.0.1",))
         async with guarded_client(allowed.allow_private, 2.0) as client:
@@ -122,9 +127,12 @@ async def test_http_claim_check_through_the_ssrf_guard() -> None:
             # Redirects are never followed (they are a classic SSRF pivot).
             with pytest.raises(FetchFailed, match="302"):
                 await fetch({"uri": server.url("/moved.jpg"), "sha256": digest(JPEG)}, allowed, client)
-            with pytest.raises(ImageRejected, match="exceeds|bytes"):
-                await fetch({"uri": server.url("/ok.jpg"), "sha256": digest(JPEG)},
-                            Settings(allow_private=("127.0.0.1",), max_image_bytes=1000), client)
+            with pytest.raises(ImageRejected, match=r"exceeds|bytes"):
+                await fetch(
+                    {"uri": server.url("/ok.jpg"), "sha256": digest(JPEG)},
+                    Settings(allow_private=("127.0.0.1",), max_image_bytes=1000),
+                    client,
+                )
         # Without the allow-list, loopback is refused before any connection is made.
         async with guarded_client((), 2.0) as client:
             before = len(server.seen)

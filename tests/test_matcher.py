@@ -47,7 +47,8 @@ async def test_upsert_is_idempotent_and_search_ranks(gallery: Gallery) -> None:
     await gallery.upsert(pts)  # redelivery
     assert await gallery.count() == 3
     [hits] = await gallery.search([unit(1, 0.1)], 10, 0.0)
-    assert hits[0].subject_id == "alice" and hits[0].score > 0.98
+    assert hits[0].subject_id == "alice"
+    assert hits[0].score > 0.98
     [only_w2] = await gallery.search([unit(1, 0.1)], 10, 0.0, ["w2"])
     assert {h.subject_id for h in only_w2} == {"bob"}
     [above] = await gallery.search([unit(0, 1)], 10, 0.9)
@@ -55,7 +56,9 @@ async def test_upsert_is_idempotent_and_search_ranks(gallery: Gallery) -> None:
 
 
 async def test_erasing_a_subject_removes_all_its_points(gallery: Gallery) -> None:
-    await gallery.upsert([point("alice", "w", unit(1)), point("alice", "w", unit(1, 1), "i2"), point("bob", "w", unit(0, 1))])
+    await gallery.upsert(
+        [point("alice", "w", unit(1)), point("alice", "w", unit(1, 1), "i2"), point("bob", "w", unit(0, 1))]
+    )
     await gallery.delete_subject("alice")
     assert await gallery.count() == 1
     [hits] = await gallery.search([unit(1)], 10, -1.0)
@@ -83,10 +86,21 @@ def test_candidates_one_per_subject_ranked_above_threshold() -> None:
 
 def embedded(image_id: str, vector: list[float], intent: dict[str, object]) -> dict[str, object]:
     event = {
-        "schema_version": 1, "event_type": "face.embedded", "event_id": ids.event_id("embedding", image_id, 0),
-        "image_id": image_id, "trace_id": uuid.uuid4().hex, "face_index": 0, "face_count": 1, "bbox": [0, 0, 10, 10],
-        "det_score": 0.9, "embedding": vector, "model": {"name": "sface", "version": "2021dec"}, "intent": intent,
-        "source": "test", "captured_at": "2026-01-01T00:00:00Z", "occurred_at": "2026-01-01T00:00:01Z",
+        "schema_version": 1,
+        "event_type": "face.embedded",
+        "event_id": ids.event_id("embedding", image_id, 0),
+        "image_id": image_id,
+        "trace_id": uuid.uuid4().hex,
+        "face_index": 0,
+        "face_count": 1,
+        "bbox": [0, 0, 10, 10],
+        "det_score": 0.9,
+        "embedding": vector,
+        "model": {"name": "sface", "version": "2021dec"},
+        "intent": intent,
+        "source": "test",
+        "captured_at": "2026-01-01T00:00:00Z",
+        "occurred_at": "2026-01-01T00:00:01Z",
     }
     contracts.validate("face.embedded", event)
     return event
@@ -96,8 +110,15 @@ async def test_stage_enrols_then_searches(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, threshold=0.5)
     stage = MatcherStage(settings)
     await stage.start()
-    enrol = client.enroll_intent("alice", "w1", lawful_basis="explicit_consent", consent_ref="c/1",
-                                 retain_until="2030-01-01", source_attestation="provided in person", enrolled_by="clerk")
+    enrol = client.enroll_intent(
+        "alice",
+        "w1",
+        lawful_basis="explicit_consent",
+        consent_ref="c/1",
+        retain_until="2030-01-01",
+        source_attestation="provided in person",
+        enrolled_by="clerk",
+    )
     search = client.search_intent("find alice", "CASE-3", "investigator")
     try:
         e = embedded("enrol-1", unit(1, 0), enrol)
@@ -112,7 +133,11 @@ async def test_stage_enrols_then_searches(tmp_path: Path) -> None:
     hit, miss = (o.outputs[0].value for o in outcomes)
     for value in (hit, miss):
         contracts.validate("match.result", value)
-        assert value["threshold"] == 0.5 and value["operating_point"]["false_positive_identification_rate"] == 0.01
+        assert value["threshold"] == 0.5
+        assert value["operating_point"]["false_positive_identification_rate"] == 0.01
         assert value["review"].startswith("candidate")
-    assert hit["status"] == "match" and hit["candidates"][0]["subject_id"] == "alice" and hit["candidates"][0]["rank"] == 1
-    assert miss["status"] == "no_match" and miss["candidates"] == []
+    assert hit["status"] == "match"
+    assert hit["candidates"][0]["subject_id"] == "alice"
+    assert hit["candidates"][0]["rank"] == 1
+    assert miss["status"] == "no_match"
+    assert miss["candidates"] == []

@@ -26,17 +26,29 @@ LOOPBACK = ("127.0.0.1",)
 
 def match_event(status: str = "match", candidates: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     return {
-        "schema_version": 1, "event_type": "match.result", "event_id": ids.event_id("match", "img-1", 0),
-        "image_id": "img-1", "trace_id": "trace-1", "status": status, "face_index": 0, "face_count": 1,
-        "candidates": candidates if candidates is not None else [
+        "schema_version": 1,
+        "event_type": "match.result",
+        "event_id": ids.event_id("match", "img-1", 0),
+        "image_id": "img-1",
+        "trace_id": "trace-1",
+        "status": status,
+        "face_index": 0,
+        "face_count": 1,
+        "candidates": candidates
+        if candidates is not None
+        else [
             {"subject_id": "alice", "watchlist": "missing", "score": 0.71, "rank": 1},
             {"subject_id": "bob", "watchlist": "staff", "score": 0.52, "rank": 2},
         ],
-        "threshold": 0.44, "operating_point": {"false_positive_identification_rate": 0.01, "calibration": "devset"},
-        "model": {"name": "sface", "version": "2021dec"}, "gallery": {"name": "faces", "size": 2},
+        "threshold": 0.44,
+        "operating_point": {"false_positive_identification_rate": 0.01, "calibration": "devset"},
+        "model": {"name": "sface", "version": "2021dec"},
+        "gallery": {"name": "faces", "size": 2},
         "intent": {"kind": "search", "purpose": "find", "case_ref": "CASE-5", "requester": "r"},
-        "review": "candidate: investigative lead, requires human confirmation", "source": "cam",
-        "captured_at": "2026-01-01T00:00:00Z", "occurred_at": "2026-01-01T00:00:01Z",
+        "review": "candidate: investigative lead, requires human confirmation",
+        "source": "cam",
+        "captured_at": "2026-01-01T00:00:00Z",
+        "occurred_at": "2026-01-01T00:00:01Z",
         "embedding_must_not_leak": [0.1, 0.2],
     }
 
@@ -45,10 +57,13 @@ def test_payload_is_thin_and_filtered() -> None:
     everyone = Subscription("all", "http://x", SECRET)
     payload = payload_for(match_event(), everyone)
     assert payload is not None
-    assert payload["case_ref"] == "CASE-5" and len(payload["candidates"]) == 2
+    assert payload["case_ref"] == "CASE-5"
+    assert len(payload["candidates"]) == 2
     assert payload["review"].startswith("candidate")
     text = orjson.dumps(payload).decode()
-    assert "embedding" not in text and "intent" not in text and "purpose" not in text
+    assert "embedding" not in text
+    assert "intent" not in text
+    assert "purpose" not in text
     staff = Subscription("staff", "http://x", SECRET, watchlists=("staff",))
     assert [c["subject_id"] for c in payload_for(match_event(), staff)["candidates"]] == ["bob"]  # type: ignore[index]
     assert payload_for(match_event(), Subscription("hi", "http://x", SECRET, min_score=0.9)) is None
@@ -95,21 +110,25 @@ async def test_failing_receivers(status: int, calls: int) -> None:
         async with guarded_client(LOOPBACK, 2.0) as client:
             with pytest.raises(DeliveryFailed) as info:
                 await deliver(client, sub, payload_for(match_event(), sub) or {}, attempts=3, backoff_s=0.01)
-    assert info.value.status == status and len(server.seen) == calls
+    assert info.value.status == status
+    assert len(server.seen) == calls
 
 
 async def test_slow_receiver_times_out_and_redirects_are_not_followed() -> None:
-    async with Server({"/slow": hang(2), "/moved": respond(307, headers={"Location": "/elsewhere"}),
-                       "/elsewhere": respond(204)}) as server:
-        async with guarded_client(LOOPBACK, 0.3) as client:
-            slow = Subscription("slow", server.url("/slow"), SECRET)
-            started = time.monotonic()
-            with pytest.raises(DeliveryFailed, match="Timeout"):
-                await deliver(client, slow, payload_for(match_event(), slow) or {}, attempts=2, backoff_s=0.01)
-            assert time.monotonic() - started < 3
-            moved = Subscription("moved", server.url("/moved"), SECRET)
-            with pytest.raises(DeliveryFailed, match="307"):
-                await deliver(client, moved, payload_for(match_event(), moved) or {}, attempts=2, backoff_s=0.01)
+    async with (
+        Server(
+            {"/slow": hang(2), "/moved": respond(307, headers={"Location": "/elsewhere"}), "/elsewhere": respond(204)}
+        ) as server,
+        guarded_client(LOOPBACK, 0.3) as client,
+    ):
+        slow = Subscription("slow", server.url("/slow"), SECRET)
+        started = time.monotonic()
+        with pytest.raises(DeliveryFailed, match="Timeout"):
+            await deliver(client, slow, payload_for(match_event(), slow) or {}, attempts=2, backoff_s=0.01)
+        assert time.monotonic() - started < 3
+        moved = Subscription("moved", server.url("/moved"), SECRET)
+        with pytest.raises(DeliveryFailed, match="307"):
+            await deliver(client, moved, payload_for(match_event(), moved) or {}, attempts=2, backoff_s=0.01)
     assert not any(path == "/elsewhere" for path, _, _ in server.seen)
 
 
@@ -125,8 +144,13 @@ async def test_private_endpoints_are_refused_without_the_allow_list() -> None:
 async def test_stage_isolates_a_failing_subscriber() -> None:
     async with Server({"/ok": respond(204), "/down": respond(500)}) as server:
         settings = Settings(
-            allow_private=LOOPBACK, webhook_attempts=2, webhook_backoff_s=0.01,
-            subscriptions=(Subscription("ok", server.url("/ok"), SECRET), Subscription("down", server.url("/down"), SECRET)),
+            allow_private=LOOPBACK,
+            webhook_attempts=2,
+            webhook_backoff_s=0.01,
+            subscriptions=(
+                Subscription("ok", server.url("/ok"), SECRET),
+                Subscription("down", server.url("/down"), SECRET),
+            ),
         )
         stage = NotifierStage(settings)
         await stage.start()

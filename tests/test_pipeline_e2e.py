@@ -26,10 +26,15 @@ NOT_ENROLLED = "azure_family1_son"
 
 
 def enrolment(image_id: str, path: Path, settings: Any) -> dict[str, Any]:
-    intent = client.enroll_intent(path.parent.name, "test-list", lawful_basis="explicit_consent",
-                                  consent_ref=f"consent/{path.parent.name}", retain_until="2030-01-01",
-                                  source_attestation="sample photo (MIT), see samples/SOURCES.md",
-                                  enrolled_by="test-suite")
+    intent = client.enroll_intent(
+        path.parent.name,
+        "test-list",
+        lawful_basis="explicit_consent",
+        consent_ref=f"consent/{path.parent.name}",
+        retain_until="2030-01-01",
+        source_attestation="sample photo (MIT), see samples/SOURCES.md",
+        enrolled_by="test-suite",
+    )
     return client.submission(image_id, client.image_ref(path, settings), intent, "tests")
 
 
@@ -38,7 +43,7 @@ def search(image_id: str, path: Path, settings: Any) -> dict[str, Any]:
     return client.submission(image_id, client.image_ref(path, settings), intent, "tests")
 
 
-@pytest.fixture()
+@pytest.fixture
 async def pipeline(kafka: str, tmp_path: Path) -> AsyncIterator[Pipeline]:
     p = Pipeline(tmp_path, [SAMPLES, tmp_path])
     await p.start()
@@ -56,34 +61,12 @@ def statuses(matches: list[dict[str, Any]]) -> dict[str, list[str]]:
 async def enrol_gallery(pipeline: Pipeline) -> None:
     for i, path in enumerate(GALLERY):
         await pipeline.submit(f"enrol-{i}", enrolment(f"enrol-{i}", path, pipeline.settings))
-    matches: list[dict[str, Any]] = []
-
-    async def refresh() -> None:
-        matches[:] = await pipeline.events("matches")
 
     async def enrolled() -> bool:
-        await refresh()
+        matches = await pipeline.events("matches")
         return sum(1 for m in matches if m["status"] == "enrolled") >= len(GALLERY)
 
-    await wait_async(pipeline, enrolled, "enrolments")
-
-
-async def wait_async(pipeline: Pipeline, check: Any, what: str, timeout: float = 180) -> None:
-    state = {"done": False}
-
-    async def poll() -> bool:
-        state["done"] = await check()
-        return state["done"]
-
-    import asyncio
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not await poll():
-        await pipeline.wait_for(lambda: True)
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}\n{pipeline.logs()}")
-        await asyncio.sleep(0.5)
+    await pipeline.wait_for(enrolled, what="enrolments")
 
 
 async def test_images_in_signed_webhooks_out(pipeline: Pipeline) -> None:
@@ -99,8 +82,11 @@ async def test_images_in_signed_webhooks_out(pipeline: Pipeline) -> None:
     del missing_consent["intent"]["consent"]
     await pipeline.submit("bad-consent", missing_consent)
     garbage = b"\xff\xd8\xff\xe0 definitely not a jpeg"
-    await pipeline.submit("bad-image", search("bad-image", GALLERY[0], settings) | {
-        "image": {"data_b64": base64.b64encode(garbage).decode(), "sha256": hashlib.sha256(garbage).hexdigest()}})
+    await pipeline.submit(
+        "bad-image",
+        search("bad-image", GALLERY[0], settings)
+        | {"image": {"data_b64": base64.b64encode(garbage).decode(), "sha256": hashlib.sha256(garbage).hexdigest()}},
+    )
     late = "probe-late"
     await pipeline.submit(late, search(late, PROBES[0], settings))
 
@@ -111,10 +97,13 @@ async def test_images_in_signed_webhooks_out(pipeline: Pipeline) -> None:
         state["matches"] = await pipeline.events("matches")
         state["dlq"] = await pipeline.events("dlq")
         searched = {m["image_id"] for m in state["matches"] if m["status"] in ("match", "no_match", "no_face")}
-        return (searched >= {*probe_ids, late} and len(state["dlq"]) >= 3
-                and len(pipeline.receiver.deliveries) >= expected_matches)
+        return (
+            searched >= {*probe_ids, late}
+            and len(state["dlq"]) >= 3
+            and len(pipeline.receiver.deliveries) >= expected_matches
+        )
 
-    await wait_async(pipeline, settled, "probe outcomes, dead letters and webhooks")
+    await pipeline.wait_for(settled, what="probe outcomes, dead letters and webhooks")
 
     receiver = pipeline.receiver
     assert receiver.rejected == 0, "every signature verifies"
@@ -134,14 +123,20 @@ async def test_images_in_signed_webhooks_out(pipeline: Pipeline) -> None:
             assert delivery.webhook_id == "msg_" + delivery.event["event_id"].replace("-", "")
 
     letters = {d["key"]: d for d in state["dlq"]}
-    assert letters["bad-json"]["reason"] == "malformed_event" and letters["bad-json"]["stage"] == "detector"
-    assert letters["bad-consent"]["reason"] == "malformed_event" and "consent" in letters["bad-consent"]["detail"]
+    assert letters["bad-json"]["reason"] == "malformed_event"
+    assert letters["bad-json"]["stage"] == "detector"
+    assert letters["bad-consent"]["reason"] == "malformed_event"
+    assert "consent" in letters["bad-consent"]["detail"]
     assert letters["bad-image"]["reason"] == "undecodable"
     assert base64.b64decode(letters["bad-json"]["payload_b64"]) == b"{this is not json"
 
     # Every event on every topic honours its contract.
-    for topic, event_type in (("faces", "face.detected"), ("embeddings", "face.embedded"),
-                              ("matches", "match.result"), ("dlq", "dead.letter")):
+    for topic, event_type in (
+        ("faces", "face.detected"),
+        ("embeddings", "face.embedded"),
+        ("matches", "match.result"),
+        ("dlq", "dead.letter"),
+    ):
         events = await pipeline.events(topic)
         assert events, topic
         for event in events:

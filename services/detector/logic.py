@@ -74,9 +74,7 @@ class FaceDetector:
     """YuNet through ONNX Runtime. Thread-safe: `detect` may run in parallel threads."""
 
     def __init__(self, score_threshold: float = 0.6, nms_threshold: float = 0.3, top_k: int = 50) -> None:
-        self.session = ort.InferenceSession(
-            str(path_of(YUNET)), session_options(), providers=["CPUExecutionProvider"]
-        )
+        self.session = ort.InferenceSession(str(path_of(YUNET)), session_options(), providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.score_threshold = score_threshold
@@ -93,7 +91,9 @@ class FaceDetector:
         canvas = np.zeros((INPUT_SIZE, INPUT_SIZE, 3), dtype=np.uint8)
         canvas[:resized_h, :resized_w] = cv2.resize(image, (resized_w, resized_h), interpolation=interp)
         blob = canvas.transpose(2, 0, 1)[np.newaxis].astype(np.float32)
-        outputs = dict(zip(self.output_names, self.session.run(self.output_names, {self.input_name: blob}), strict=True))
+        outputs = dict(
+            zip(self.output_names, self.session.run(self.output_names, {self.input_name: blob}), strict=True)
+        )
 
         boxes, landmarks, scores = [], [], []
         for stride in STRIDES:
@@ -119,7 +119,9 @@ class FaceDetector:
         all_boxes = np.concatenate(boxes) / scale
         all_pts = np.concatenate(landmarks) / scale
         all_scores = np.concatenate(scores)
-        kept = cv2.dnn.NMSBoxes(all_boxes.tolist(), all_scores.tolist(), self.score_threshold, self.nms_threshold, top_k=self.top_k)
+        kept = cv2.dnn.NMSBoxes(
+            all_boxes.tolist(), all_scores.tolist(), self.score_threshold, self.nms_threshold, top_k=self.top_k
+        )
         faces = []
         for i in np.asarray(kept).reshape(-1):
             x, y, w, h = (float(v) for v in all_boxes[i])
@@ -156,7 +158,10 @@ def similarity_transform(src: np.ndarray[Any, Any], dst: np.ndarray[Any, Any]) -
 def align(image: Image, face: Face) -> Image:
     """The 112x112 BGR crop of `face`, aligned to the embedder's landmark template."""
     matrix = similarity_transform(np.array(face.landmarks, dtype=np.float64), TEMPLATE)
-    return cv2.warpAffine(image, matrix, (ALIGNED_SIZE, ALIGNED_SIZE), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)  # type: ignore[no-any-return]
+    crop = cv2.warpAffine(
+        image, matrix, (ALIGNED_SIZE, ALIGNED_SIZE), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT
+    )
+    return np.asarray(crop, dtype=np.uint8)
 
 
 def quality(face: Face, aligned: Image) -> Quality:

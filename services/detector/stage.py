@@ -42,8 +42,13 @@ def analyse(data: bytes, detector: FaceDetector, settings: Settings, enrol: bool
     for face in faces:
         crop = align(image, face)
         q = quality(face, crop)
-        why = passes(q, face.score, min_face_px=settings.min_face_px,
-                     min_sharpness=settings.min_sharpness, min_score=settings.det_score_threshold)
+        why = passes(
+            q,
+            face.score,
+            min_face_px=settings.min_face_px,
+            min_sharpness=settings.min_sharpness,
+            min_score=settings.det_score_threshold,
+        )
         if why is None:
             kept.append((face, q, crop))
         else:
@@ -54,8 +59,9 @@ def analyse(data: bytes, detector: FaceDetector, settings: Settings, enrol: bool
         chosen = dominant_face(faces, settings.enrol_dominance)
         kept = [k for k in kept if k[0] is chosen]
         if not kept:
-            raise EnrolmentRejected(f"the dominant face fails quality gates: {'; '.join(rejected)}",
-                                    reason="enrolment_low_quality")
+            raise EnrolmentRejected(
+                f"the dominant face fails quality gates: {'; '.join(rejected)}", reason="enrolment_low_quality"
+            )
     return Analysis(kept, len(faces), rejected)
 
 
@@ -64,34 +70,65 @@ def face_events(event: dict[str, Any], analysis: Analysis, trace_id: str, second
     now = now_iso()
     if not analysis.faces:
         reason = "no face found" if analysis.found == 0 else "; ".join(analysis.rejected)[:500]
-        return [Output("matches", event["image_id"], {
-            "schema_version": 1, "event_type": "match.result",
-            "event_id": ids.event_id("match", event["image_id"]), "trace_id": trace_id,
-            "status": "no_face", "face_index": None, "face_count": 0, "candidates": [],
-            "reason": reason, "review": REVIEW, "occurred_at": now, "timings": {"detector": seconds}, **base,
-        })]
+        return [
+            Output(
+                "matches",
+                event["image_id"],
+                {
+                    "schema_version": 1,
+                    "event_type": "match.result",
+                    "event_id": ids.event_id("match", event["image_id"]),
+                    "trace_id": trace_id,
+                    "status": "no_face",
+                    "face_index": None,
+                    "face_count": 0,
+                    "candidates": [],
+                    "reason": reason,
+                    "review": REVIEW,
+                    "occurred_at": now,
+                    "timings": {"detector": seconds},
+                    **base,
+                },
+            )
+        ]
     outputs = []
     for index, (face, q, crop) in enumerate(analysis.faces):
-        outputs.append(Output("faces", event["image_id"], {
-            "schema_version": 1, "event_type": "face.detected",
-            "event_id": ids.event_id("face", event["image_id"], index), "trace_id": trace_id,
-            "face_index": index, "face_count": len(analysis.faces),
-            "bbox": [round(v, 1) for v in face.bbox],
-            "landmarks": [[round(x, 1), round(y, 1)] for x, y in face.landmarks],
-            "det_score": round(face.score, 4),
-            "quality": {"face_px": round(q.face_px, 1), "sharpness": round(q.sharpness, 1)},
-            "aligned": {"format": "bgr8", "width": 112, "height": 112,
-                        "data_b64": base64.b64encode(crop.tobytes()).decode()},
-            "occurred_at": now, "timings": {"detector": seconds}, **base,
-        }))
+        outputs.append(
+            Output(
+                "faces",
+                event["image_id"],
+                {
+                    "schema_version": 1,
+                    "event_type": "face.detected",
+                    "event_id": ids.event_id("face", event["image_id"], index),
+                    "trace_id": trace_id,
+                    "face_index": index,
+                    "face_count": len(analysis.faces),
+                    "bbox": [round(v, 1) for v in face.bbox],
+                    "landmarks": [[round(x, 1), round(y, 1)] for x, y in face.landmarks],
+                    "det_score": round(face.score, 4),
+                    "quality": {"face_px": round(q.face_px, 1), "sharpness": round(q.sharpness, 1)},
+                    "aligned": {
+                        "format": "bgr8",
+                        "width": 112,
+                        "height": 112,
+                        "data_b64": base64.b64encode(crop.tobytes()).decode(),
+                    },
+                    "occurred_at": now,
+                    "timings": {"detector": seconds},
+                    **base,
+                },
+            )
+        )
     return outputs
 
 
 class DetectorStage:
     name = "detector"
 
-    def __init__(self, settings: Settings, executor: Executor | None = None,
-                 client: httpx.AsyncClient | None = None) -> None:
+    def __init__(
+        self, settings: Settings, executor: Executor | None = None, client: httpx.AsyncClient | None = None
+    ) -> None:
         self.settings = settings
         self.executor = executor
         self.client = client
@@ -107,7 +144,8 @@ class DetectorStage:
             await self.client.aclose()
 
     async def _one(self, record: Record) -> Outcome:
-        assert self.detector is not None and self.client is not None
+        assert self.detector is not None
+        assert self.client is not None
         try:
             event = contracts.loads(record.value, "image.submitted")
             started = time.perf_counter()
@@ -117,8 +155,14 @@ class DetectorStage:
             loop = asyncio.get_running_loop()
             analysis = await loop.run_in_executor(self.executor, analyse, data, self.detector, self.settings, enrol)
             seconds = round(time.perf_counter() - started, 4)
-            log.info("detected", image_id=event["image_id"], trace_id=trace_id, faces=len(analysis.faces),
-                     found=analysis.found, seconds=seconds)
+            log.info(
+                "detected",
+                image_id=event["image_id"],
+                trace_id=trace_id,
+                faces=len(analysis.faces),
+                found=analysis.found,
+                seconds=seconds,
+            )
             return Outcome(face_events(event, analysis, trace_id, seconds))
         except Exception as exc:
             return Outcome(error=exc)

@@ -40,7 +40,8 @@ def preprocess(crops: list[Crop]) -> FloatArray:
 
 def l2_normalise(vectors: FloatArray) -> FloatArray:
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+    normalised: FloatArray = (vectors / np.maximum(norms, 1e-12)).astype(np.float32)
+    return normalised
 
 
 class OnnxRuntimeBackend:

@@ -33,8 +33,9 @@ def crop_of(event: dict[str, Any]) -> Crop:
 class EmbedderStage:
     name = "embedder"
 
-    def __init__(self, settings: Settings, backend: EmbeddingBackend | None = None,
-                 executor: Executor | None = None) -> None:
+    def __init__(
+        self, settings: Settings, backend: EmbeddingBackend | None = None, executor: Executor | None = None
+    ) -> None:
         self.settings = settings
         self.backend = backend
         self.executor = executor
@@ -76,14 +77,30 @@ class EmbedderStage:
         now = now_iso()
         model = {"name": self.backend.model_name, "version": self.backend.model_version}
         for (i, event, _), vector in zip(valid, vectors, strict=True):
-            out = carry(event, "image_id", "trace_id", "face_index", "face_count", "bbox", "det_score",
-                        "intent", "source", "captured_at", "submitted_at")
-            out.update({
-                "schema_version": 1, "event_type": "face.embedded",
-                "event_id": ids.event_id("embedding", event["image_id"], event["face_index"]),
-                "embedding": [round(float(v), 7) for v in vector], "model": model, "occurred_at": now,
-                "timings": {**event.get("timings", {}), "embedder": round(seconds, 4)},
-            })
+            out = carry(
+                event,
+                "image_id",
+                "trace_id",
+                "face_index",
+                "face_count",
+                "bbox",
+                "det_score",
+                "intent",
+                "source",
+                "captured_at",
+                "submitted_at",
+            )
+            out.update(
+                {
+                    "schema_version": 1,
+                    "event_type": "face.embedded",
+                    "event_id": ids.event_id("embedding", event["image_id"], event["face_index"]),
+                    "embedding": [round(float(v), 7) for v in vector],
+                    "model": model,
+                    "occurred_at": now,
+                    "timings": {**event.get("timings", {}), "embedder": round(seconds, 4)},
+                }
+            )
             outcomes[i].outputs.append(Output("embeddings", event["image_id"], out))
         log.info("embedded", faces=len(valid), batch=len(records), seconds=round(seconds * len(valid), 4))
         return outcomes

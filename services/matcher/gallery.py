@@ -113,8 +113,11 @@ class EdgeGallery:
                 results = []
                 for vector in vectors:
                     request = qe.SearchRequest(
-                        query=qe.Query.Nearest(vector), limit=limit, filter=flt,
-                        with_payload=True, score_threshold=threshold,
+                        query=qe.Query.Nearest(vector),
+                        limit=limit,
+                        filter=flt,
+                        with_payload=True,
+                        score_threshold=threshold,
                     )
                     results.append([_hit(p.id, p.score, p.payload) for p in self._shard.search(request)])
                 return results

@@ -35,12 +35,17 @@ def enrolment_point(event: dict[str, Any]) -> GalleryPoint:
         ids.point_id(intent["subject_id"], event["image_id"], event["face_index"]),
         event["embedding"],
         {
-            "subject_id": intent["subject_id"], "watchlist": intent["watchlist"],
-            "image_id": event["image_id"], "source": event["source"],
+            "subject_id": intent["subject_id"],
+            "watchlist": intent["watchlist"],
+            "image_id": event["image_id"],
+            "source": event["source"],
             "model": f"{event['model']['name']}/{event['model']['version']}",
-            "lawful_basis": consent["lawful_basis"], "consent_ref": consent["consent_ref"],
-            "retain_until": consent["retain_until"], "source_attestation": consent["source_attestation"],
-            "enrolled_by": consent["enrolled_by"], "enrolled_at": now_iso(),
+            "lawful_basis": consent["lawful_basis"],
+            "consent_ref": consent["consent_ref"],
+            "retain_until": consent["retain_until"],
+            "source_attestation": consent["source_attestation"],
+            "enrolled_by": consent["enrolled_by"],
+            "enrolled_at": now_iso(),
         },
     )
 
@@ -59,16 +64,33 @@ class MatcherStage:
         await self.gallery.close()
 
     def _result(self, event: dict[str, Any], status: str, seconds: float, size: int, **extra: Any) -> Output:
-        out = carry(event, "image_id", "trace_id", "face_index", "face_count", "bbox", "intent",
-                    "source", "captured_at", "submitted_at", "model")
-        out.update({
-            "schema_version": 1, "event_type": "match.result",
-            "event_id": ids.event_id("match", event["image_id"], event["face_index"]),
-            "status": status, "candidates": [], "review": REVIEW, "occurred_at": now_iso(),
-            "gallery": {"name": self.settings.gallery_name, "size": size},
-            "timings": {**event.get("timings", {}), "matcher": round(seconds, 4)},
-            **extra,
-        })
+        out = carry(
+            event,
+            "image_id",
+            "trace_id",
+            "face_index",
+            "face_count",
+            "bbox",
+            "intent",
+            "source",
+            "captured_at",
+            "submitted_at",
+            "model",
+        )
+        out.update(
+            {
+                "schema_version": 1,
+                "event_type": "match.result",
+                "event_id": ids.event_id("match", event["image_id"], event["face_index"]),
+                "status": status,
+                "candidates": [],
+                "review": REVIEW,
+                "occurred_at": now_iso(),
+                "gallery": {"name": self.settings.gallery_name, "size": size},
+                "timings": {**event.get("timings", {}), "matcher": round(seconds, 4)},
+                **extra,
+            }
+        )
         return Output("matches", event["image_id"], out)
 
     async def _enrol(self, enrols: list[tuple[int, dict[str, Any]]], outcomes: list[Outcome]) -> None:
@@ -85,12 +107,27 @@ class MatcherStage:
         for (i, event), point in zip(enrols, points, strict=True):
             intent = event["intent"]
             # Audit line: who enrolled whom, under which consent record (reference only).
-            log.info("enrolled", image_id=event["image_id"], trace_id=event["trace_id"], point_id=point.point_id,
-                     watchlist=intent["watchlist"], enrolled_by=intent["consent"]["enrolled_by"])
-            outcomes[i].outputs.append(self._result(
-                event, "enrolled", seconds, size,
-                enrolment={"point_id": point.point_id, "subject_id": intent["subject_id"], "watchlist": intent["watchlist"]},
-            ))
+            log.info(
+                "enrolled",
+                image_id=event["image_id"],
+                trace_id=event["trace_id"],
+                point_id=point.point_id,
+                watchlist=intent["watchlist"],
+                enrolled_by=intent["consent"]["enrolled_by"],
+            )
+            outcomes[i].outputs.append(
+                self._result(
+                    event,
+                    "enrolled",
+                    seconds,
+                    size,
+                    enrolment={
+                        "point_id": point.point_id,
+                        "subject_id": intent["subject_id"],
+                        "watchlist": intent["watchlist"],
+                    },
+                )
+            )
 
     async def process(self, records: Sequence[Record]) -> list[Outcome]:
         outcomes = [Outcome() for _ in records]
@@ -130,12 +167,27 @@ class MatcherStage:
                 found = candidates(hits, threshold, self.settings.top_k)
                 status = "match" if found else "no_match"
                 # Audit line: who searched, why, for which case, and what came back (ids only).
-                log.info("searched", image_id=event["image_id"], trace_id=event["trace_id"],
-                         case_ref=event["intent"]["case_ref"], requester=event["intent"]["requester"],
-                         status=status, candidates=len(found))
-                outcomes[i].outputs.append(self._result(
-                    event, status, seconds, size, threshold=threshold, operating_point=operating_point,
-                    candidates=[{"subject_id": c.subject_id, "watchlist": c.watchlist, "score": c.score, "rank": c.rank}
-                                for c in found],
-                ))
+                log.info(
+                    "searched",
+                    image_id=event["image_id"],
+                    trace_id=event["trace_id"],
+                    case_ref=event["intent"]["case_ref"],
+                    requester=event["intent"]["requester"],
+                    status=status,
+                    candidates=len(found),
+                )
+                outcomes[i].outputs.append(
+                    self._result(
+                        event,
+                        status,
+                        seconds,
+                        size,
+                        threshold=threshold,
+                        operating_point=operating_point,
+                        candidates=[
+                            {"subject_id": c.subject_id, "watchlist": c.watchlist, "score": c.score, "rank": c.rank}
+                            for c in found
+                        ],
+                    )
+                )
         return outcomes

@@ -44,8 +44,12 @@ def retryable(status: int) -> bool:
 
 
 async def deliver(
-    client: httpx.AsyncClient, subscription: Subscription, payload: dict[str, Any], *,
-    attempts: int, backoff_s: float,
+    client: httpx.AsyncClient,
+    subscription: Subscription,
+    payload: dict[str, Any],
+    *,
+    attempts: int,
+    backoff_s: float,
 ) -> int:
     """POST `payload` signed; retries timeouts, 429 and 5xx with exponential backoff.
     Returns the final 2xx status; raises `DeliveryFailed` otherwise."""

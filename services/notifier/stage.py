@@ -38,13 +38,25 @@ class NotifierStage:
         assert self.client is not None
         async with self.limits[sub.name]:
             try:
-                status = await deliver(self.client, sub, payload, attempts=self.settings.webhook_attempts,
-                                       backoff_s=self.settings.webhook_backoff_s)
-                log.info("delivered", subscription=sub.name, event_id=payload["event_id"], trace_id=trace_id, status=status)
+                status = await deliver(
+                    self.client,
+                    sub,
+                    payload,
+                    attempts=self.settings.webhook_attempts,
+                    backoff_s=self.settings.webhook_backoff_s,
+                )
+                log.info(
+                    "delivered", subscription=sub.name, event_id=payload["event_id"], trace_id=trace_id, status=status
+                )
                 return None
             except Exception as exc:
-                log.warning("delivery_failed", subscription=sub.name, event_id=payload["event_id"],
-                            trace_id=trace_id, error=str(exc)[:300])
+                log.warning(
+                    "delivery_failed",
+                    subscription=sub.name,
+                    event_id=payload["event_id"],
+                    trace_id=trace_id,
+                    error=str(exc)[:300],
+                )
                 return exc
 
     async def process(self, records: Sequence[Record]) -> list[Outcome]:
