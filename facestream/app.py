@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor
 from typing import Any
 
 import faust
 
 from facestream import contracts
+from facestream.compute import model_executor
 from facestream.config import Settings
 from facestream.kafka import MAX_REQUEST, TOPICS
 from facestream.logs import get_logger
@@ -26,7 +27,7 @@ SERVICES = ("detector", "embedder", "matcher", "notifier")
 SOURCE = {"detector": "images", "embedder": "faces", "matcher": "embeddings", "notifier": "matches"}
 
 
-def _stage(name: str, settings: Settings, executor: ThreadPoolExecutor) -> Stage:
+def _stage(name: str, settings: Settings, executor: Executor) -> Stage:
     # Imported here so a worker loads only the models its services need.
     if name == "detector":
         from services.detector.stage import DetectorStage
@@ -64,8 +65,10 @@ def app_id_for(settings: Settings, services: Sequence[str]) -> str:
 def create_app(
     settings: Settings,
     services: Iterable[str] = SERVICES,
-    stage_factory: Callable[[str, Settings, ThreadPoolExecutor], Stage] = _stage,
+    stage_factory: Callable[[str, Settings, Executor], Stage] = _stage,
+    executor: Executor | None = None,
 ) -> faust.App:
+    """The faust app running `services`; model work goes to `executor` (see facestream.compute)."""
     services = tuple(services)
     app_id = app_id_for(settings, services)
     app = faust.App(
@@ -88,7 +91,7 @@ def create_app(
         )
         for name in TOPICS
     }
-    executor = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="facestream")
+    executor = executor or model_executor(settings, services)
     for name in services:
         _register(app, name, topics, settings, executor, stage_factory)
     return app
@@ -99,8 +102,8 @@ def _register(
     name: str,
     topics: dict[str, Any],
     settings: Settings,
-    executor: ThreadPoolExecutor,
-    stage_factory: Callable[[str, Settings, ThreadPoolExecutor], Stage],
+    executor: Executor,
+    stage_factory: Callable[[str, Settings, Executor], Stage],
 ) -> None:
     dlq = topics["dlq"]
 

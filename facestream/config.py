@@ -77,7 +77,10 @@ class Settings:
     # Batching of every stage's stream
     batch_max: int = 32
     batch_within_s: float = 0.02
+    # Threads for model work when model_processes is 0; model_processes > 0 runs the models in
+    # that many processes (one per core by default), see facestream.compute.
     workers: int = field(default_factory=lambda: os.cpu_count() or 2)
+    model_processes: int = field(default_factory=lambda: os.cpu_count() or 2)
 
     def topic(self, name: str) -> str:
         """Full topic name: images, faces, embeddings, matches, dlq."""

@@ -302,6 +302,14 @@ def _summary(
         if image_id in tracker.dead:
             entry["dead_letter"] = tracker.dead[image_id]
         per_probe.append(entry)
+    gallery_outcomes = []
+    for image_id in enrol_ids:
+        outcome: dict[str, Any] = {"path": str(paths[image_id]), "status": "enrolled"}
+        if image_id in tracker.dead:
+            outcome = {**outcome, "status": "dead_letter", "reason": tracker.dead[image_id]}
+        elif image_id in tracker.no_face:
+            outcome["status"] = "no_face"
+        gallery_outcomes.append(outcome)
     return {
         "totals": {
             "gallery_images": len(enrol_ids),
@@ -314,6 +322,7 @@ def _summary(
             "no_matches": no_matches,
             "no_face": no_face,
             "dead_letters": len(tracker.dead),
+            "probe_dead_letters": sum(1 for i in probe_ids if i in tracker.dead),
             "webhooks": len(receiver.deliveries),
             "webhook_signature_failures": receiver.rejected,
             "duplicate_webhooks": receiver.duplicates,
@@ -323,6 +332,7 @@ def _summary(
             "images_per_second": round(len(probe_ids) / elapsed, 2),
             "seconds_per_stage": _stage_seconds(tracker, probe_ids, delivered_at),
         },
+        "gallery": gallery_outcomes,
         "probes": per_probe,
     }
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import faust
 
 from facestream.app import SERVICES, create_app
+from facestream.compute import model_executor
 from facestream.config import Settings
 from facestream.kafka import ensure_topics
 from facestream.logs import configure
@@ -33,11 +34,15 @@ def run(settings: Settings, services: Sequence[str] = SERVICES, loglevel: str = 
         raise SystemExit(f"unknown service(s): {', '.join(sorted(unknown))}; choose from {', '.join(SERVICES)}")
     configure(loglevel, service="+".join(services))
     asyncio.run(ensure_topics(settings))
-    app = create_app(settings, services)
+    executor = model_executor(settings, services)
+    app = create_app(settings, services, executor=executor)
     # faust creates only the last level of its data directory.
     os.makedirs(settings.data_dir / "faust", exist_ok=True)
     worker = faust.Worker(app, loglevel="WARNING", quiet=True, redirect_stdouts=False)
-    worker.execute_from_commandline()
+    try:
+        worker.execute_from_commandline()
+    finally:
+        executor.shutdown(wait=False, cancel_futures=True)
 
 
 def spawn(config: Path, services: Sequence[str] = (), log: Path | None = None) -> subprocess.Popen[bytes]:

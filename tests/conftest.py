@@ -65,3 +65,18 @@ def devset() -> Path:
     if not (DEVSET / "labels.csv").exists():
         pytest.skip("../shared/data/faces/devset is absent here; the suite passes without it")
     return DEVSET
+
+
+FIGURES: list[str] = []
+
+
+def report_figure(line: str) -> None:
+    """A measured figure to print at the end of the run (accuracy, throughput)."""
+    FIGURES.append(line)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if FIGURES:
+        terminalreporter.section("figures measured by this run")
+        for line in FIGURES:
+            terminalreporter.write_line(line)

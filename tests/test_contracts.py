@@ -96,3 +96,28 @@ def test_timestamps_must_be_rfc3339() -> None:
     event["captured_at"] = "yesterday at noon"
     with pytest.raises(MalformedEvent, match="captured_at"):
         contracts.validate("image.submitted", event)
+
+
+def test_fast_validator_agrees_with_the_reference_validator() -> None:
+    """The hot-path validator (fastjsonschema, compiled) and the reference one (jsonschema,
+    draft 2020-12) accept and reject the same events."""
+    good = [submission("search"), submission("enroll")]
+    bad = []
+    for path in (("intent", "consent"), ("intent", "purpose"), ("image",), ("source",)):
+        event = submission("enroll" if path[-1] == "consent" else "search")
+        target = event
+        for part in path[:-1]:
+            target = target[part]
+        del target[path[-1]]
+        bad.append(event)
+    bad.append({**submission(), "schema_version": 2})
+    bad.append({**submission(), "unexpected": True})
+    bad.append({**submission(), "image": {"uri": "file:///x", "sha256": "XYZ"}})
+    bad.append({**submission(), "image_id": " spaced id"})
+    for event in good:
+        assert contracts.reference_errors("image.submitted", event) == []
+        contracts.validate("image.submitted", event)
+    for event in bad:
+        assert contracts.reference_errors("image.submitted", event), event
+        with pytest.raises(MalformedEvent):
+            contracts.validate("image.submitted", event)

@@ -141,6 +141,7 @@ async def test_images_in_signed_webhooks_out(pipeline: Pipeline) -> None:
         assert events, topic
         for event in events:
             contracts.validate(event_type, event)
+            assert contracts.reference_errors(event_type, event) == []
     for key, raw in await pipeline.read("images"):
         if key not in letters:
             contracts.validate("image.submitted", orjson.loads(raw))

@@ -8,6 +8,7 @@ trained on with a least-squares similarity transform.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -134,6 +135,13 @@ class FaceDetector:
             faces.append(Face((x0, y0, x1 - x0, y1 - y0), pts, float(all_scores[i])))
         faces.sort(key=lambda f: f.score, reverse=True)
         return faces
+
+
+@functools.cache
+def detector_for(score_threshold: float) -> FaceDetector:
+    """One detector per process (and threshold): ONNX Runtime sessions are thread-safe, and in a
+    model worker process this is loaded once by the pool's initializer."""
+    return FaceDetector(score_threshold=score_threshold)
 
 
 def similarity_transform(src: np.ndarray[Any, Any], dst: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:

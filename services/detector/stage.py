@@ -20,7 +20,17 @@ from facestream.logs import get_logger
 from facestream.net import guarded_client
 from facestream.pipeline import Outcome, Output, Record, carry
 from facestream.timeutil import now_iso
-from services.detector.logic import Face, FaceDetector, Image, Quality, align, dominant_face, passes, quality
+from services.detector.logic import (
+    Face,
+    FaceDetector,
+    Image,
+    Quality,
+    align,
+    detector_for,
+    dominant_face,
+    passes,
+    quality,
+)
 
 log = get_logger(__name__)
 REVIEW = "candidate: investigative lead, requires human confirmation"
@@ -31,10 +41,12 @@ class Analysis:
     faces: list[tuple[Face, Quality, Image]]
     found: int
     rejected: list[str]
+    seconds: float  # decode + detect + align, in the worker thread (queueing excluded)
 
 
 def analyse(data: bytes, detector: FaceDetector, settings: Settings, enrol: bool) -> Analysis:
     """Decode, detect, align and gate. CPU-bound; runs in a worker thread."""
+    started = time.perf_counter()
     image = decode(data, settings)
     faces = detector.detect(image)
     kept: list[tuple[Face, Quality, Image]] = []
@@ -62,7 +74,12 @@ def analyse(data: bytes, detector: FaceDetector, settings: Settings, enrol: bool
             raise EnrolmentRejected(
                 f"the dominant face fails quality gates: {'; '.join(rejected)}", reason="enrolment_low_quality"
             )
-    return Analysis(kept, len(faces), rejected)
+    return Analysis(kept, len(faces), rejected, time.perf_counter() - started)
+
+
+def analyse_image(data: bytes, settings: Settings, enrol: bool) -> Analysis:
+    """`analyse` with this process's detector; module-level so a process pool can run it."""
+    return analyse(data, detector_for(min(0.5, settings.det_score_threshold)), settings, enrol)
 
 
 def face_events(event: dict[str, Any], analysis: Analysis, trace_id: str, seconds: float) -> list[Output]:
@@ -132,10 +149,8 @@ class DetectorStage:
         self.settings = settings
         self.executor = executor
         self.client = client
-        self.detector: FaceDetector | None = None
 
     async def start(self) -> None:
-        self.detector = FaceDetector(score_threshold=min(0.5, self.settings.det_score_threshold))
         if self.client is None:
             self.client = guarded_client(self.settings.allow_private, self.settings.fetch_timeout_s)
 
@@ -144,17 +159,17 @@ class DetectorStage:
             await self.client.aclose()
 
     async def _one(self, record: Record) -> Outcome:
-        assert self.detector is not None
         assert self.client is not None
         try:
             event = contracts.loads(record.value, "image.submitted")
-            started = time.perf_counter()
             trace_id = event.get("trace_id") or record.trace_id or ids.event_id("trace", event["image_id"])
+            fetch_started = time.perf_counter()
             data = await fetch(event["image"], self.settings, self.client)
+            fetch_seconds = time.perf_counter() - fetch_started
             enrol = event["intent"]["kind"] == "enroll"
             loop = asyncio.get_running_loop()
-            analysis = await loop.run_in_executor(self.executor, analyse, data, self.detector, self.settings, enrol)
-            seconds = round(time.perf_counter() - started, 4)
+            analysis = await loop.run_in_executor(self.executor, analyse_image, data, self.settings, enrol)
+            seconds = round(fetch_seconds + analysis.seconds, 4)
             log.info(
                 "detected",
                 image_id=event["image_id"],

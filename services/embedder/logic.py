@@ -3,6 +3,7 @@ in-process (the embedded default). A Triton backend implements the same interfac
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Protocol
 
 import cv2
@@ -73,3 +74,14 @@ class OnnxRuntimeBackend:
             for i in range(0, len(batch), self.max_batch)
         ]
         return l2_normalise(np.concatenate(parts).astype(np.float32))
+
+
+@functools.cache
+def default_backend() -> OnnxRuntimeBackend:
+    """The in-process backend, one per process (see `facestream.compute`)."""
+    return OnnxRuntimeBackend()
+
+
+def embed_default(crops: list[Crop]) -> FloatArray:
+    """Embed with this process's default backend; a module-level function so a process pool can run it."""
+    return default_backend().embed(crops)

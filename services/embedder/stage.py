@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from typing import Any
 
@@ -15,9 +15,10 @@ from facestream import contracts, ids
 from facestream.config import Settings
 from facestream.errors import MalformedEvent
 from facestream.logs import get_logger
+from facestream.models import SFACE
 from facestream.pipeline import Outcome, Output, Record, carry
 from facestream.timeutil import now_iso
-from services.embedder.logic import Crop, EmbeddingBackend, OnnxRuntimeBackend
+from services.embedder.logic import Crop, EmbeddingBackend, FloatArray, embed_default
 
 log = get_logger(__name__)
 CROP_BYTES = 112 * 112 * 3
@@ -31,6 +32,9 @@ def crop_of(event: dict[str, Any]) -> Crop:
 
 
 class EmbedderStage:
+    """Embeds with `backend` in threads when one is given; otherwise with the in-process SFace
+    backend through `executor` (the worker's model process pool, see `facestream.compute`)."""
+
     name = "embedder"
 
     def __init__(
@@ -38,21 +42,20 @@ class EmbedderStage:
     ) -> None:
         self.settings = settings
         self.backend = backend
-        self.executor = executor
+        self.executor = executor if backend is None else None
+        self.embed: Callable[[list[Crop]], FloatArray] = backend.embed if backend else embed_default
+        self.model = {
+            "name": backend.model_name if backend else SFACE.name,
+            "version": backend.model_version if backend else SFACE.version,
+        }
 
     async def start(self) -> None:
-        if self.backend is None:
-            self.backend = OnnxRuntimeBackend()
+        return None
 
     async def stop(self) -> None:
         return None
 
-    def _embed_parallel(self, crops: list[Crop]) -> np.ndarray[Any, Any]:
-        assert self.backend is not None
-        return self.backend.embed(crops)
-
     async def process(self, records: Sequence[Record]) -> list[Outcome]:
-        assert self.backend is not None
         outcomes = [Outcome() for _ in records]
         valid: list[tuple[int, dict[str, Any], Crop]] = []
         for i, record in enumerate(records):
@@ -66,16 +69,16 @@ class EmbedderStage:
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
         crops = [c for _, _, c in valid]
-        # Split the batch across the executor's threads: ONNX Runtime releases the GIL.
+        # Split the batch across the executor's workers so every core embeds part of it.
         n = max(1, min(self.settings.workers, len(crops)))
         chunks = [crops[j::n] for j in range(n)]
-        parts = await asyncio.gather(*(loop.run_in_executor(self.executor, self._embed_parallel, c) for c in chunks))
-        vectors = np.zeros((len(crops), self.backend.dim), dtype=np.float32)
+        parts = await asyncio.gather(*(loop.run_in_executor(self.executor, self.embed, c) for c in chunks))
+        vectors = np.zeros((len(crops), parts[0].shape[1]), dtype=np.float32)
         for j, part in enumerate(parts):
             vectors[j::n] = part
         seconds = (time.perf_counter() - started) / len(crops)
         now = now_iso()
-        model = {"name": self.backend.model_name, "version": self.backend.model_version}
+        model = self.model
         for (i, event, _), vector in zip(valid, vectors, strict=True):
             out = carry(
                 event,

@@ -1,0 +1,111 @@
+"""End-to-end throughput against the models alone, in one run, on the same images and cores.
+
+1. Plain loop: decode, detect, align and embed every face, in 2 processes (no Kafka, no JSON).
+2. End to end: `facestream demo` machinery on a real local Kafka: the gallery is enrolled first,
+   then every probe is submitted; images/s = probes / (first probe submitted .. last outcome known).
+
+Prints both and the ratio (target: end to end >= 90% of the plain loop).
+
+    .venv/bin/python bench/pipeline.py [--images DIR] [--limit N] [--repeat K]
+
+Without --images it uses ../shared/data/faces/devset where present, else samples/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+_state: dict[str, object] = {}
+
+
+def _init() -> None:
+    from services.detector.logic import FaceDetector
+    from services.embedder.logic import OnnxRuntimeBackend
+
+    _state["detector"], _state["backend"] = FaceDetector(), OnnxRuntimeBackend()
+
+
+def _one(path: str) -> int:
+    from facestream.config import Settings
+    from facestream.images import decode
+    from services.detector.logic import align
+
+    detector, backend = _state["detector"], _state["backend"]
+    image = decode(Path(path).read_bytes(), Settings())
+    faces = detector.detect(image)  # type: ignore[attr-defined]
+    if faces:
+        backend.embed([align(image, f) for f in faces])  # type: ignore[attr-defined]
+    return len(faces)
+
+
+def plain_loop(paths: list[Path], processes: int = 2) -> float:
+    with mp.get_context("spawn").Pool(processes, initializer=_init) as pool:
+        pool.map(_one, [str(p) for p in paths[: processes * 2]])  # warm-up: sessions loaded
+        started = time.perf_counter()
+        pool.map(_one, [str(p) for p in paths], chunksize=4)
+        return len(paths) / (time.perf_counter() - started)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=Path)
+    parser.add_argument("--limit", type=int, default=0)
+    parser.add_argument("--repeat", type=int, default=1, help="submit each probe this many times (distinct ids)")
+    parser.add_argument("--gallery-size", type=int, default=20)
+    args = parser.parse_args()
+    source = args.images or (ROOT.parent / "shared/data/faces/devset")
+    if not source.is_dir():
+        source = ROOT / "samples"
+    images = sorted(p for p in source.rglob("*") if p.suffix.lower() in SUFFIXES)
+    if args.limit:
+        images = images[: args.limit]
+    work = Path(tempfile.mkdtemp(prefix="facestream-bench-"))
+    gallery, probes = work / "gallery", work / "probes"
+    for i, path in enumerate(images[: args.gallery_size]):
+        (gallery / f"subject{i:04d}").mkdir(parents=True)
+        shutil.copy(path, gallery / f"subject{i:04d}" / path.name)
+    probe_paths = []
+    for k in range(args.repeat):
+        for i, path in enumerate(images):
+            target = probes / f"r{k}" / f"{i:05d}{path.suffix.lower()}"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, target)
+            probe_paths.append(target)
+    print(f"images: {len(probe_paths)} probes from {source} on {os.cpu_count()} cores; gallery {args.gallery_size}")
+
+    plain = plain_loop(probe_paths)
+    print(f"plain loop (decode+detect+align+embed, 2 processes): {plain:.2f} images/s")
+
+    from facestream.demo import run_demo
+    from facestream.worker import kafka
+
+    started_kafka = subprocess.call(["bash", str(ROOT / "scripts/kafka.sh"), "status"], stdout=subprocess.DEVNULL) != 0
+    if started_kafka:
+        kafka("up")
+    try:
+        summary = asyncio.run(run_demo(gallery.resolve(), probes.resolve(), quiet=True))
+    finally:
+        if started_kafka:
+            kafka("down")
+        shutil.rmtree(work, ignore_errors=True)
+    e2e = summary["timings"]["images_per_second"]
+    print(f"end to end (Kafka, 4 stages, webhooks):            {e2e:.2f} images/s")
+    print(f"ratio end to end / plain loop: {e2e / plain:.3f}  (target >= 0.90)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
