@@ -62,7 +62,7 @@ def _fast_validator(event_type: str) -> Callable[[Any], Any]:
     # agrees with the reference validator above.
     uri = f"{_BASE}{event_type}.schema.json"
     schema = {"$schema": "http://json-schema.org/draft-07/schema#", **_inline(_registry().contents(uri), uri)}
-    return fastjsonschema.compile(schema, formats={"uuid": _UUID})  # type: ignore[no-any-return]
+    return fastjsonschema.compile(schema, formats={"uuid": _UUID})
 
 
 def validate(event_type: str, event: Any) -> None:

@@ -7,7 +7,6 @@ expanded. The sha256 of the bytes must match the one the publisher gave.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import hashlib
 import io
@@ -78,7 +77,8 @@ async def fetch(image: dict[str, Any], settings: Settings, client: httpx.AsyncCl
         if len(encoded) * 3 // 4 > settings.inline_max_bytes:
             raise ImageRejected(f"inline image over {settings.inline_max_bytes} bytes; use a URI", reason="too_large")
         try:
-            data = base64.b64decode(encoded, validate=True)
+            # binascii's strict mode is C speed; b64decode(validate=True) runs a regex first.
+            data = binascii.a2b_base64(encoded, strict_mode=True)
         except (binascii.Error, ValueError) as exc:
             raise ImageRejected("inline image is not valid base64") from exc
     else:
