@@ -80,6 +80,8 @@ def create_app(
         topic_allow_declare=False,
         topic_partitions=settings.partitions,
         consumer_auto_offset_reset="earliest",
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=max(0.5, settings.session_timeout_s / 10),
         producer_acks=-1,
         producer_max_request_size=MAX_REQUEST,
         consumer_max_fetch_size=MAX_REQUEST,

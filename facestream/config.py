@@ -43,6 +43,8 @@ class Settings:
     topic_prefix: str = "facestream"
     partitions: int = 4
     app_id: str = "facestream"
+    # A crashed worker's partitions move to the others after this long without heartbeats.
+    session_timeout_s: float = 30.0
     # Local state: gallery, image store
     data_dir: Path = Path(".facestream")
     # Images

@@ -7,6 +7,7 @@ expanded. The sha256 of the bytes must match the one the publisher gave.
 
 from __future__ import annotations
 
+import asyncio
 import binascii
 import hashlib
 import io
@@ -85,7 +86,7 @@ async def fetch(image: dict[str, Any], settings: Settings, client: httpx.AsyncCl
         uri: str = image["uri"]
         scheme = urlparse(uri).scheme.lower()
         if scheme == "file":
-            data = _read_file(uri, settings)
+            data = await asyncio.to_thread(_read_file, uri, settings)
         elif scheme in ("http", "https"):
             data = await _read_http(uri, settings, client)
         else:

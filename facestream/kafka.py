@@ -3,6 +3,7 @@ the demo and the tests (the services themselves run on faust)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -48,10 +49,25 @@ async def ensure_topics(settings: Settings) -> list[str]:
         ]
         if new:
             await admin.create_topics(new)
+            await _wait_for_leaders(admin, [t.name for t in new])
             log.info("topics_created", topics=[t.name for t in new], partitions=settings.partitions)
         return [t.name for t in new]
     finally:
         await admin.close()
+
+
+async def _wait_for_leaders(admin: AIOKafkaAdminClient, names: list[str], limit_s: float = 15) -> None:
+    """New partitions answer NOT_LEADER until the controller has elected their leaders; waiting
+    here keeps the first produce and fetch requests from failing and retrying."""
+    deadline = asyncio.get_running_loop().time() + limit_s
+    while asyncio.get_running_loop().time() < deadline:
+        described = await admin.describe_topics(names)
+        if all(
+            t.get("error_code", 0) == 0 and t["partitions"] and all(p["leader"] >= 0 for p in t["partitions"])
+            for t in described
+        ):
+            return
+        await asyncio.sleep(0.1)
 
 
 def producer(settings: Settings, **kwargs: Any) -> AIOKafkaProducer:

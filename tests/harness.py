@@ -48,17 +48,29 @@ class Pipeline:
                     "image_roots": [str(r) for r in self.roots],
                     "allow_private": ["127.0.0.1"],
                     "webhook_backoff_s": 0.05,
+                "session_timeout_s": 6,
                 },
                 [{"name": "test-receiver", "url": self.receiver.url, "secret": self.secret}],
             )
         )
         self.settings = load_settings(config)
         await ensure_topics(self.settings)
-        for group in self.services:
-            log = self.workdir / f"worker-{'-'.join(group) or 'all'}.log"
-            self.workers.append(spawn(config, group, log))
+        self.config = config
+        self.spawn_workers()
         self.producer = producer(self.settings)
         await self.producer.start()
+
+    def spawn_workers(self) -> None:
+        for group in self.services:
+            log = self.workdir / f"worker-{'-'.join(group) or 'all'}-{len(self.workers)}.log"
+            self.workers.append(spawn(self.config, group, log))
+
+    def kill_workers(self) -> None:
+        """SIGKILL: no graceful shutdown, no final commit (a crash)."""
+        for worker in self.workers:
+            worker.kill()
+            worker.wait()
+        self.workers.clear()
 
     async def stop(self) -> None:
         await self.producer.stop()

@@ -169,3 +169,32 @@ async def test_services_run_as_separate_workers(kafka: str, tmp_path: Path) -> N
         assert delivery.event["candidates"][0]["subject_id"] == "azure_family2_man"
     finally:
         await pipeline.stop()
+
+
+async def test_a_crashed_worker_loses_nothing_and_duplicates_nothing(pipeline: Pipeline) -> None:
+    """SIGKILL the worker mid-stream and start a new one: every probe still yields its webhook,
+    redelivered work produces the same webhook ids (the receiver de-duplicates on them), and the
+    gallery holds no duplicate point."""
+    await enrol_gallery(pipeline)
+    enrolled_probes = [p for p in PROBES if p.parent.name != NOT_ENROLLED]
+    expected = {}
+    for round_ in range(4):
+        for i, path in enumerate(enrolled_probes):
+            image_id = f"crash-{round_}-{i}"
+            expected[image_id] = path.parent.name
+            await pipeline.submit(image_id, search(image_id, path, pipeline.settings))
+    receiver = pipeline.receiver
+    await pipeline.wait_for(lambda: len(receiver.deliveries) >= 3, what="the first webhooks")
+    pipeline.kill_workers()
+    before = len(receiver.deliveries)
+    assert before < len(expected), "the worker was killed mid-stream"
+    pipeline.spawn_workers()
+    await pipeline.wait_for(lambda: len(receiver.deliveries) >= len(expected), what="every webhook after the crash")
+    delivered = {d.event["image_id"]: d for d in receiver.deliveries}
+    assert set(delivered) == set(expected)
+    for image_id, subject in expected.items():
+        assert delivered[image_id].event["candidates"][0]["subject_id"] == subject
+    assert len({d.webhook_id for d in receiver.deliveries}) == len(expected)
+    assert receiver.rejected == 0
+    matches = await pipeline.events("matches")
+    assert {m["gallery"]["size"] for m in matches if m["status"] == "match"} == {len(GALLERY)}

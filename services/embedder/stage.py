@@ -98,7 +98,7 @@ class EmbedderStage:
                     "schema_version": 1,
                     "event_type": "face.embedded",
                     "event_id": ids.event_id("embedding", event["image_id"], event["face_index"]),
-                    "embedding": [round(float(v), 7) for v in vector],
+                    "embedding": vector.astype(np.float64).round(7).tolist(),
                     "model": model,
                     "occurred_at": now,
                     "timings": {**event.get("timings", {}), "embedder": round(seconds, 4)},
