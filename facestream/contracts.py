@@ -51,7 +51,10 @@ def _inline(node: Any, base: str) -> Any:
         target = urljoin(base, node["$ref"])
         resolved = _registry().resolver(base).lookup(target)
         return _inline(resolved.contents, target.split("#")[0])
-    return {k: _inline(v, base) for k, v in node.items() if k not in ("$id", "$schema", "$defs")}
+    # contentEncoding is only an annotation in 2020-12, but fastjsonschema would decode every
+    # base64 payload to check it; the stages decode (and reject) those payloads themselves.
+    dropped = ("$id", "$schema", "$defs", "contentEncoding")
+    return {k: _inline(v, base) for k, v in node.items() if k not in dropped}
 
 
 @functools.cache
