@@ -15,13 +15,21 @@ from facestream.config import Settings
 from facestream.timeutil import now_iso
 
 
-def image_ref(path: Path, settings: Settings) -> dict[str, str]:
-    """Inline base64 when small enough, else a claim check (file URI + sha256)."""
+def image_ref(path: Path, settings: Settings, inline: bool | None = None) -> dict[str, str]:
+    """How a local photo travels. Kafka carries events, not blobs: a claim check (file URI +
+    sha256) when the workers can read the file (it lies under `image_roots`), else inline base64
+    up to `inline_max_bytes`. `inline=True/False` forces the choice."""
     data = path.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
-    if len(data) <= settings.inline_max_bytes:
-        return {"data_b64": base64.b64encode(data).decode(), "sha256": digest}
-    return {"uri": path.resolve().as_uri(), "sha256": digest}
+    resolved = path.resolve()
+    readable = any(resolved.is_relative_to(root.resolve()) for root in settings.image_roots)
+    if inline is None:
+        inline = not readable
+    if not inline:
+        return {"uri": resolved.as_uri(), "sha256": digest}
+    if len(data) > settings.inline_max_bytes:
+        raise ValueError(f"{path}: {len(data)} bytes is over inline_max_bytes; put it under image_roots")
+    return {"data_b64": base64.b64encode(data).decode(), "sha256": digest}
 
 
 def search_intent(purpose: str, case_ref: str, requester: str, watchlists: list[str] | None = None) -> dict[str, Any]:

@@ -48,7 +48,7 @@ class Pipeline:
                     "image_roots": [str(r) for r in self.roots],
                     "allow_private": ["127.0.0.1"],
                     "webhook_backoff_s": 0.05,
-                "session_timeout_s": 6,
+                    "session_timeout_s": 6,
                 },
                 [{"name": "test-receiver", "url": self.receiver.url, "secret": self.secret}],
             )

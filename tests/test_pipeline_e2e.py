@@ -38,9 +38,9 @@ def enrolment(image_id: str, path: Path, settings: Any) -> dict[str, Any]:
     return client.submission(image_id, client.image_ref(path, settings), intent, "tests")
 
 
-def search(image_id: str, path: Path, settings: Any) -> dict[str, Any]:
+def search(image_id: str, path: Path, settings: Any, inline: bool | None = None) -> dict[str, Any]:
     intent = client.search_intent("end-to-end test", "CASE-E2E", "test-suite")
-    return client.submission(image_id, client.image_ref(path, settings), intent, "tests")
+    return client.submission(image_id, client.image_ref(path, settings, inline), intent, "tests")
 
 
 @pytest.fixture
@@ -88,7 +88,7 @@ async def test_images_in_signed_webhooks_out(pipeline: Pipeline) -> None:
         | {"image": {"data_b64": base64.b64encode(garbage).decode(), "sha256": hashlib.sha256(garbage).hexdigest()}},
     )
     late = "probe-late"
-    await pipeline.submit(late, search(late, PROBES[0], settings))
+    await pipeline.submit(late, search(late, PROBES[0], settings, inline=True))
 
     expected_matches = sum(1 for p in PROBES if p.parent.name != NOT_ENROLLED) + 1
     state: dict[str, Any] = {}

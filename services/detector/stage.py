@@ -170,7 +170,7 @@ class DetectorStage:
             loop = asyncio.get_running_loop()
             analysis = await loop.run_in_executor(self.executor, analyse_image, data, self.settings, enrol)
             seconds = round(fetch_seconds + analysis.seconds, 4)
-            log.info(
+            log.debug(
                 "detected",
                 image_id=event["image_id"],
                 trace_id=trace_id,

@@ -105,5 +105,5 @@ class EmbedderStage:
                 }
             )
             outcomes[i].outputs.append(Output("embeddings", event["image_id"], out))
-        log.info("embedded", faces=len(valid), batch=len(records), seconds=round(seconds * len(valid), 4))
+        log.debug("embedded", faces=len(valid), batch=len(records), seconds=round(seconds * len(valid), 4))
         return outcomes
