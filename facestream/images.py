@@ -32,21 +32,28 @@ def _check_digest(data: bytes, expected: str | None) -> None:
         raise ImageRejected("sha256 of the image bytes does not match the event", reason="digest_mismatch")
 
 
-def _read_file(uri: str, settings: Settings) -> bytes:
+def local_path(uri: str, settings: Settings) -> Path:
+    """The file a `file://` claim check names, if it lies inside the configured image roots."""
     parsed = urlparse(uri)
     if parsed.netloc not in ("", "localhost"):
         raise FetchRejected("file:// URIs must not name a host")
     path = Path(unquote(parsed.path)).resolve()
-    roots = [r.resolve() for r in settings.image_roots]
-    if not any(path.is_relative_to(r) for r in roots):
+    if not any(path.is_relative_to(r.resolve()) for r in settings.image_roots):
         raise FetchRejected("file path is outside the configured image_roots")
+    return path
+
+
+def read_local(path: Path, settings: Settings, sha256: str | None) -> bytes:
+    """The bytes of an allowed local image, size- and digest-checked (runs in a model process)."""
     try:
         size = path.stat().st_size
         if size > settings.max_image_bytes:
             raise ImageRejected(f"image is {size} bytes, limit {settings.max_image_bytes}", reason="too_large")
-        return path.read_bytes()
+        data = path.read_bytes()
     except OSError as exc:
         raise FetchFailed(f"cannot read file: {exc.strerror}") from exc
+    _check_digest(data, sha256)
+    return data
 
 
 async def _read_http(uri: str, settings: Settings, client: httpx.AsyncClient) -> bytes:
@@ -86,7 +93,7 @@ async def fetch(image: dict[str, Any], settings: Settings, client: httpx.AsyncCl
         uri: str = image["uri"]
         scheme = urlparse(uri).scheme.lower()
         if scheme == "file":
-            data = await asyncio.to_thread(_read_file, uri, settings)
+            return await asyncio.to_thread(read_local, local_path(uri, settings), settings, image.get("sha256"))
         elif scheme in ("http", "https"):
             data = await _read_http(uri, settings, client)
         else:

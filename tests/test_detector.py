@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -153,3 +154,31 @@ async def test_stage_emits_valid_events_and_rejects_bad_input(settings: Settings
     await stage2.stop()
     assert again[0].outputs[0].value["event_id"] == faces[0].value["event_id"]
     await asyncio.sleep(0)
+
+
+async def test_stage_reads_file_claim_checks_in_the_model_process(settings: Settings, tmp_path: Path) -> None:
+    """File claim checks are read and digest-checked where they are decoded (here a real
+    process pool, as in the worker); a wrong digest or a path outside the roots is refused."""
+    from facestream.compute import model_executor
+
+    photo = tmp_path / "probe.jpg"
+    photo.write_bytes(sample("azure_family2_lady").read_bytes())
+    digest = hashlib.sha256(photo.read_bytes()).hexdigest()
+    intent = client.search_intent("test search", "CASE-10", "tester")
+    events = [
+        client.submission("ok", {"uri": photo.as_uri(), "sha256": digest}, intent, "t"),
+        client.submission("tampered", {"uri": photo.as_uri(), "sha256": "f" * 64}, intent, "t"),
+        client.submission("outside", {"uri": "file:///etc/hostname", "sha256": digest}, intent, "t"),
+    ]
+    executor = model_executor(Settings(model_processes=1), ["detector"])
+    stage = DetectorStage(settings, executor)
+    await stage.start()
+    try:
+        ok, tampered, outside = await stage.process([_record(e, i) for i, e in enumerate(events)])
+    finally:
+        await stage.stop()
+        executor.shutdown()
+    assert ok.error is None
+    assert ok.outputs[0].topic == "faces"
+    assert getattr(tampered.error, "reason", None) == "digest_mismatch"
+    assert getattr(outside.error, "reason", None) == "fetch_rejected"

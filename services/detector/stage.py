@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import time
 from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -15,7 +17,7 @@ import httpx
 from facestream import contracts, ids
 from facestream.config import Settings
 from facestream.errors import EnrolmentRejected
-from facestream.images import decode, fetch
+from facestream.images import decode, fetch, local_path, read_local
 from facestream.logs import get_logger
 from facestream.net import guarded_client
 from facestream.pipeline import Outcome, Output, Record, carry
@@ -77,9 +79,16 @@ def analyse(data: bytes, detector: FaceDetector, settings: Settings, enrol: bool
     return Analysis(kept, len(faces), rejected, time.perf_counter() - started)
 
 
-def analyse_image(data: bytes, settings: Settings, enrol: bool) -> Analysis:
-    """`analyse` with this process's detector; module-level so a process pool can run it."""
-    return analyse(data, detector_for(min(0.5, settings.det_score_threshold)), settings, enrol)
+def analyse_image(source: bytes | tuple[Path, str | None], settings: Settings, enrol: bool) -> Analysis:
+    """`analyse` with this process's detector; module-level so a process pool can run it.
+    `source` is the image's bytes, or an allowed local path and its sha256: a claim-checked file
+    is read where it is decoded, so its bytes never pass through the faust process."""
+    if isinstance(source, tuple):
+        started = time.perf_counter()
+        data = read_local(source[0], settings, source[1])
+        analysis = analyse(data, detector_for(min(0.5, settings.det_score_threshold)), settings, enrol)
+        return dataclasses.replace(analysis, seconds=analysis.seconds + time.perf_counter() - started)
+    return analyse(source, detector_for(min(0.5, settings.det_score_threshold)), settings, enrol)
 
 
 def face_events(event: dict[str, Any], analysis: Analysis, trace_id: str, seconds: float) -> list[Output]:
@@ -164,11 +173,16 @@ class DetectorStage:
             event = contracts.loads(record.value, "image.submitted")
             trace_id = event.get("trace_id") or record.trace_id or ids.event_id("trace", event["image_id"])
             fetch_started = time.perf_counter()
-            data = await fetch(event["image"], self.settings, self.client)
+            image = event["image"]
+            source: bytes | tuple[Path, str | None]
+            if image.get("uri", "").lower().startswith("file:"):
+                source = (local_path(image["uri"], self.settings), image.get("sha256"))
+            else:
+                source = await fetch(image, self.settings, self.client)
             fetch_seconds = time.perf_counter() - fetch_started
             enrol = event["intent"]["kind"] == "enroll"
             loop = asyncio.get_running_loop()
-            analysis = await loop.run_in_executor(self.executor, analyse_image, data, self.settings, enrol)
+            analysis = await loop.run_in_executor(self.executor, analyse_image, source, self.settings, enrol)
             seconds = round(fetch_seconds + analysis.seconds, 4)
             log.debug(
                 "detected",
