@@ -348,7 +348,8 @@ def _print_summary(summary: dict[str, Any]) -> None:
     )
     print(f"  no match                 {t['no_matches']}")
     print(f"  no usable face           {t['no_face']}")
-    print(f"  dead letters             {t['dead_letters']}")
+    refused, probes = t["dead_letters"] - t["probe_dead_letters"], t["probe_dead_letters"]
+    print(f"  dead letters             {t['dead_letters']}  (enrolments refused {refused}, probes {probes})")
     print(f"  images per second        {tm['images_per_second']}  ({t['probes']} probes in {tm['seconds']} s)")
     stages = ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in tm["seconds_per_stage"].items())
     print(f"  seconds per stage        {stages}")

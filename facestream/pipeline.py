@@ -103,6 +103,20 @@ def dead_letter(stage: str, record: Record, error: BaseException, subscription: 
     return event
 
 
+# The fields a face keeps from stage to stage (see the contracts).
+FACE_FIELDS = (
+    "image_id",
+    "trace_id",
+    "face_index",
+    "face_count",
+    "bbox",
+    "intent",
+    "source",
+    "captured_at",
+    "submitted_at",
+)
+
+
 def carry(event: dict[str, Any], *names: str) -> dict[str, Any]:
-    """The fields every downstream event keeps from its input."""
+    """The fields of `event` named, those it has, for the event a stage emits from it."""
     return {n: event[n] for n in names if n in event}

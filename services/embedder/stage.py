@@ -16,7 +16,7 @@ from facestream.config import Settings
 from facestream.errors import MalformedEvent
 from facestream.logs import get_logger
 from facestream.models import SFACE
-from facestream.pipeline import Outcome, Output, Record, carry
+from facestream.pipeline import FACE_FIELDS, Outcome, Output, Record, carry
 from facestream.timeutil import now_iso
 from services.embedder.logic import Crop, EmbeddingBackend, FloatArray, embed_default
 
@@ -80,19 +80,7 @@ class EmbedderStage:
         now = now_iso()
         model = self.model
         for (i, event, _), vector in zip(valid, vectors, strict=True):
-            out = carry(
-                event,
-                "image_id",
-                "trace_id",
-                "face_index",
-                "face_count",
-                "bbox",
-                "det_score",
-                "intent",
-                "source",
-                "captured_at",
-                "submitted_at",
-            )
+            out = carry(event, *FACE_FIELDS, "det_score")
             out.update(
                 {
                     "schema_version": 1,

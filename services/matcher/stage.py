@@ -12,7 +12,7 @@ from qdrant_client import AsyncQdrantClient
 from facestream import contracts, ids
 from facestream.config import Settings
 from facestream.logs import get_logger
-from facestream.pipeline import Outcome, Output, Record, carry
+from facestream.pipeline import FACE_FIELDS, Outcome, Output, Record, carry
 from facestream.timeutil import now_iso
 from services.matcher.gallery import EdgeGallery, Gallery, GalleryPoint, QdrantGallery
 from services.matcher.logic import candidates
@@ -64,19 +64,7 @@ class MatcherStage:
         await self.gallery.close()
 
     def _result(self, event: dict[str, Any], status: str, seconds: float, size: int, **extra: Any) -> Output:
-        out = carry(
-            event,
-            "image_id",
-            "trace_id",
-            "face_index",
-            "face_count",
-            "bbox",
-            "intent",
-            "source",
-            "captured_at",
-            "submitted_at",
-            "model",
-        )
+        out = carry(event, *FACE_FIELDS, "model")
         out.update(
             {
                 "schema_version": 1,
