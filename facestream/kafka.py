@@ -4,9 +4,10 @@ the demo and the tests (the services themselves run on faust)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from facestream.config import Settings
@@ -50,6 +51,7 @@ async def ensure_topics(settings: Settings) -> list[str]:
         if new:
             await admin.create_topics(new)
             await _wait_for_leaders(admin, [t.name for t in new])
+            await _wait_until_serving(settings, [t.name for t in new])
             log.info("topics_created", topics=[t.name for t in new], partitions=settings.partitions)
         return [t.name for t in new]
     finally:
@@ -68,6 +70,22 @@ async def _wait_for_leaders(admin: AIOKafkaAdminClient, names: list[str], limit_
         ):
             return
         await asyncio.sleep(0.1)
+
+
+async def _wait_until_serving(settings: Settings, names: list[str]) -> None:
+    """A leader in the metadata may still refuse ListOffsets for a moment; ask once ourselves
+    (aiokafka retries and logs each refusal as an error) so clients started next do not."""
+    fetcher_log = logging.getLogger("aiokafka.consumer.fetcher")
+    level = fetcher_log.level
+    fetcher_log.setLevel(logging.CRITICAL)
+    probe = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+    await probe.start()
+    try:
+        parts = [TopicPartition(n, p) for n in names for p in range(settings.partitions)]
+        await asyncio.wait_for(probe.end_offsets(parts), 15)
+    finally:
+        await probe.stop()
+        fetcher_log.setLevel(level)
 
 
 def producer(settings: Settings, **kwargs: Any) -> AIOKafkaProducer:
