@@ -15,6 +15,7 @@ import pytest
 from facestream.config import Settings
 from services.detector.logic import FaceDetector
 from services.embedder.logic import OnnxRuntimeBackend
+from tests.figures import FIGURES
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"
@@ -65,14 +66,6 @@ def devset() -> Path:
     if not (DEVSET / "labels.csv").exists():
         pytest.skip("../shared/data/faces/devset is absent here; the suite passes without it")
     return DEVSET
-
-
-FIGURES: list[str] = []
-
-
-def report_figure(line: str) -> None:
-    """A measured figure to print at the end of the run (accuracy, throughput)."""
-    FIGURES.append(line)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

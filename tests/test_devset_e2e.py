@@ -15,7 +15,8 @@ from pathlib import Path
 import orjson
 
 from facestream.demo import run_demo
-from tests.conftest import ROOT, report_figure
+from tests.conftest import ROOT
+from tests.figures import report_figure
 
 ENROLLED = 100
 
