@@ -20,7 +20,7 @@ from facestream.compute import model_executor
 from facestream.config import Settings
 from facestream.kafka import MAX_REQUEST, TOPICS
 from facestream.logs import get_logger
-from facestream.pipeline import Record, Stage, dead_letter
+from facestream.pipeline import Outcome, Record, Stage, dead_letter
 
 log = get_logger(__name__)
 SERVICES = ("detector", "embedder", "matcher", "notifier")
@@ -126,7 +126,10 @@ def _register(
                     )
                     for e in events
                 ]
-                outcomes = await stage.process(records)
+                try:
+                    outcomes = await stage.process(records)
+                except Exception as exc:  # a stage fault: dead-letter the batch, keep consuming
+                    outcomes = [Outcome(error=exc) for _ in records]
                 pending = []
                 for record, outcome in zip(records, outcomes, strict=True):
                     headers = {"trace-id": record.headers["trace-id"]} if "trace-id" in record.headers else {}
