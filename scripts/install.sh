@@ -16,4 +16,5 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 .venv/bin/python -m facestream.models verify
+.venv/bin/python -m facestream.prepare
 scripts/kafka.sh fetch

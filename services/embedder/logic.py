@@ -4,6 +4,7 @@ in-process (the embedded default). A Triton backend implements the same interfac
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 from typing import Any, Protocol
 
 import cv2
@@ -11,7 +12,8 @@ import numpy as np
 import onnxruntime as ort
 
 from facestream.errors import ModelError
-from facestream.models import SFACE, path_of
+from facestream.models import SFACE
+from facestream.prepare import prepared_path
 from services.detector.logic import ALIGNED_SIZE, session_options
 
 FloatArray = np.ndarray[Any, np.dtype[np.float32]]
@@ -51,17 +53,18 @@ class OnnxRuntimeBackend:
     model_name = SFACE.name
     model_version = SFACE.version
 
-    def __init__(self, threads: int = 1) -> None:
-        self.session = ort.InferenceSession(
-            str(path_of(SFACE)), session_options(threads), providers=["CPUExecutionProvider"]
-        )
+    def __init__(self, threads: int = 1, model: Path | None = None) -> None:
+        model = model or prepared_path()
+        if not model.exists():
+            raise ModelError(f"{model} is missing: run scripts/install.sh (python -m facestream.prepare)")
+        self.session = ort.InferenceSession(str(model), session_options(threads), providers=["CPUExecutionProvider"])
         inputs = self.session.get_inputs()
         self.input_name = inputs[0].name
         shape = inputs[0].shape
         if list(shape[1:]) != [3, ALIGNED_SIZE, ALIGNED_SIZE]:
             raise ModelError(f"SFace input shape {shape} != [N, 3, 112, 112]")
         # The packaged file has a fixed batch of 1; a prepared model may have a dynamic one.
-        self.max_batch = shape[0] if isinstance(shape[0], int) else 64
+        self.max_batch = shape[0] if isinstance(shape[0], int) else 16
         self.output_name = self.session.get_outputs()[0].name
         self.dim = int(self.session.get_outputs()[0].shape[1])
 

@@ -1,0 +1,21 @@
+"""The prepared SFace model (install step) equals the packaged one on real faces."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnxruntime as ort
+
+from facestream.models import SFACE, path_of
+from facestream.prepare import TOLERANCE, max_difference, prepare_sface, prepared_path
+
+
+def test_prepared_model_is_equivalent_and_batches(tmp_path: Path) -> None:
+    target = prepare_sface(tmp_path)  # a fresh preparation, not the installed file
+    assert target == prepared_path(tmp_path)
+    assert max_difference(path_of(SFACE), target) <= TOLERANCE
+    session = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
+    [data] = session.get_inputs()
+    assert data.name == "data" and not isinstance(data.shape[0], int)  # noqa: PT018
+    assert len(session.get_inputs()) == 1, "weights are no longer graph inputs"
+    assert prepare_sface(tmp_path) == target  # idempotent
