@@ -36,6 +36,18 @@ def _stage(name: str, settings: Settings, executor: Executor) -> Stage:
     if name == "embedder":
         from services.embedder.stage import EmbedderStage
 
+        if settings.triton_url:
+            from services.embedder.triton import TritonBackend
+
+            backend = TritonBackend(
+                settings.triton_url,
+                settings.triton_model,
+                settings.triton_model_version,
+                timeout_s=settings.triton_timeout_s,
+                max_in_flight=settings.triton_max_in_flight,
+                retry_for_s=settings.triton_retry_for_s,
+            )
+            return EmbedderStage(settings, backend)
         return EmbedderStage(settings, executor=executor)
     if name == "matcher":
         from services.matcher.stage import MatcherStage

@@ -32,7 +32,8 @@ def _warm(services: tuple[str, ...], det_threshold: float) -> None:
 
 def model_executor(settings: Settings, services: Iterable[str]) -> Executor:
     """A process pool with the models of `services` loaded, or threads if processes are off."""
-    needed = tuple(s for s in services if s in ("detector", "embedder"))
+    local_embedder = not settings.triton_url
+    needed = tuple(s for s in services if s == "detector" or (s == "embedder" and local_embedder))
     if settings.model_processes <= 0 or not needed:
         return ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="facestream-model")
     return ProcessPoolExecutor(

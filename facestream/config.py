@@ -61,9 +61,13 @@ class Settings:
     min_face_px: int = 24
     min_sharpness: float = 15.0
     enrol_dominance: float = 2.0
-    # Embedder
-    embed_batch: int = 32
-    embed_within_s: float = 0.02
+    # Embedder: ONNX Runtime in-process unless triton_url names a Triton server (host:port, gRPC).
+    triton_url: str = ""
+    triton_model: str = "sface"
+    triton_model_version: str = ""
+    triton_timeout_s: float = 10.0
+    triton_max_in_flight: int = 4
+    triton_retry_for_s: float = 300.0
     # Matcher
     gallery_backend: str = "edge"  # "edge" (embedded) or "qdrant" (server via qdrant-client)
     qdrant_url: str = ""

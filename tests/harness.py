@@ -26,7 +26,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class Pipeline:
-    def __init__(self, workdir: Path, roots: Sequence[Path], services: Sequence[Sequence[str]] = ((),)) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        roots: Sequence[Path],
+        services: Sequence[Sequence[str]] = ((),),
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        self.extra = extra or {}
         self.workdir = workdir
         self.roots = roots
         self.services = services
@@ -49,6 +56,7 @@ class Pipeline:
                     "allow_private": ["127.0.0.1"],
                     "webhook_backoff_s": 0.05,
                     "session_timeout_s": 6,
+                    **self.extra,
                 },
                 [{"name": "test-receiver", "url": self.receiver.url, "secret": self.secret}],
             )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import cv2
 import numpy as np
@@ -30,6 +30,19 @@ class EmbeddingBackend(Protocol):
     def embed(self, crops: list[Crop]) -> FloatArray:
         """Embeddings of `crops`, shape (len(crops), dim), each row of unit length."""
         ...
+
+
+@runtime_checkable
+class AsyncEmbeddingBackend(Protocol):
+    """The same contract for a remote model server (Triton): started, awaited, closed."""
+
+    model_name: str
+    model_version: str
+    dim: int
+
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+    async def embed(self, crops: list[Crop]) -> FloatArray: ...
 
 
 def preprocess(crops: list[Crop]) -> FloatArray:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import inspect
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
@@ -18,7 +19,7 @@ from facestream.logs import get_logger
 from facestream.models import SFACE
 from facestream.pipeline import FACE_FIELDS, Outcome, Output, Record, carry
 from facestream.timeutil import now_iso
-from services.embedder.logic import Crop, EmbeddingBackend, FloatArray, embed_default
+from services.embedder.logic import AsyncEmbeddingBackend, Crop, EmbeddingBackend, FloatArray, embed_default
 
 log = get_logger(__name__)
 CROP_BYTES = 112 * 112 * 3
@@ -32,28 +33,50 @@ def crop_of(event: dict[str, Any]) -> Crop:
 
 
 class EmbedderStage:
-    """Embeds with `backend` in threads when one is given; otherwise with the in-process SFace
-    backend through `executor` (the worker's model process pool, see `facestream.compute`)."""
+    """Embeds with `backend` when one is given (in threads if it is synchronous, awaited if it is
+    asynchronous, like the Triton backend); otherwise with the in-process SFace backend through
+    `executor` (the worker's model process pool, see `facestream.compute`)."""
 
     name = "embedder"
 
     def __init__(
-        self, settings: Settings, backend: EmbeddingBackend | None = None, executor: Executor | None = None
+        self,
+        settings: Settings,
+        backend: EmbeddingBackend | AsyncEmbeddingBackend | None = None,
+        executor: Executor | None = None,
     ) -> None:
         self.settings = settings
         self.backend = backend
         self.executor = executor if backend is None else None
-        self.embed: Callable[[list[Crop]], FloatArray] = backend.embed if backend else embed_default
-        self.model = {
-            "name": backend.model_name if backend else SFACE.name,
-            "version": backend.model_version if backend else SFACE.version,
-        }
+        self.embed: Callable[[list[Crop]], Any] = backend.embed if backend else embed_default
+        self.asynchronous = inspect.iscoroutinefunction(self.embed)
+
+    @property
+    def model(self) -> dict[str, str]:
+        if self.backend is None:
+            return {"name": SFACE.name, "version": SFACE.version}
+        return {"name": self.backend.model_name, "version": self.backend.model_version}
 
     async def start(self) -> None:
-        return None
+        if isinstance(self.backend, AsyncEmbeddingBackend):
+            await self.backend.start()
 
     async def stop(self) -> None:
-        return None
+        if isinstance(self.backend, AsyncEmbeddingBackend):
+            await self.backend.close()
+
+    async def _vectors(self, crops: list[Crop]) -> FloatArray:
+        if self.asynchronous:
+            vectors: FloatArray = await self.embed(crops)
+            return vectors
+        loop = asyncio.get_running_loop()
+        # Split the batch across the executor's workers so every core embeds part of it.
+        n = max(1, min(self.settings.workers, len(crops)))
+        parts = await asyncio.gather(*(loop.run_in_executor(self.executor, self.embed, crops[j::n]) for j in range(n)))
+        vectors = np.zeros((len(crops), parts[0].shape[1]), dtype=np.float32)
+        for j, part in enumerate(parts):
+            vectors[j::n] = part
+        return vectors
 
     async def process(self, records: Sequence[Record]) -> list[Outcome]:
         outcomes = [Outcome() for _ in records]
@@ -67,15 +90,8 @@ class EmbedderStage:
         if not valid:
             return outcomes
         started = time.perf_counter()
-        loop = asyncio.get_running_loop()
         crops = [c for _, _, c in valid]
-        # Split the batch across the executor's workers so every core embeds part of it.
-        n = max(1, min(self.settings.workers, len(crops)))
-        chunks = [crops[j::n] for j in range(n)]
-        parts = await asyncio.gather(*(loop.run_in_executor(self.executor, self.embed, c) for c in chunks))
-        vectors = np.zeros((len(crops), parts[0].shape[1]), dtype=np.float32)
-        for j, part in enumerate(parts):
-            vectors[j::n] = part
+        vectors = await self._vectors(crops)
         seconds = (time.perf_counter() - started) / len(crops)
         now = now_iso()
         model = self.model

@@ -1,0 +1,174 @@
+"""The embedder's Triton backend against a real `tritonserver` (from nvidia-pytriton, CPU,
+python backend serving the same prepared SFace file with ONNX Runtime)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc.aio as triton
+
+from facestream import contracts, ids
+from facestream.config import Settings
+from facestream.errors import ModelError
+from facestream.localtriton import LocalTritonServer, build_repository
+from facestream.pipeline import Record
+from facestream.prepare import prepared_path
+from services.detector.logic import FaceDetector, align
+from services.embedder.logic import OnnxRuntimeBackend
+from services.embedder.stage import EmbedderStage
+from services.embedder.triton import TritonBackend
+from tests.conftest import SAMPLES, read
+from tests.figures import report_figure
+from tests.harness import Pipeline
+
+TOLERANCE = 1e-5  # max abs difference of L2-normalised embeddings, Triton vs in-process
+
+
+@pytest.fixture(scope="session")
+def triton_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalTritonServer]:
+    work = tmp_path_factory.mktemp("triton")
+    server = LocalTritonServer(build_repository(work / "repository", prepared_path()), work)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def crops(detector: FaceDetector) -> list[np.ndarray]:
+    out = []
+    for path in sorted(SAMPLES.rglob("*.jpg")):
+        image = read(path)
+        out += [align(image, face) for face in detector.detect(image)]
+    return out
+
+
+async def test_embeddings_equal_the_in_process_ones(triton_server: LocalTritonServer, crops: list[np.ndarray]) -> None:
+    backend = TritonBackend(triton_server.url)
+    await backend.start()
+    try:
+        remote = await backend.embed(crops)
+    finally:
+        await backend.close()
+    local = OnnxRuntimeBackend().embed(crops)
+    difference = float(np.abs(remote - local).max())
+    report_figure(f"triton vs in-process embeddings: max abs difference {difference:.2e} over {len(crops)} faces")
+    assert remote.shape == (len(crops), 128)
+    assert difference <= TOLERANCE
+    assert backend.model_version == "2021dec"
+
+
+async def test_the_dynamic_batcher_forms_batches(triton_server: LocalTritonServer, crops: list[np.ndarray]) -> None:
+    backend = TritonBackend(triton_server.url, max_in_flight=64)
+    await backend.start()
+    client = triton.InferenceServerClient(triton_server.url)
+    try:
+        before = (await client.get_inference_statistics("sface", as_json=True))["model_stats"][0]
+        singles = [crops[i % len(crops)] for i in range(64)]
+        await asyncio.gather(*(backend.embed([c]) for c in singles))
+        after = (await client.get_inference_statistics("sface", as_json=True))["model_stats"][0]
+    finally:
+        await backend.close()
+        await client.close()
+    inferences = int(after.get("inference_count", 0)) - int(before.get("inference_count", 0))
+    executions = int(after.get("execution_count", 0)) - int(before.get("execution_count", 0))
+    report_figure(f"triton dynamic batcher: {inferences} inferences in {executions} executions")
+    assert inferences == 64
+    assert executions < inferences
+
+
+async def test_a_wrong_model_is_refused_at_start_up(triton_server: LocalTritonServer) -> None:
+    with pytest.raises(ModelError, match=r"input data shape \[3, 96, 96\], expected \[3, 112, 112\]"):
+        await TritonBackend(triton_server.url, "sface_wrong").start()
+    with pytest.raises(ModelError, match=r"not ready|not found"):
+        await TritonBackend(triton_server.url, "no_such_model").start()
+    with pytest.raises(ModelError):
+        await TritonBackend("127.0.0.1:9", timeout_s=1).start()
+
+
+def face_event(image_id: str, crop: np.ndarray) -> bytes:
+    event = {
+        "schema_version": 1,
+        "event_type": "face.detected",
+        "event_id": ids.event_id("face", image_id, 0),
+        "image_id": image_id,
+        "trace_id": "t",
+        "face_index": 0,
+        "face_count": 1,
+        "bbox": [0, 0, 1, 1],
+        "landmarks": [[0, 0]] * 5,
+        "det_score": 0.9,
+        "quality": {"face_px": 100, "sharpness": 50},
+        "aligned": {
+            "format": "bgr8",
+            "width": 112,
+            "height": 112,
+            "data_b64": base64.b64encode(crop.tobytes()).decode(),
+        },
+        "intent": {"kind": "search", "purpose": "test", "case_ref": "C", "requester": "r"},
+        "source": "t",
+        "captured_at": "2026-01-01T00:00:00Z",
+        "occurred_at": "2026-01-01T00:00:00Z",
+    }
+    return contracts.dumps(event)
+
+
+async def test_server_killed_mid_stream_loses_and_duplicates_nothing(tmp_path: Path, crops: list[np.ndarray]) -> None:
+    server = LocalTritonServer(build_repository(tmp_path / "repository", prepared_path(), wrong_model=False), tmp_path)
+    server.start()
+    backend = TritonBackend(server.url, timeout_s=2, retry_for_s=120)
+    stage = EmbedderStage(Settings(), backend)
+    await stage.start()
+    try:
+        batches = [
+            [
+                Record(face_event(f"img-{b}-{i}", crops[(b + i) % len(crops)]), b"k", "faces", 0, b * 8 + i)
+                for i in range(8)
+            ]
+            for b in range(6)
+        ]
+        first = await stage.process(batches[0])
+        server.kill()
+        pending = asyncio.gather(*(stage.process(batch) for batch in batches[1:]))
+        await asyncio.sleep(2)
+        assert not pending.done(), "the stage waits for the server instead of failing the batch"
+        server.start()  # same ports: the channel reconnects
+        rest = await asyncio.wait_for(pending, 120)
+    finally:
+        await stage.stop()
+        server.stop()
+    outcomes = [*first, *(o for batch in rest for o in batch)]
+    assert all(o.error is None and len(o.outputs) == 1 for o in outcomes)
+    ids_out = [o.outputs[0].value["event_id"] for o in outcomes]
+    assert len(ids_out) == len(set(ids_out)) == 48
+    assert backend.unavailable_retries > 0
+    expected = OnnxRuntimeBackend().embed([crops[(b + i) % len(crops)] for b in range(6) for i in range(8)])
+    got = np.array([o.outputs[0].value["embedding"] for o in outcomes])
+    assert np.abs(got - expected).max() < 1e-5
+
+
+async def test_the_whole_pipeline_with_the_triton_backend(
+    kafka: str, tmp_path: Path, triton_server: LocalTritonServer
+) -> None:
+    pipeline = Pipeline(tmp_path, [SAMPLES], extra={"triton_url": triton_server.url})
+    await pipeline.start()
+    try:
+        gallery = sorted((SAMPLES / "gallery").rglob("*.jpg"))
+        from tests.test_pipeline_e2e import enrol_gallery, search
+
+        await enrol_gallery(pipeline)
+        probes = [p for p in sorted((SAMPLES / "probes").rglob("*.jpg")) if p.parent.name != "azure_family1_son"]
+        for i, path in enumerate(probes):
+            await pipeline.submit(f"p{i}", search(f"p{i}", path, pipeline.settings))
+        await pipeline.wait_for(lambda: len(pipeline.receiver.deliveries) >= len(probes), what="webhooks via Triton")
+        by_id = {d.event["image_id"]: d.event for d in pipeline.receiver.deliveries}
+        for i, path in enumerate(probes):
+            assert by_id[f"p{i}"]["candidates"][0]["subject_id"] == path.parent.name
+            assert by_id[f"p{i}"]["model"] == {"name": "sface", "version": "2021dec"}
+        assert len(gallery) == 5
+    finally:
+        await pipeline.stop()
