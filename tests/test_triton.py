@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.grpc.aio as triton
+from prometheus_client import REGISTRY
 
 from facestream import contracts, ids
 from facestream.config import Settings
@@ -146,6 +147,9 @@ async def test_server_killed_mid_stream_loses_and_duplicates_nothing(tmp_path: P
     ids_out = [o.outputs[0].value["event_id"] for o in outcomes]
     assert len(ids_out) == len(set(ids_out)) == 48
     assert backend.unavailable_retries > 0
+    retried = REGISTRY.get_sample_value("facestream_triton_unavailable_retries_total", {"url": server.url})
+    assert retried == backend.unavailable_retries
+    assert REGISTRY.get_sample_value("facestream_triton_up", {"url": server.url}) == 1  # back up
     expected = OnnxRuntimeBackend().embed([crops[(b + i) % len(crops)] for b in range(6) for i in range(8)])
     got = np.array([o.outputs[0].value["embedding"] for o in outcomes])
     assert np.abs(got - expected).max() < 1e-5

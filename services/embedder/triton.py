@@ -20,6 +20,7 @@ from tritonclient.utils import InferenceServerException
 
 from facestream.errors import ModelError
 from facestream.logs import get_logger
+from facestream.metrics import TRITON_RETRIES, TRITON_UP
 from services.embedder.logic import Crop, FloatArray, l2_normalise, preprocess
 
 log = get_logger(__name__)
@@ -81,7 +82,7 @@ class TritonBackend:
         self.client: Any = None
         self.model_name = model_name
         self.model_version = ""
-        self.unavailable_retries = 0  # exported as a metric by the worker
+        self.unavailable_retries = 0  # also counted in facestream_triton_unavailable_retries_total
 
     async def start(self) -> None:
         """Live, ready and model checks; fails fast with what differs."""
@@ -137,11 +138,14 @@ class TritonBackend:
                 output: FloatArray = result.as_numpy(self.output_name).astype(np.float32)
                 if delay > 0.1:
                     log.info("triton_available_again", url=self.url)
+                    TRITON_UP.labels(self.url).set(1)
                 return output
             except InferenceServerException as exc:
                 if str(exc.status()) in FATAL or time.monotonic() + delay > deadline:
                     raise
                 self.unavailable_retries += 1
+                TRITON_RETRIES.labels(self.url).inc()
+                TRITON_UP.labels(self.url).set(0)
                 log.warning(
                     "triton_unavailable",
                     url=self.url,
