@@ -9,6 +9,7 @@ exist (at-least-once; downstream ids are deterministic, so redelivery duplicates
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Executor
 from typing import Any
@@ -20,6 +21,8 @@ from facestream.compute import model_executor
 from facestream.config import Settings
 from facestream.kafka import MAX_REQUEST, TOPICS
 from facestream.logs import get_logger
+from facestream.metrics import DEAD_LETTERS, EVENTS_CONSUMED, EVENTS_PRODUCED, STAGE_SECONDS
+from facestream.ops import Health, OpsServer
 from facestream.pipeline import Outcome, Record, Stage, dead_letter
 
 log = get_logger(__name__)
@@ -106,8 +109,12 @@ def create_app(
         for name in TOPICS
     }
     executor = executor or model_executor(settings, services)
+    health = Health(["kafka", *services])
     for name in services:
-        _register(app, name, topics, settings, executor, stage_factory)
+        _register(app, name, topics, settings, executor, stage_factory, health)
+    if settings.ops_port >= 0:
+        ops = OpsServer(settings, app_id, list(services), health)
+        app.task(ops.run)
     return app
 
 
@@ -118,12 +125,14 @@ def _register(
     settings: Settings,
     executor: Executor,
     stage_factory: Callable[[str, Settings, Executor], Stage],
+    health: Health,
 ) -> None:
     dlq = topics["dlq"]
 
     async def agent(stream: Any) -> None:
         stage = stage_factory(name, settings, executor)
         await stage.start()
+        health.set(name, True)
         log.info("stage_started", stage=name)
         try:
             async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
@@ -138,15 +147,21 @@ def _register(
                     )
                     for e in events
                 ]
+                started = time.perf_counter()
                 try:
                     outcomes = await stage.process(records)
                 except Exception as exc:  # a stage fault: dead-letter the batch, keep consuming
                     outcomes = [Outcome(error=exc) for _ in records]
+                EVENTS_CONSUMED.labels(name).inc(len(records))
+                per_event = (time.perf_counter() - started) / len(records)
+                for _ in records:
+                    STAGE_SECONDS.labels(name).observe(per_event)
                 pending = []
                 for record, outcome in zip(records, outcomes, strict=True):
                     headers = {"trace-id": record.headers["trace-id"]} if "trace-id" in record.headers else {}
                     if outcome.error is not None:
                         letter = dead_letter(name, record, outcome.error)
+                        DEAD_LETTERS.labels(name, letter["reason"]).inc()
                         log.warning(
                             "dead_letter",
                             stage=name,
@@ -157,8 +172,10 @@ def _register(
                         pending.append(await dlq.send(key=record.key, value=contracts.dumps(letter), headers=headers))
                     for subscription, error in outcome.failures:
                         letter = dead_letter(name, record, error, subscription)
+                        DEAD_LETTERS.labels(name, letter["reason"]).inc()
                         pending.append(await dlq.send(key=record.key, value=contracts.dumps(letter), headers=headers))
                     for out in outcome.outputs:
+                        EVENTS_PRODUCED.labels(name, out.topic).inc()
                         trace = out.value.get("trace_id")
                         out_headers = {"trace-id": trace.encode()} if trace else headers
                         pending.append(
@@ -169,6 +186,7 @@ def _register(
                 # The batch is acked (and its offsets become committable) only after this returns.
                 await asyncio.gather(*pending)
         finally:
+            health.set(name, False)
             await stage.stop()
             log.info("stage_stopped", stage=name)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 import uuid
 from pathlib import Path
@@ -102,6 +103,78 @@ def _cmd_tail(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _lag(settings: Any, watch: float | None) -> None:
+    from facestream.lag import consumer_lag, table
+
+    while True:
+        rows = await consumer_lag(settings)
+        if watch:
+            print("\033[2J\033[H", end="")
+        print(table(rows), flush=True)
+        if not watch:
+            return
+        await asyncio.sleep(watch)
+
+
+def _cmd_lag(args: argparse.Namespace) -> int:
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_lag(load_settings(args.config), args.watch))
+    return 0
+
+
+async def _status(settings: Any, window_s: float) -> str:
+    from collections import Counter
+
+    from aiokafka import TopicPartition
+
+    from facestream.kafka import TOPICS, topic_partitions
+    from facestream.lag import consumer_lag
+
+    known = await topic_partitions(settings, [settings.topic(name) for name in TOPICS])
+    parts = [TopicPartition(topic, p) for topic, numbers in known.items() for p in numbers]
+    probe = consumer(settings)
+    await probe.start()
+    try:
+        before = await probe.end_offsets(parts)
+        await asyncio.sleep(window_s)
+        after = await probe.end_offsets(parts)
+    finally:
+        await probe.stop()
+    rate: Counter[str] = Counter()
+    total: Counter[str] = Counter()
+    for tp in parts:
+        rate[tp.topic] += after[tp] - before[tp]
+        total[tp.topic] += after[tp]
+    lag_by_group: Counter[str] = Counter()
+    for row in await consumer_lag(settings):
+        lag_by_group[f"{row.group} on {row.topic}"] += row.lag
+    dead: Counter[str] = Counter()
+    cons = consumer(settings, "dlq")
+    await cons.start()
+    try:
+        while batch := await cons.getmany(timeout_ms=500):
+            for records in batch.values():
+                for r in records:
+                    letter = orjson.loads(r.value)
+                    dead[f"{letter['stage']}: {letter['reason']}"] += 1
+    finally:
+        await cons.stop()
+    lines = [f"throughput over {window_s:.0f} s (events/s) and totals per topic:"]
+    for name in TOPICS:
+        topic = settings.topic(name)
+        lines.append(f"  {topic:40s} {rate[topic] / window_s:8.1f}/s {total[topic]:10d} events")
+    lines.append("consumer lag:")
+    lines += [f"  {key:60s} {value:8d}" for key, value in sorted(lag_by_group.items())] or ["  (no consumer groups)"]
+    lines.append("dead letters by stage and reason:")
+    lines += [f"  {key:60s} {value:8d}" for key, value in sorted(dead.items())] or ["  none"]
+    return "\n".join(lines)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    print(asyncio.run(_status(load_settings(args.config), args.window)))
+    return 0
+
+
 def _cmd_kafka(args: argparse.Namespace) -> int:
     from facestream.kafka import ensure_topics
     from facestream.worker import kafka
@@ -178,6 +251,14 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("topic", nargs="?", default="matches", choices=["images", "faces", "embeddings", "matches", "dlq"])
     t.add_argument("-f", "--follow", action="store_true")
     t.set_defaults(func=_cmd_tail)
+
+    lag = sub.add_parser("lag", help="consumer lag per group, topic and partition, from the broker")
+    lag.add_argument("--watch", type=float, nargs="?", const=2.0, help="refresh every N seconds (default 2)")
+    lag.set_defaults(func=_cmd_lag)
+
+    st = sub.add_parser("status", help="throughput, lag and dead letters per stage")
+    st.add_argument("--window", type=float, default=2.0, help="seconds over which throughput is measured")
+    st.set_defaults(func=_cmd_status)
 
     d = sub.add_parser("demo", help="the whole pipeline on sample photos")
     d.add_argument("--gallery", type=Path, help="DIR/<subject>/<image>: enrolled (default: samples/gallery)")

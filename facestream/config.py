@@ -43,6 +43,10 @@ class Settings:
     topic_prefix: str = "facestream"
     partitions: int = 4
     app_id: str = "facestream"
+    # Operations endpoint of each worker (metrics, health, status); -1 disables it.
+    ops_host: str = "127.0.0.1"
+    ops_port: int = 9464
+    lag_interval_s: float = 5.0
     # A crashed worker's partitions move to the others after this long without heartbeats.
     session_timeout_s: float = 30.0
     # Local state: gallery, image store

@@ -48,10 +48,12 @@ def run(settings: Settings, services: Sequence[str] = SERVICES, loglevel: str = 
         executor.shutdown(wait=False, cancel_futures=True)
 
 
-def spawn(config: Path, services: Sequence[str] = (), log: Path | None = None) -> subprocess.Popen[bytes]:
+def spawn(
+    config: Path, services: Sequence[str] = (), log: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     """Start `facestream run` as a separate worker process with settings file `config`."""
     args = [a for name in services for a in ("--service", name)]
-    env = {**os.environ, "FACESTREAM_CONFIG": str(config)}
+    env = {**os.environ, **(env or {}), "FACESTREAM_CONFIG": str(config)}
     command = [sys.executable, "-m", "facestream.cli", "run", *args]
     if log is None:
         return subprocess.Popen(command, env=env, cwd=ROOT)

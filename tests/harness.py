@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import secrets
+import socket
 import subprocess
 import time
 import uuid
@@ -25,6 +26,12 @@ from facestream.worker import spawn, terminate
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 class Pipeline:
     def __init__(
         self,
@@ -40,6 +47,7 @@ class Pipeline:
         self.secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
         self.receiver = WebhookReceiver(self.secret)
         self.workers: list[subprocess.Popen[bytes]] = []
+        self.ops_ports: dict[str, int] = {}
         self.settings: Settings
 
     async def start(self) -> None:
@@ -70,8 +78,16 @@ class Pipeline:
 
     def spawn_workers(self) -> None:
         for group in self.services:
-            log = self.workdir / f"worker-{'-'.join(group) or 'all'}-{len(self.workers)}.log"
-            self.workers.append(spawn(self.config, group, log))
+            self.spawn_worker(group)
+
+    def spawn_worker(self, group: Sequence[str]) -> subprocess.Popen[bytes]:
+        """One worker for `group` (empty: all four), with its own operations port."""
+        key = "-".join(group) or "all"
+        port = self.ops_ports.setdefault(key, free_port())
+        log = self.workdir / f"worker-{key}-{len(self.workers)}.log"
+        worker = spawn(self.config, group, log, env={"FACESTREAM_OPS_PORT": str(port)})
+        self.workers.append(worker)
+        return worker
 
     def kill_workers(self) -> None:
         """SIGKILL: no graceful shutdown, no final commit (a crash)."""

@@ -16,6 +16,7 @@ from facestream import contracts, ids
 from facestream.config import Settings
 from facestream.errors import MalformedEvent
 from facestream.logs import get_logger
+from facestream.metrics import EMBED_BATCH, INFERENCE_SECONDS
 from facestream.models import SFACE
 from facestream.pipeline import FACE_FIELDS, Outcome, Output, Record, carry
 from facestream.timeutil import now_iso
@@ -92,6 +93,10 @@ class EmbedderStage:
         started = time.perf_counter()
         crops = [c for _, _, c in valid]
         vectors = await self._vectors(crops)
+        EMBED_BATCH.observe(len(crops))
+        INFERENCE_SECONDS.labels("triton" if self.asynchronous else "onnxruntime").observe(
+            time.perf_counter() - started
+        )
         seconds = (time.perf_counter() - started) / len(crops)
         now = now_iso()
         model = self.model

@@ -12,6 +12,7 @@ from qdrant_client import AsyncQdrantClient
 from facestream import contracts, ids
 from facestream.config import Settings
 from facestream.logs import get_logger
+from facestream.metrics import SEARCH_SECONDS
 from facestream.pipeline import FACE_FIELDS, Outcome, Output, Record, carry
 from facestream.timeutil import now_iso
 from services.matcher.gallery import EdgeGallery, Gallery, GalleryPoint, QdrantGallery
@@ -151,6 +152,8 @@ class MatcherStage:
                     outcomes[i].error = exc
                 continue
             seconds = (time.perf_counter() - t0) / len(group)
+            for _ in group:
+                SEARCH_SECONDS.observe(seconds)
             for (i, event), hits in zip(group, results, strict=True):
                 found = candidates(hits, threshold, self.settings.top_k)
                 status = "match" if found else "no_match"
