@@ -107,8 +107,10 @@ class Pipeline:
         finally:
             await admin.close()
 
-    def logs(self) -> str:
-        return "\n".join(p.read_text(errors="replace")[-4000:] for p in self.workdir.glob("worker-*.log"))
+    def logs(self, limit: int | None = 4000) -> str:
+        """The workers' logs (the last `limit` characters of each; all with None)."""
+        texts = [p.read_text(errors="replace") for p in sorted(self.workdir.glob("worker-*.log"))]
+        return "\n".join(t if limit is None else t[-limit:] for t in texts)
 
     async def submit(self, key: str, value: dict[str, Any] | bytes) -> None:
         raw = value if isinstance(value, bytes) else orjson.dumps(value)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -156,6 +157,15 @@ async def test_images_in_signed_webhooks_out(pipeline: Pipeline) -> None:
     sizes = {m["gallery"]["size"] for m in matches if m["status"] in ("match", "no_match")}
     assert sizes == {len(GALLERY)}, "a redelivered enrolment never adds a gallery point"
 
+    # Log hygiene: structured lines carry ids and trace ids, never biometric or consent data.
+    logs = pipeline.logs(limit=None)
+    audit = [orjson.loads(line) for line in logs.splitlines() if line.startswith("{") and '"searched"' in line]
+    assert audit, "every search is written to the audit log"
+    assert all(a["trace_id"] and a["image_id"] and a["case_ref"] == "CASE-E2E" for a in audit)
+    embeddings = [e["embedding"] for e in await pipeline.events("embeddings")]
+    consents = [enrolment(f"enrol-{i}", p, settings)["intent"]["consent"] for i, p in enumerate(GALLERY)]
+    assert_clean_logs(logs, GALLERY + PROBES, embeddings, consents)
+
 
 async def test_services_run_as_separate_workers(kafka: str, tmp_path: Path) -> None:
     pipeline = Pipeline(tmp_path, [SAMPLES], services=[["detector"], ["embedder"], ["matcher"], ["notifier"]])
@@ -198,3 +208,23 @@ async def test_a_crashed_worker_loses_nothing_and_duplicates_nothing(pipeline: P
     assert receiver.rejected == 0
     matches = await pipeline.events("matches")
     assert {m["gallery"]["size"] for m in matches if m["status"] == "match"} == {len(GALLERY)}
+
+
+def assert_clean_logs(
+    logs: str, photos: list[Path], embeddings: list[list[float]], consents: list[dict[str, str]]
+) -> None:
+    """No embedding values, image bytes or consent details in the workers' logs."""
+    assert logs.strip(), "the workers logged something"
+    for vector in embeddings[:20]:
+        for value in vector[:16]:
+            if abs(value) > 1e-3:
+                assert f"{value:.6f}"[:8] not in logs, "an embedding value reached the logs"
+    for photo in photos:
+        head = base64.b64encode(photo.read_bytes()[:60]).decode()[:40]
+        assert head not in logs, f"bytes of {photo.name} reached the logs"
+    assert re.search(r"[A-Za-z0-9+/]{200,}", logs) is None, "a long base64 run reached the logs"
+    for consent in consents:
+        for key in ("consent_ref", "source_attestation"):
+            assert consent[key] not in logs, f"{key} reached the logs"
+    assert "explicit_consent" not in logs
+    assert "retain_until" not in logs
