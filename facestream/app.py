@@ -20,7 +20,7 @@ from facestream import contracts
 from facestream.compute import model_executor
 from facestream.config import Settings
 from facestream.kafka import MAX_REQUEST, TOPICS
-from facestream.logs import get_logger
+from facestream.logs import bind_event, get_logger
 from facestream.metrics import DEAD_LETTERS, EVENTS_CONSUMED, EVENTS_PRODUCED, STAGE_SECONDS
 from facestream.ops import Health, OpsServer
 from facestream.pipeline import Outcome, Record, Stage, dead_letter
@@ -130,6 +130,8 @@ def _register(
     dlq = topics["dlq"]
 
     async def agent(stream: Any) -> None:
+        # The agent runs in its own task: every line it (and tasks it starts) logs names the stage.
+        bind_event(stage=name)
         stage = stage_factory(name, settings, executor)
         await stage.start()
         health.set(name, True)

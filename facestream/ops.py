@@ -50,6 +50,17 @@ def _sample(name: str, labels: dict[str, str]) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
+def _stage_total(counter: str, stage: str) -> float:
+    """A counter's total for one stage, summed over its other labels (topic, reason)."""
+    return sum(
+        sample.value
+        for family in REGISTRY.collect()
+        if family.name == counter
+        for sample in family.samples
+        if sample.name.endswith("_total") and sample.labels.get("stage") == stage
+    )
+
+
 def percentile(stage: str, q: float) -> float:
     """Upper bound (ms) of the histogram bucket holding the q-quantile of a stage's times."""
     buckets = []
@@ -76,24 +87,10 @@ def stage_status(stages: list[str], lag: list[Lag] | None = None) -> dict[str, d
     for stage in stages:
         count = _sample("facestream_stage_seconds_count", {"stage": stage})
         total = _sample("facestream_stage_seconds_sum", {"stage": stage})
-        dead = sum(
-            s.value
-            for m in REGISTRY.collect()
-            if m.name == "facestream_dead_letters"
-            for s in m.samples
-            if s.name.endswith("_total") and s.labels.get("stage") == stage
-        )
-        produced = sum(
-            s.value
-            for m in REGISTRY.collect()
-            if m.name == "facestream_events_produced"
-            for s in m.samples
-            if s.name.endswith("_total") and s.labels.get("stage") == stage
-        )
         out[stage] = {
             "consumed": _sample("facestream_events_consumed_total", {"stage": stage}),
-            "produced": produced,
-            "dead_letters": dead,
+            "produced": _stage_total("facestream_events_produced", stage),
+            "dead_letters": _stage_total("facestream_dead_letters", stage),
             "mean_ms": round(1000 * total / count, 2) if count else 0.0,
             "p50_ms": percentile(stage, 0.5),
             "p99_ms": percentile(stage, 0.99),

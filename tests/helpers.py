@@ -3,12 +3,44 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import struct
 import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
+
+
+def face_detected(image_id: str, crop: Any, intent: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A valid face.detected event carrying `crop` (112x112 BGR), as the detector emits it."""
+    from facestream import ids
+
+    return {
+        "schema_version": 1,
+        "event_type": "face.detected",
+        "event_id": ids.event_id("face", image_id, 0),
+        "image_id": image_id,
+        "trace_id": "t1",
+        "face_index": 0,
+        "face_count": 1,
+        "bbox": [1, 2, 3, 4],
+        "landmarks": [[1, 1]] * 5,
+        "det_score": 0.9,
+        "quality": {"face_px": 100, "sharpness": 50},
+        "aligned": {
+            "format": "bgr8",
+            "width": 112,
+            "height": 112,
+            "data_b64": base64.b64encode(crop.tobytes()).decode(),
+        },
+        "intent": intent or {"kind": "search", "purpose": "test", "case_ref": "C", "requester": "r"},
+        "source": "test",
+        "captured_at": "2026-01-01T00:00:00Z",
+        "occurred_at": "2026-01-01T00:00:01Z",
+    }
+
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

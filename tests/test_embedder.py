@@ -15,6 +15,7 @@ from services.detector.logic import FaceDetector, align
 from services.embedder.logic import OnnxRuntimeBackend
 from services.embedder.stage import EmbedderStage
 from tests.conftest import SAMPLES, read
+from tests.helpers import face_detected
 
 PHOTOS = sorted(p for p in SAMPLES.rglob("*.jpg"))
 
@@ -54,34 +55,12 @@ def test_same_identity_scores_above_different_identity(detector: FaceDetector, b
 
 
 async def test_stage_batches_and_validates(detector: FaceDetector, settings: Settings) -> None:
-    from facestream import client, ids
+    from facestream import client
 
     image = read(PHOTOS[0])
     crop = align(image, detector.detect(image)[0])
     intent = client.search_intent("test search", "CASE-2", "tester")
-    event = {
-        "schema_version": 1,
-        "event_type": "face.detected",
-        "event_id": ids.event_id("face", "img-1", 0),
-        "image_id": "img-1",
-        "trace_id": "t1",
-        "face_index": 0,
-        "face_count": 1,
-        "bbox": [1, 2, 3, 4],
-        "landmarks": [[1, 1]] * 5,
-        "det_score": 0.9,
-        "quality": {"face_px": 100, "sharpness": 50},
-        "aligned": {
-            "format": "bgr8",
-            "width": 112,
-            "height": 112,
-            "data_b64": base64.b64encode(crop.tobytes()).decode(),
-        },
-        "intent": intent,
-        "source": "test",
-        "captured_at": "2026-01-01T00:00:00Z",
-        "occurred_at": "2026-01-01T00:00:01Z",
-    }
+    event = face_detected("img-1", crop, intent)
     contracts.validate("face.detected", event)
     short = {**event, "aligned": {**event["aligned"], "data_b64": base64.b64encode(b"short").decode()}}
     stage = EmbedderStage(settings)

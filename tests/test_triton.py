@@ -4,7 +4,6 @@ python backend serving the same prepared SFace file with ONNX Runtime)."""
 from __future__ import annotations
 
 import asyncio
-import base64
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import pytest
 import tritonclient.grpc.aio as triton
 from prometheus_client import REGISTRY
 
-from facestream import contracts, ids
+from facestream import contracts
 from facestream.config import Settings
 from facestream.errors import ModelError
 from facestream.localtriton import LocalTritonServer, build_repository
@@ -26,6 +25,7 @@ from services.embedder.triton import TritonBackend
 from tests.conftest import SAMPLES, read
 from tests.figures import report_figure
 from tests.harness import Pipeline
+from tests.helpers import face_detected
 
 TOLERANCE = 1e-5  # max abs difference of L2-normalised embeddings, Triton vs in-process
 
@@ -92,30 +92,7 @@ async def test_a_wrong_model_is_refused_at_start_up(triton_server: LocalTritonSe
 
 
 def face_event(image_id: str, crop: np.ndarray) -> bytes:
-    event = {
-        "schema_version": 1,
-        "event_type": "face.detected",
-        "event_id": ids.event_id("face", image_id, 0),
-        "image_id": image_id,
-        "trace_id": "t",
-        "face_index": 0,
-        "face_count": 1,
-        "bbox": [0, 0, 1, 1],
-        "landmarks": [[0, 0]] * 5,
-        "det_score": 0.9,
-        "quality": {"face_px": 100, "sharpness": 50},
-        "aligned": {
-            "format": "bgr8",
-            "width": 112,
-            "height": 112,
-            "data_b64": base64.b64encode(crop.tobytes()).decode(),
-        },
-        "intent": {"kind": "search", "purpose": "test", "case_ref": "C", "requester": "r"},
-        "source": "t",
-        "captured_at": "2026-01-01T00:00:00Z",
-        "occurred_at": "2026-01-01T00:00:00Z",
-    }
-    return contracts.dumps(event)
+    return contracts.dumps(face_detected(image_id, crop))
 
 
 async def test_server_killed_mid_stream_loses_and_duplicates_nothing(tmp_path: Path, crops: list[np.ndarray]) -> None:

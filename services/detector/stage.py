@@ -18,7 +18,7 @@ from facestream import contracts, ids
 from facestream.config import Settings
 from facestream.errors import EnrolmentRejected
 from facestream.images import decode, fetch, local_path, read_local
-from facestream.logs import get_logger
+from facestream.logs import bind_event, get_logger
 from facestream.net import guarded_client
 from facestream.pipeline import Outcome, Output, Record, carry
 from facestream.timeutil import now_iso
@@ -172,6 +172,7 @@ class DetectorStage:
         try:
             event = contracts.loads(record.value, "image.submitted")
             trace_id = event.get("trace_id") or record.trace_id or ids.event_id("trace", event["image_id"])
+            bind_event(image_id=event["image_id"], trace_id=trace_id)  # this record's own task
             fetch_started = time.perf_counter()
             image = event["image"]
             source: bytes | tuple[Path, str | None]
