@@ -30,6 +30,7 @@ from facestream import client
 from facestream.config import Settings, load_settings, to_toml
 from facestream.kafka import consumer, ensure_topics, producer
 from facestream.receiver import Delivery, WebhookReceiver
+from facestream.timeutil import parse_iso
 from facestream.worker import ROOT, kafka, spawn, terminate
 
 SAMPLES = ROOT / "samples"
@@ -50,7 +51,6 @@ class Tracker:
     no_face: set[str] = field(default_factory=set)
     dead: dict[str, str] = field(default_factory=dict)
     webhooks: dict[tuple[str, int], Delivery] = field(default_factory=dict)
-    webhook_at: dict[tuple[str, int], float] = field(default_factory=dict)
     done_at: dict[str, float] = field(default_factory=dict)
     face_count: dict[str, int] = field(default_factory=dict)
 
@@ -127,7 +127,6 @@ async def run_demo(gallery: Path, probes: Path, quiet: bool = False) -> dict[str
     def on_delivery(d: Delivery) -> None:
         key = (d.event["image_id"], d.event["face_index"])
         tracker.webhooks[key] = d
-        tracker.webhook_at[key] = time.monotonic()
         match = tracker.results.get(key[0], {}).get(key[1])
         if match is not None:
             delivered_at[key] = max(0.0, time.time() - _epoch(match["occurred_at"]))
@@ -233,8 +232,6 @@ async def run_demo(gallery: Path, probes: Path, quiet: bool = False) -> dict[str
 
 
 def _epoch(iso: str) -> float:
-    from facestream.timeutil import parse_iso
-
     return parse_iso(iso).timestamp()
 
 

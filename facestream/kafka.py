@@ -88,14 +88,19 @@ async def _wait_until_serving(settings: Settings, names: list[str]) -> None:
         fetcher_log.setLevel(level)
 
 
-async def topic_partitions(settings: Settings, names: list[str]) -> dict[str, list[int]]:
-    """Partition numbers of each existing topic in `names` (missing topics are left out)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10000)
-    await admin.start()
-    try:
-        described = await admin.describe_topics(names)
-    finally:
-        await admin.close()
+async def topic_partitions(
+    settings: Settings, names: list[str], admin: AIOKafkaAdminClient | None = None
+) -> dict[str, list[int]]:
+    """Partition numbers of each existing topic in `names` (missing topics are left out);
+    uses `admin` when the caller has one open."""
+    if admin is None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10000)
+        await admin.start()
+        try:
+            return await topic_partitions(settings, names, admin)
+        finally:
+            await admin.close()
+    described = await admin.describe_topics(names)
     return {
         t["topic"]: sorted(p["partition"] for p in t["partitions"]) for t in described if t.get("error_code", 0) == 0
     }

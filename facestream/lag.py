@@ -44,7 +44,7 @@ async def consumer_lag(settings: Settings, groups: list[str] | None = None) -> l
             # A group that has not committed on a topic yet still lags on it: include every
             # partition of the topics it consumes (known from its name) or has committed on.
             topics = {tp.topic for tp in parts} | {settings.topic(t) for t in source_topics(settings, group)}
-            known = await topic_partitions(settings, sorted(topics))
+            known = await topic_partitions(settings, sorted(topics), admin)
             for topic, numbers in known.items():
                 for p in numbers:
                     tp = TopicPartition(topic, p)

@@ -3,7 +3,6 @@ Used by the demo and the tests; also a worked example of `verify_webhook`."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,7 +30,6 @@ class WebhookReceiver:
     duplicates: int = 0
     _seen: set[str] = field(default_factory=set)
     _runner: web.AppRunner | None = None
-    arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def url(self) -> str:
@@ -54,7 +52,6 @@ class WebhookReceiver:
         self.deliveries.append(delivery)
         if self.on_delivery is not None:
             self.on_delivery(delivery)
-        self.arrived.set()
         return web.Response(status=204)
 
     async def start(self) -> None:
