@@ -106,7 +106,7 @@ def create_app(
         name: app.topic(
             settings.topic(name), key_type=bytes, value_type=bytes, partitions=settings.partitions, internal=False
         )
-        for name in TOPICS
+        for name in (*TOPICS, "crops")
     }
     executor = executor or model_executor(settings, services)
     health = Health(["kafka", *services])
@@ -171,10 +171,6 @@ def _register(
                             image_id=letter["image_id"],
                             detail=letter["detail"][:300],
                         )
-                        pending.append(await dlq.send(key=record.key, value=contracts.dumps(letter), headers=headers))
-                    for subscription, error in outcome.failures:
-                        letter = dead_letter(name, record, error, subscription)
-                        DEAD_LETTERS.labels(name, letter["reason"]).inc()
                         pending.append(await dlq.send(key=record.key, value=contracts.dumps(letter), headers=headers))
                     for out in outcome.outputs:
                         EVENTS_PRODUCED.labels(name, out.topic).inc()

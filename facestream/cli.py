@@ -5,6 +5,8 @@ facestream run [--service NAME ...]    the four services in one process, or some
 facestream enroll ...                  enrol photos of one subject (consent record required)
 facestream submit ...                  submit photos for search (purpose, case, requester)
 facestream tail [TOPIC]                print events from matches (default) or dlq
+facestream subscriptions add|list|update|disable|enable|rotate-secret|remove NAME ...
+facestream deliveries list|replay      the webhook delivery log; replay a subscriber's dead letters
 facestream demo [--gallery DIR --probes DIR --report FILE]
 """
 
@@ -22,6 +24,7 @@ import orjson
 
 from facestream import client
 from facestream.app import SERVICES
+from facestream.cli_webhooks import add_parsers
 from facestream.config import load_settings
 from facestream.kafka import consumer, producer
 
@@ -259,6 +262,8 @@ def parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="throughput, lag and dead letters per stage")
     st.add_argument("--window", type=float, default=2.0, help="seconds over which throughput is measured")
     st.set_defaults(func=_cmd_status)
+
+    add_parsers(sub)
 
     d = sub.add_parser("demo", help="the whole pipeline on sample photos")
     d.add_argument("--gallery", type=Path, help="DIR/<subject>/<image>: enrolled (default: samples/gallery)")

@@ -4,8 +4,10 @@ variables. Secrets (webhook signing keys) come only from here, never from code o
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
+import time
 import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,19 +23,61 @@ DEFAULT_THRESHOLD = 0.44
 DEFAULT_THRESHOLD_FPIR = 0.01
 
 
+# Event types a subscription can ask for (see services/notifier/logic.py).
+EVENT_TYPES = ("face.match.candidates",)
+# Standard Webhooks' suggested schedule: the delay before each attempt (the first is immediate).
+DEFAULT_WEBHOOK_SCHEDULE = (0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 50400.0, 72000.0, 86400.0)
+
+
+@dataclass(frozen=True)
+class SigningSecret:
+    """One signing key of a subscription (``whsec_…``). A rotation gives the old ones an expiry;
+    until then every delivery carries a signature for each."""
+
+    id: str
+    value: str = field(repr=False)
+    created_at: float = 0.0
+    expires_at: float | None = None
+
+    def active(self, now: float) -> bool:
+        return self.expires_at is None or now < self.expires_at
+
+
 @dataclass(frozen=True)
 class Subscription:
-    """A webhook subscriber: where to post, how to sign, which matches it wants."""
+    """A webhook subscriber: where to post, how to sign, which matches it wants, its state and
+    limits. Stored in the compacted subscriptions topic (see facestream.subscriptions)."""
 
     name: str
     url: str
-    secret: str
+    secrets: tuple[SigningSecret, ...] = ()
     watchlists: tuple[str, ...] = ()
     min_score: float = 0.0
+    event_types: tuple[str, ...] = ()
+    state: str = "active"  # or "disabled"
+    disabled_reason: str = ""
+    max_concurrency: int = 4
+    rate_per_s: float = 0.0  # 0: no rate limit
+    updated_at: float = 0.0
+
+    @classmethod
+    def new(cls, name: str, url: str, secret: str, **kwargs: Any) -> Subscription:
+        """A subscription with one signing secret."""
+        return cls(name, url, (SigningSecret("s1", secret, time.time()),), **kwargs)
+
+    @property
+    def active(self) -> bool:
+        return self.state == "active"
+
+    def signing_secrets(self, now: float) -> list[str]:
+        return [s.value for s in self.secrets if s.active(now)]
 
     def wants(self, watchlist: str, score: float) -> bool:
         """Whether a candidate from `watchlist` with `score` passes this subscriber's filters."""
         return (not self.watchlists or watchlist in self.watchlists) and score >= self.min_score
+
+    def wants_type(self, event_type: str) -> bool:
+        return not self.event_types or event_type in self.event_types
 
 
 @dataclass(frozen=True)
@@ -80,10 +124,23 @@ class Settings:
     threshold: float = DEFAULT_THRESHOLD
     threshold_fpir: float = DEFAULT_THRESHOLD_FPIR
     # Notifier
+    # Subscriptions live in Kafka (`facestream subscriptions ...`); any listed here are added to
+    # that store when a notifier starts, if no subscription of that name exists yet.
     subscriptions: tuple[Subscription, ...] = ()
+    # Key that encrypts signing secrets in the subscriptions topic (Fernet, urlsafe base64 of 32
+    # bytes). Empty: a key file under data_dir, created on first use (one machine only).
+    subscriptions_key: str = ""
     webhook_timeout_s: float = 5.0
-    webhook_attempts: int = 3
-    webhook_backoff_s: float = 0.5
+    webhook_schedule_s: tuple[float, ...] = DEFAULT_WEBHOOK_SCHEDULE
+    # A match not delivered this long after it occurred is dead-lettered as expired, not sent late.
+    webhook_event_ttl_s: float = 4 * 86400.0
+    # Deliveries one subscriber may have waiting in a worker; more are deferred to the next retry tier.
+    webhook_max_pending: int = 1000
+    # Each notifier worker serves probe crops behind signed links (facestream.crops); -1: no
+    # crop links. crops_public_url: how subscribers reach it (behind your TLS ingress).
+    crops_host: str = "127.0.0.1"
+    crops_port: int = 9465
+    crops_public_url: str = ""
     # Batching of every stage's stream
     batch_max: int = 32
     batch_within_s: float = 0.02
@@ -104,6 +161,7 @@ class Settings:
 _PATHS = {"data_dir"}
 _PATH_TUPLES = {"image_roots"}
 _STR_TUPLES = {"allow_private"}
+_FLOAT_TUPLES = {"webhook_schedule_s"}
 
 
 def _coerce(name: str, value: Any, current: Any) -> Any:
@@ -115,6 +173,9 @@ def _coerce(name: str, value: Any, current: Any) -> Any:
     if name in _STR_TUPLES:
         items = value.split(",") if isinstance(value, str) else value
         return tuple(str(v).strip() for v in items if str(v).strip())
+    if name in _FLOAT_TUPLES:
+        items = value.split(",") if isinstance(value, str) else value
+        return tuple(float(v) for v in items)
     if name == "subscriptions":
         items = json.loads(value) if isinstance(value, str) else value
         return tuple(_subscription(s) for s in items)
@@ -130,12 +191,13 @@ def _coerce(name: str, value: Any, current: Any) -> Any:
 def _subscription(raw: dict[str, Any]) -> Subscription:
     try:
         secret = raw.get("secret") or os.environ[raw["secret_env"]]
-        return Subscription(
-            name=str(raw["name"]),
-            url=str(raw["url"]),
-            secret=str(secret),
+        return Subscription.new(
+            str(raw["name"]),
+            str(raw["url"]),
+            str(secret),
             watchlists=tuple(raw.get("watchlists", ())),
             min_score=float(raw.get("min_score", 0.0)),
+            event_types=tuple(raw.get("event_types", ())),
         )
     except KeyError as exc:
         raise ConfigError(f"subscription {raw.get('name', '?')!r}: missing {exc}") from exc
@@ -162,6 +224,9 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
     settings = Settings(**coerced)
     if settings.gallery_backend not in {"edge", "qdrant"}:
         raise ConfigError("gallery_backend must be 'edge' or 'qdrant'")
+    schedule = settings.webhook_schedule_s
+    if not schedule or schedule[0] != 0 or any(b < a for a, b in itertools.pairwise(schedule)):
+        raise ConfigError("webhook_schedule_s must start at 0 and never decrease")
     return settings
 
 

@@ -17,7 +17,16 @@ from referencing import Registry, Resource
 from facestream.errors import MalformedEvent
 
 CONTRACTS_DIR = Path(__file__).resolve().parent.parent / "contracts"
-EVENT_TYPES = ("image.submitted", "face.detected", "face.embedded", "match.result", "dead.letter")
+EVENT_TYPES = (
+    "image.submitted",
+    "face.detected",
+    "face.embedded",
+    "match.result",
+    "dead.letter",
+    "webhook.delivery",
+    "delivery.attempt",
+    "face.crop",
+)
 _BASE = "https://facestream.dev/contracts/"
 _UUID = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
-from aiokafka.admin import AIOKafkaAdminClient
 
 from facestream import client
 from facestream.config import Settings, load_settings, to_toml
@@ -150,6 +150,7 @@ async def run_demo(gallery: Path, probes: Path, quiet: bool = False) -> dict[str
         "image_roots": [str(gallery), str(probes)],
         "allow_private": ["127.0.0.1"],
         "ops_port": 0,  # any free port: the demo must not collide with a running worker
+        "crops_port": 0,
     }
     config_path = workdir / "facestream.toml"
     config_path.write_text(to_toml(settings_values, [{"name": "demo-receiver", "url": receiver.url, "secret": secret}]))
@@ -216,6 +217,7 @@ async def run_demo(gallery: Path, probes: Path, quiet: bool = False) -> dict[str
         await asyncio.gather(*futures)
         if probe_ids:
             await _wait(all_done, follower, worker, 600 + len(probe_ids))
+        crops = await _fetch_crops(receiver)
     finally:
         stop.set()
         await prod.stop()
@@ -227,8 +229,19 @@ async def run_demo(gallery: Path, probes: Path, quiet: bool = False) -> dict[str
     last = max((tracker.done_at[i] for i in probe_ids), default=first_submit)
     elapsed = max(last - first_submit, 1e-9)
     summary = _summary(tracker, enrol_ids, probe_ids, paths, probes, elapsed, receiver, delivered_at)
+    summary["totals"]["probe_crops_fetched"] = crops
     _print_summary(summary)
     return summary
+
+
+async def _fetch_crops(receiver: WebhookReceiver) -> int:
+    """Fetch each delivery's probe crop through its signed link, as a reviewer's tool would."""
+    fetched = 0
+    async with httpx.AsyncClient(timeout=5, trust_env=False) as http:
+        for d in receiver.deliveries:
+            response = await http.get(d.event["probe_crop_url"])
+            fetched += response.status_code == 200 and response.headers["content-type"] == "image/jpeg"
+    return fetched
 
 
 def _epoch(iso: str) -> float:
@@ -251,16 +264,12 @@ async def _wait(
 
 
 async def _delete_topics(settings: Settings) -> None:
-    from facestream.kafka import TOPICS
+    from facestream.kafka import delete_topics
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    await admin.start()
     try:
-        await admin.delete_topics([settings.topic(t) for t in TOPICS])
+        await delete_topics(settings)
     except Exception as exc:  # leftover demo topics are harmless
         print(f"could not delete demo topics: {exc}", file=sys.stderr)
-    finally:
-        await admin.close()
 
 
 def _summary(
@@ -344,6 +353,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
         f"  matches                  {t['matches']}  (webhooks {t['webhooks']}, all signatures verified: "
         f"{t['webhook_signature_failures'] == 0}, duplicates {t['duplicate_webhooks']})"
     )
+    print(f"  probe crops              {t['probe_crops_fetched']} of {t['webhooks']} fetched through signed links")
     print(f"  no match                 {t['no_matches']}")
     print(f"  no usable face           {t['no_face']}")
     refused, probes = t["dead_letters"] - t["probe_dead_letters"], t["probe_dead_letters"]

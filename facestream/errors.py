@@ -63,14 +63,5 @@ class EnrolmentRejected(RejectedEvent):
     reason = "enrolment_rejected"
 
 
-class DeliveryFailed(FacestreamError):
-    """A webhook could not be delivered after the configured attempts."""
-
-    def __init__(self, detail: str, *, status: int | None = None, attempts: int = 0) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.attempts = attempts
-
-
 class UnsafeDestination(FacestreamError):
     """A URL resolves to an address the SSRF policy forbids."""

@@ -64,11 +64,17 @@ async def consumer_lag(settings: Settings, groups: list[str] | None = None) -> l
 
 def source_topics(settings: Settings, group: str) -> list[str]:
     """The topics a facestream consumer group reads: all four stages' inputs for the
-    all-in-one group, the service's input for `<app_id>-<service>` groups."""
+    all-in-one group, the service's input for `<app_id>-<service>` groups, the delivery and
+    retry topics for the delivery engine's group."""
     from facestream.app import SERVICES, SOURCE
 
     if group == settings.app_id:
         return [SOURCE[s] for s in SERVICES]
+    if group == f"{settings.app_id}-deliveries":  # the notifier's delivery engine
+        from facestream.kafka import retry_topics
+
+        prefix = f"{settings.topic_prefix}."
+        return ["deliveries", *(t.removeprefix(prefix) for t in retry_topics(settings).values())]
     services = group.removeprefix(f"{settings.app_id}-").split("-")
     return [SOURCE[s] for s in services if s in SOURCE]
 

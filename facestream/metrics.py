@@ -34,11 +34,18 @@ SEARCH_SECONDS = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25),
 )
 WEBHOOKS = Counter(
-    "facestream_webhook_deliveries_total", "Webhook deliveries by final outcome", ["subscription", "status_class"]
+    "facestream_webhook_deliveries_total",
+    "Webhook attempts by HTTP status class ('error': no answer)",
+    ["subscription", "status_class"],
+)
+WEBHOOK_OUTCOMES = Counter(
+    "facestream_webhook_outcomes_total",
+    "What became of webhook deliveries: delivered, retry_scheduled, dead_lettered, deferred, dropped",
+    ["subscription", "outcome"],
 )
 WEBHOOK_SECONDS = Histogram(
     "facestream_webhook_delivery_seconds",
-    "Time to deliver a webhook, retries included",
+    "Time of one webhook attempt",
     ["subscription"],
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )

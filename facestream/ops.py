@@ -17,12 +17,13 @@ import asyncio
 import contextlib
 import time
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from facestream._http import serve
 from facestream.config import Settings
 from facestream.lag import Lag, consumer_lag
 from facestream.logs import get_logger
@@ -117,13 +118,7 @@ class OpsServer:
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/api/status", self._status)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.settings.ops_host, self.settings.ops_port)
-        await site.start()
-        server = cast(asyncio.Server | None, site._server)
-        if server is not None and server.sockets:  # port 0: the one the OS chose
-            self.port = int(server.sockets[0].getsockname()[1])
+        self._runner, self.port = await serve(app, self.settings.ops_host, self.settings.ops_port)
         log.info("ops_listening", host=self.settings.ops_host, port=self.port)
 
     async def stop(self) -> None:

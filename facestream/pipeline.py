@@ -51,8 +51,6 @@ class Output:
 class Outcome:
     outputs: list[Output] = field(default_factory=list)
     error: BaseException | None = None
-    # Notifier: deliveries that failed, by subscription; each becomes its own dead letter.
-    failures: list[tuple[str, BaseException]] = field(default_factory=list)
 
 
 class Stage(Protocol):
@@ -69,16 +67,14 @@ def reason_of(error: BaseException) -> str:
     return getattr(error, "reason", "internal_error")
 
 
-def dead_letter(stage: str, record: Record, error: BaseException, subscription: str | None = None) -> dict[str, Any]:
+def dead_letter(stage: str, record: Record, error: BaseException) -> dict[str, Any]:
     """The dead.letter event for `record`, with the original bytes so it can be replayed."""
     detail = error.detail if isinstance(error, RejectedEvent) else f"{type(error).__name__}: {error}"
     key = record.key.decode(errors="replace") if record.key is not None else None
     event: dict[str, Any] = {
         "schema_version": 1,
         "event_type": "dead.letter",
-        "event_id": ids.event_id(
-            f"dlq/{stage}/{subscription or ''}", f"{record.topic}/{record.partition}/{record.offset}"
-        ),
+        "event_id": ids.event_id(f"dlq/{stage}", f"{record.topic}/{record.partition}/{record.offset}"),
         "stage": stage,
         "reason": reason_of(error),
         "detail": detail[:2000],
@@ -91,8 +87,6 @@ def dead_letter(stage: str, record: Record, error: BaseException, subscription: 
         "payload_b64": base64.b64encode(record.value).decode(),
         "occurred_at": now_iso(),
     }
-    if subscription is not None:
-        event["subscription"] = subscription
     if not isinstance(error, RejectedEvent):
         log.error(
             "stage_internal_error",

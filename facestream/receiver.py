@@ -9,6 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
+from facestream._http import serve
 from facestream.webhooks import InvalidWebhook, verify_webhook
 
 
@@ -57,13 +58,7 @@ class WebhookReceiver:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_post("/webhooks", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
-        server = site._server
-        assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        self._runner, self.port = await serve(app, self.host, self.port)
 
     async def stop(self) -> None:
         if self._runner is not None:

@@ -16,10 +16,9 @@ from typing import Any
 
 import orjson
 from aiokafka import TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
 from facestream.config import Settings, load_settings, to_toml
-from facestream.kafka import TOPICS, consumer, ensure_topics, producer
+from facestream.kafka import consumer, delete_topics, ensure_topics, producer
 from facestream.receiver import WebhookReceiver
 from facestream.worker import spawn, terminate
 
@@ -48,6 +47,7 @@ class Pipeline:
         self.receiver = WebhookReceiver(self.secret)
         self.workers: list[subprocess.Popen[bytes]] = []
         self.ops_ports: dict[str, int] = {}
+        self.crops_port = free_port()  # crop links point here (one notifier worker per pipeline)
         self.settings: Settings
 
     async def start(self) -> None:
@@ -62,7 +62,7 @@ class Pipeline:
                     "data_dir": str(self.workdir / "state"),
                     "image_roots": [str(r) for r in self.roots],
                     "allow_private": ["127.0.0.1"],
-                    "webhook_backoff_s": 0.05,
+                    "webhook_schedule_s": [0, 0.2, 0.5, 1],
                     "session_timeout_s": 6,
                     **self.extra,
                 },
@@ -85,7 +85,8 @@ class Pipeline:
         key = "-".join(group) or "all"
         port = self.ops_ports.setdefault(key, free_port())
         log = self.workdir / f"worker-{key}-{len(self.workers)}.log"
-        worker = spawn(self.config, group, log, env={"FACESTREAM_OPS_PORT": str(port)})
+        env = {"FACESTREAM_OPS_PORT": str(port), "FACESTREAM_CROPS_PORT": str(self.crops_port)}
+        worker = spawn(self.config, group, log, env=env)
         self.workers.append(worker)
         return worker
 
@@ -100,12 +101,7 @@ class Pipeline:
         await self.producer.stop()
         terminate(self.workers)
         await self.receiver.stop()
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka_bootstrap)
-        await admin.start()
-        try:
-            await admin.delete_topics([self.settings.topic(t) for t in TOPICS])
-        finally:
-            await admin.close()
+        await delete_topics(self.settings)
 
     def logs(self, limit: int | None = 4000) -> str:
         """The workers' logs (the last `limit` characters of each; all with None)."""

@@ -24,7 +24,7 @@ def test_toml_then_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     assert settings.threshold == 0.55
     assert settings.image_roots == (Path("/srv/images"),)
     [sub] = settings.subscriptions
-    assert sub.secret == "whsec_c2VjcmV0"
+    assert sub.signing_secrets(0) == ["whsec_c2VjcmV0"]
     assert sub.watchlists == ("missing",)
     assert sub.wants("missing", 0.7)
     assert not sub.wants("other", 0.9)
@@ -37,6 +37,9 @@ def test_errors_are_clear(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
         load_settings(bogus=1)
     with pytest.raises(ConfigError, match="gallery_backend"):
         load_settings(gallery_backend="sqlite")
+    with pytest.raises(ConfigError, match="webhook_schedule_s"):
+        load_settings(webhook_schedule_s="5,1")  # must start immediately and never decrease
+    assert load_settings(webhook_schedule_s="0,1,5").webhook_schedule_s == (0.0, 1.0, 5.0)
     path = tmp_path / "c.toml"
     path.write_text('[[subscriptions]]\nname = "x"\nurl = "https://x"\nsecret_env = "NOT_SET_ANYWHERE"\n')
     with pytest.raises(ConfigError, match="NOT_SET_ANYWHERE"):

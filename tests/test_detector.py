@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from facestream import client, contracts
+from facestream import client, contracts, ids
 from facestream.config import Settings
 from facestream.errors import EnrolmentRejected, MalformedEvent
 from facestream.models import YUNET, path_of
@@ -137,8 +137,11 @@ async def test_stage_emits_valid_events_and_rejects_bad_input(settings: Settings
         outcomes = await stage.process([_record(good), _record(blank, 1), _record(corrupt, 2), _record(b"{oops", 3)])
     finally:
         await stage.stop()
-    faces = outcomes[0].outputs
-    assert [o.topic for o in faces] == ["faces"]
+    crop, *faces = outcomes[0].outputs
+    assert [o.topic for o in outcomes[0].outputs] == ["crops", "faces"]  # a search keeps its probe crop
+    contracts.validate("face.crop", crop.value)
+    assert crop.value["event_id"] == ids.event_id("match", "img-good", 0)  # the match it will produce
+    assert cv2.imdecode(np.frombuffer(base64.b64decode(crop.value["data_b64"]), np.uint8), 1).shape == (112, 112, 3)
     assert outcomes[0].error is None
     contracts.validate("face.detected", faces[0].value)
     assert faces[0].value["intent"] == intent
@@ -152,7 +155,7 @@ async def test_stage_emits_valid_events_and_rejects_bad_input(settings: Settings
     await stage2.start()
     again = await stage2.process([_record(good)])
     await stage2.stop()
-    assert again[0].outputs[0].value["event_id"] == faces[0].value["event_id"]
+    assert again[0].outputs[1].value["event_id"] == faces[0].value["event_id"]
     await asyncio.sleep(0)
 
 
@@ -179,6 +182,6 @@ async def test_stage_reads_file_claim_checks_in_the_model_process(settings: Sett
         await stage.stop()
         executor.shutdown()
     assert ok.error is None
-    assert ok.outputs[0].topic == "faces"
+    assert [o.topic for o in ok.outputs] == ["crops", "faces"]
     assert getattr(tampered.error, "reason", None) == "digest_mismatch"
     assert getattr(outside.error, "reason", None) == "fetch_rejected"

@@ -14,6 +14,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import cv2
+import httpx
+import numpy as np
 import orjson
 import pytest
 
@@ -123,6 +126,19 @@ async def test_images_in_signed_webhooks_out(pipeline: Pipeline) -> None:
             assert delivery.event["review"].startswith("candidate")
             assert delivery.webhook_id == "msg_" + delivery.event["event_id"].replace("-", "")
 
+    # Each delivery links its probe's aligned face, served by the notifier behind a signed link;
+    # enrolment photos never become crops.
+    crops = await pipeline.events("crops")
+    assert {c["image_id"] for c in crops} == set(probe_ids) | {late}
+    async with httpx.AsyncClient(trust_env=False, timeout=5) as http:
+        for delivery in receiver.deliveries[:3]:
+            response = await http.get(delivery.event["probe_crop_url"])
+            assert response.status_code == 200
+            face = cv2.imdecode(np.frombuffer(response.content, np.uint8), cv2.IMREAD_COLOR)
+            assert face.shape == (112, 112, 3)
+        forged = await http.get(receiver.deliveries[0].event["probe_crop_url"].replace("signature=", "signature=x"))
+        assert forged.status_code == 403
+
     letters = {d["key"]: d for d in state["dlq"]}
     assert letters["bad-json"]["reason"] == "malformed_event"
     assert letters["bad-json"]["stage"] == "detector"
@@ -137,6 +153,9 @@ async def test_images_in_signed_webhooks_out(pipeline: Pipeline) -> None:
         ("embeddings", "face.embedded"),
         ("matches", "match.result"),
         ("dlq", "dead.letter"),
+        ("deliveries", "webhook.delivery"),
+        ("deliveries.log", "delivery.attempt"),
+        ("crops", "face.crop"),
     ):
         events = await pipeline.events(topic)
         assert events, topic

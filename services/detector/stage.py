@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import httpx
 
 from facestream import contracts, ids
@@ -118,7 +119,10 @@ def face_events(event: dict[str, Any], analysis: Analysis, trace_id: str, second
             )
         ]
     outputs = []
+    search = event["intent"]["kind"] == "search"
     for index, (face, q, crop) in enumerate(analysis.faces):
+        if search:  # the probe face a reviewer sees through the webhook's crop link
+            outputs.append(crop_event(event["image_id"], index, crop, trace_id, now))
         outputs.append(
             Output(
                 "faces",
@@ -147,6 +151,26 @@ def face_events(event: dict[str, Any], analysis: Analysis, trace_id: str, second
             )
         )
     return outputs
+
+
+def crop_event(image_id: str, index: int, crop: Any, trace_id: str, now: str) -> Output:
+    ok, jpeg = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, 92])
+    assert ok, "112x112 BGR always encodes"
+    return Output(
+        "crops",
+        image_id,
+        {
+            "schema_version": 1,
+            "event_type": "face.crop",
+            "event_id": ids.event_id("match", image_id, index),
+            "image_id": image_id,
+            "trace_id": trace_id,
+            "face_index": index,
+            "format": "jpeg",
+            "data_b64": base64.b64encode(jpeg.tobytes()).decode(),
+            "occurred_at": now,
+        },
+    )
 
 
 class DetectorStage:

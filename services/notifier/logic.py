@@ -1,9 +1,16 @@
-"""Webhook payloads and delivery. Payloads are thin: ids, scores, ranks, the operating point and
-the case reference. Never embeddings, never image bytes, never consent details."""
+"""Webhook payloads, delivery jobs and what an HTTP answer means for a delivery.
+
+Payloads are thin: ids, scores, ranks, the operating point, the case reference and the times
+that bound the result's use. Never embeddings, never image bytes, never consent details.
+"""
 
 from __future__ import annotations
 
-import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
@@ -11,22 +18,31 @@ import orjson
 
 from facestream import ids
 from facestream.config import Subscription
-from facestream.errors import DeliveryFailed, UnsafeDestination
+from facestream.errors import UnsafeDestination
+from facestream.timeutil import now_iso, parse_iso
 from facestream.webhooks import sign_headers
 
 EVENT_TYPE = "face.match.candidates"
 
 
-def payload_for(match: dict[str, Any], subscription: Subscription) -> dict[str, Any] | None:
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def payload_for(match: dict[str, Any], subscription: Subscription, ttl_s: float) -> dict[str, Any] | None:
     """The webhook body for `subscription`, or None if no candidate passes its filters."""
+    if match["status"] != "match" or not subscription.wants_type(EVENT_TYPE):
+        return None
     wanted = [c for c in match["candidates"] if subscription.wants(c["watchlist"], c["score"])]
-    if match["status"] != "match" or not wanted:
+    if not wanted:
         return None
     intent = match["intent"]
+    expires = parse_iso(match["occurred_at"]) + timedelta(seconds=ttl_s)
     return {
         "type": EVENT_TYPE,
         "event_id": match["event_id"],
         "occurred_at": match["occurred_at"],
+        "expires_at": iso(expires.timestamp()),
         "image_id": match["image_id"],
         "face_index": match["face_index"],
         "case_ref": intent.get("case_ref"),
@@ -39,39 +55,105 @@ def payload_for(match: dict[str, Any], subscription: Subscription) -> dict[str, 
     }
 
 
-def retryable(status: int) -> bool:
-    return status == 429 or status >= 500
+def job_for(match: dict[str, Any], subscription: Subscription, payload: dict[str, Any]) -> dict[str, Any]:
+    """The webhook.delivery event that carries `payload` to `subscription` until it is delivered."""
+    now = now_iso()
+    job: dict[str, Any] = {
+        "schema_version": 1,
+        "event_type": "webhook.delivery",
+        "webhook_id": ids.webhook_id(match["event_id"]),
+        "subscription": subscription.name,
+        "event_id": match["event_id"],
+        "trace_id": match.get("trace_id"),
+        "attempt": 0,
+        "due_at": now,
+        "expires_at": payload["expires_at"],
+        "created_at": now,
+        "payload": payload,
+    }
+    if "submitted_at" in match:
+        job["submitted_at"] = match["submitted_at"]
+    return job
 
 
-async def deliver(
-    client: httpx.AsyncClient,
-    subscription: Subscription,
-    payload: dict[str, Any],
-    *,
-    attempts: int,
-    backoff_s: float,
-) -> int:
-    """POST `payload` signed; retries timeouts, 429 and 5xx with exponential backoff.
-    Returns the final 2xx status; raises `DeliveryFailed` otherwise."""
-    body = orjson.dumps(payload)
-    msg_id = ids.webhook_id(payload["event_id"])
-    last = "no attempt"
+@dataclass(frozen=True)
+class Verdict:
+    """What one attempt means. `outcome`: delivered, retry, dead (never retried), or gone (410:
+    the subscriber asked us to stop; its subscription is disabled)."""
+
+    outcome: str
+    reason: str = ""
     status: int | None = None
-    for attempt in range(1, attempts + 1):
-        # Re-signed per attempt (fresh timestamp), same webhook-id: receivers de-duplicate on it.
-        headers = {"content-type": "application/json", **sign_headers(subscription.secret, msg_id, body)}
+    error: str | None = None
+    retry_after_s: float | None = None
+
+
+def retry_after(value: str | None, now: float) -> float | None:
+    """Seconds a `Retry-After` header asks for (delta-seconds or an HTTP date); None if absent
+    or unreadable. Capped at a day, so a hostile value cannot park a delivery forever."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(int(value))
+    except ValueError:
         try:
-            response = await client.post(subscription.url, content=body, headers=headers)
-            status = response.status_code
-            if 200 <= status < 300:
-                return status
-            last = f"HTTP {status}"
-            if not retryable(status):
-                break
-        except UnsafeDestination as exc:
-            raise DeliveryFailed(f"refused: {exc}", attempts=attempt) from exc
-        except httpx.HTTPError as exc:
-            last = f"{type(exc).__name__}: {exc}"
-        if attempt < attempts:
-            await asyncio.sleep(backoff_s * 2 ** (attempt - 1))
-    raise DeliveryFailed(f"{subscription.name}: {last} after {attempt} attempt(s)", status=status, attempts=attempt)
+            seconds = parsedate_to_datetime(value).timestamp() - now
+        except (TypeError, ValueError):
+            return None
+    return min(max(seconds, 0.0), 86400.0)
+
+
+def judge(status: int, headers: httpx.Headers, now: float) -> Verdict:
+    """2xx delivered; 410 gone; 429, 503 (honouring Retry-After), 408 and other 5xx retried;
+    redirects and other 4xx dead-lettered (retrying will not change them)."""
+    if 200 <= status < 300:
+        return Verdict("delivered", status=status)
+    if status == 410:
+        return Verdict("gone", "gone", status, "HTTP 410 Gone")
+    if status in (429, 503):
+        return Verdict(
+            "retry", f"http_{status}", status, f"HTTP {status}", retry_after(headers.get("retry-after"), now)
+        )
+    if status == 408 or status >= 500:
+        return Verdict("retry", f"http_{status}", status, f"HTTP {status}")
+    if 300 <= status < 400:
+        return Verdict(
+            "dead", "redirect", status, f"HTTP {status} redirect to {headers.get('location', '?')!r} not followed"
+        )
+    return Verdict("dead", "rejected", status, f"HTTP {status}")
+
+
+def judge_error(exc: BaseException) -> Verdict:
+    if isinstance(exc, UnsafeDestination):
+        return Verdict("dead", "unsafe_destination", error=str(exc))
+    if isinstance(exc, httpx.TimeoutException):
+        return Verdict("retry", "timeout", error=f"{type(exc).__name__}: timed out")
+    return Verdict("retry", "connection_error", error=f"{type(exc).__name__}: {exc}"[:500])
+
+
+def next_delay(schedule: Sequence[float], attempts_made: int, retry_after_s: float | None) -> float | None:
+    """The retry tier (a delay of the schedule) for the next attempt, or None when exhausted.
+    `Retry-After` is honoured as a minimum: the first tier at least that long (the last tier if
+    none is)."""
+    if attempts_made >= len(schedule):
+        return None
+    delay = schedule[attempts_made]
+    if retry_after_s is not None and retry_after_s > delay:
+        delay = next((d for d in schedule if d >= retry_after_s), schedule[-1])
+    return delay
+
+
+async def attempt(client: httpx.AsyncClient, subscription: Subscription, job: dict[str, Any]) -> Verdict:
+    """POST the job's payload once, signed with every active secret of `subscription`."""
+    body = orjson.dumps(job["payload"])
+    # Re-signed per attempt (fresh timestamp, current secrets), same webhook-id.
+    headers = {
+        "content-type": "application/json",
+        **sign_headers(subscription.signing_secrets(time.time()), job["webhook_id"], body),
+    }
+    try:
+        response = await client.post(subscription.url, content=body, headers=headers)
+    except (httpx.HTTPError, UnsafeDestination) as exc:
+        return judge_error(exc)
+    return judge(response.status_code, response.headers, time.time())

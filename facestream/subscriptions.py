@@ -1,0 +1,253 @@
+"""Webhook subscriptions, stored durably in a compacted Kafka topic (key: the subscription name,
+a tombstone removes it), so every notifier worker sees the same set and a restart loses nothing.
+
+Signing secrets never travel in clear: each is encrypted with `subscriptions_key` (Fernet) before
+it is written, and only processes given that key by configuration can sign or verify.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import os
+import re
+import secrets as _secrets
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from cryptography.fernet import Fernet, InvalidToken
+
+from facestream.config import EVENT_TYPES, Settings, SigningSecret, Subscription
+from facestream.errors import ConfigError, UnsafeDestination
+from facestream.kafka import ensure_topic, follow, producer
+from facestream.logs import get_logger
+from facestream.net import AddressPolicy, resolve
+
+log = get_logger(__name__)
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")  # also part of its dead-letter topic's name
+
+
+def new_secret() -> str:
+    """A fresh signing secret in the Standard Webhooks form (24 random bytes)."""
+    return "whsec_" + base64.b64encode(_secrets.token_bytes(24)).decode()
+
+
+def dlq_topic(settings: Settings, name: str) -> str:
+    """The subscription's own dead-letter topic: exhausted, refused and expired deliveries."""
+    return settings.topic(f"deliveries.dlq.{name}")
+
+
+def subscriptions_key(settings: Settings) -> str:
+    """`subscriptions_key`, or the key file under data_dir (created on first use)."""
+    key = settings.subscriptions_key
+    if not key:
+        path = Path(settings.data_dir) / "subscriptions.key"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileExistsError):
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(Fernet.generate_key())
+        key = path.read_text().strip()
+    return key
+
+
+def secret_box(settings: Settings) -> Fernet:
+    """The cipher for secrets at rest."""
+    key = subscriptions_key(settings)
+    try:
+        return Fernet(key.encode())
+    except ValueError as exc:
+        raise ConfigError("subscriptions_key must be 32 url-safe base64-encoded bytes") from exc
+
+
+def encode(sub: Subscription, box: Fernet) -> bytes:
+    record = asdict(sub)
+    record["secrets"] = [{**asdict(s), "value": box.encrypt(s.value.encode()).decode()} for s in sub.secrets]
+    return orjson.dumps(record)
+
+
+def decode(raw: bytes, box: Fernet) -> Subscription:
+    record: dict[str, Any] = orjson.loads(raw)
+    try:
+        secrets = tuple(
+            SigningSecret(**{**s, "value": box.decrypt(s["value"].encode()).decode()}) for s in record.pop("secrets")
+        )
+    except InvalidToken as exc:
+        raise ConfigError(
+            f"subscription {record.get('name')!r}: secrets do not decrypt with subscriptions_key"
+        ) from exc
+    for name in ("watchlists", "event_types"):
+        record[name] = tuple(record.get(name, ()))
+    return Subscription(secrets=secrets, **record)
+
+
+def validate(sub: Subscription, settings: Settings) -> None:
+    """Refuse what can never be delivered: bad names, non-http(s) URLs, credentials in the URL,
+    unknown event types. The SSRF check proper happens again on every connection."""
+    if not NAME.match(sub.name):
+        raise ConfigError(f"subscription name {sub.name!r}: letters, digits, '_' and '-', at most 63")
+    parts = urlsplit(sub.url)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise ConfigError(f"subscription {sub.name}: url must be http(s)://host/...")
+    if parts.username or parts.password:
+        raise ConfigError(f"subscription {sub.name}: no credentials in the url")
+    unknown = set(sub.event_types) - set(EVENT_TYPES)
+    if unknown:
+        raise ConfigError(f"subscription {sub.name}: unknown event types {sorted(unknown)}")
+    if sub.max_concurrency < 1 or sub.rate_per_s < 0 or not sub.secrets:
+        raise ConfigError(f"subscription {sub.name}: needs a secret, max_concurrency >= 1, rate_per_s >= 0")
+
+
+async def check_destination(sub: Subscription, settings: Settings) -> None:
+    """Refuse an endpoint that resolves to a loopback, private, link-local or metadata address
+    the allow-list does not name. A courtesy at registration: the guard proper is the same check
+    on every connection (facestream.net), since DNS may answer differently later. A name that
+    does not resolve yet is accepted for the same reason."""
+    host = urlsplit(sub.url).hostname or ""
+    try:
+        addresses = await resolve(host, urlsplit(sub.url).port or 443)
+    except httpx.ConnectError:
+        log.warning("subscription_host_unresolved", subscription=sub.name, host=host)
+        return
+    policy = AddressPolicy(settings.allow_private)
+    try:
+        for ip in addresses:
+            policy.check(host, ip)
+    except UnsafeDestination as exc:
+        raise ConfigError(f"subscription {sub.name}: {exc}") from exc
+
+
+class SubscriptionStore:
+    """The subscriptions topic, read to its end on `start` and then followed; writes go to the
+    topic and are applied locally once the broker has acknowledged them."""
+
+    def __init__(self, settings: Settings, follow: bool = True) -> None:
+        self.settings = settings
+        self.topic = settings.topic("subscriptions")
+        self.follow = follow
+        self.box = secret_box(settings)
+        self._subs: dict[str, Subscription] = {}
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._producer = producer(settings)
+        self.listeners: list[Callable[[Subscription | None, str], None]] = []
+
+    async def start(self) -> None:
+        await self._producer.start()
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap, enable_auto_commit=False, group_id=None
+        )
+        await self._consumer.start()
+        tp = TopicPartition(self.topic, 0)
+        self._consumer.assign([tp])
+        await self._consumer.seek_to_beginning(tp)
+        end = (await self._consumer.end_offsets([tp]))[tp]
+        while await self._consumer.position(tp) < end:
+            for records in (await self._consumer.getmany(tp, timeout_ms=500)).values():
+                for r in records:
+                    self._apply(r.key, r.value)
+        if self.follow:
+            self._task = asyncio.create_task(self._follow())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._consumer is not None:
+            await self._consumer.stop()
+        await self._producer.stop()
+
+    async def _follow(self) -> None:
+        assert self._consumer is not None
+        await follow(self._consumer, lambda r: self._apply(r.key, r.value))
+
+    def _apply(self, key: bytes | None, value: bytes | None) -> None:
+        if key is None:
+            return
+        name = key.decode()
+        if value is None:
+            self._subs.pop(name, None)
+            sub = None
+        else:
+            try:
+                sub = decode(value, self.box)
+            except ConfigError as exc:
+                log.error("subscription_unreadable", subscription=name, error=str(exc))
+                return
+            self._subs[name] = sub
+        for listener in self.listeners:
+            listener(sub, name)
+
+    def get(self, name: str) -> Subscription | None:
+        return self._subs.get(name)
+
+    def all(self) -> list[Subscription]:
+        return sorted(self._subs.values(), key=lambda s: s.name)
+
+    def active(self) -> list[Subscription]:
+        return [s for s in self.all() if s.active]
+
+    async def put(self, sub: Subscription, check_url: bool = False) -> Subscription:
+        validate(sub, self.settings)
+        if check_url:
+            await check_destination(sub, self.settings)
+        sub = replace(sub, updated_at=time.time())
+        await ensure_topic(self.settings, dlq_topic(self.settings, sub.name))
+        await self._producer.send_and_wait(self.topic, encode(sub, self.box), key=sub.name.encode())
+        self._apply(sub.name.encode(), encode(sub, self.box))
+        return sub
+
+    def require(self, name: str) -> Subscription:
+        sub = self.get(name)
+        if sub is None:
+            raise ConfigError(f"no subscription named {name!r}")
+        return sub
+
+    async def add(self, sub: Subscription) -> Subscription:
+        if self.get(sub.name) is not None:
+            raise ConfigError(f"subscription {sub.name!r} exists")
+        return await self.put(sub, check_url=True)
+
+    async def seed(self, subs: Iterable[Subscription]) -> None:
+        """Add configured subscriptions that the store does not have yet (existing ones win:
+        their state, secrets and limits may have changed since)."""
+        for sub in subs:
+            if self.get(sub.name) is None:
+                await self.put(sub)
+                log.info("subscription_seeded", subscription=sub.name)
+
+    async def disable(self, name: str, reason: str) -> Subscription:
+        return await self.put(replace(self.require(name), state="disabled", disabled_reason=reason))
+
+    async def enable(self, name: str) -> Subscription:
+        return await self.put(replace(self.require(name), state="active", disabled_reason=""))
+
+    async def rotate_secret(self, name: str, grace_s: float, secret: str | None = None) -> tuple[Subscription, str]:
+        """Add a new signing secret; the current ones stay valid for `grace_s` (0: retire now).
+        Returns the subscription and the new secret (shown once to the operator)."""
+        sub = self.require(name)
+        now = time.time()
+        value = secret or new_secret()
+        kept = tuple(
+            replace(s, expires_at=min(s.expires_at or now + grace_s, now + grace_s))
+            for s in sub.secrets
+            if s.active(now) and grace_s > 0
+        )
+        fresh = SigningSecret(f"s{uuid.uuid4().hex[:8]}", value, now)
+        return await self.put(replace(sub, secrets=(*kept, fresh))), value
+
+    async def remove(self, name: str) -> None:
+        self.require(name)
+        await self._producer.send_and_wait(self.topic, None, key=name.encode())
+        self._apply(name.encode(), None)

@@ -1,0 +1,64 @@
+"""Operator actions on deliveries: read the delivery log, replay a subscription's dead letters."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from facestream import contracts
+from facestream.config import Settings
+from facestream.kafka import producer, read_topic
+from facestream.subscriptions import dlq_topic
+from facestream.timeutil import now_iso
+
+
+async def delivery_log(
+    settings: Settings,
+    subscription: str | None = None,
+    webhook_ids: set[str] | None = None,
+    outcome: str | None = None,
+) -> list[dict[str, Any]]:
+    """Entries of the delivery log, oldest first, filtered by the arguments given."""
+    entries = [orjson.loads(r.value) for r in await read_topic(settings, settings.topic("deliveries.log"))]
+    entries = [
+        e
+        for e in entries
+        if (subscription is None or e["subscription"] == subscription)
+        and (not webhook_ids or e["webhook_id"] in webhook_ids)
+        and (outcome is None or e["outcome"] == outcome)
+    ]
+    return sorted(entries, key=lambda e: e["at"])
+
+
+async def dead_letters(settings: Settings, subscription: str) -> list[dict[str, Any]]:
+    """Every job in the subscription's dead-letter topic."""
+    return [orjson.loads(r.value) for r in await read_topic(settings, dlq_topic(settings, subscription))]
+
+
+async def replay(settings: Settings, subscription: str, webhook_ids: set[str] | None = None) -> list[dict[str, Any]]:
+    """Send dead-lettered deliveries of `subscription` again, with their webhook ids unchanged and
+    a fresh set of attempts. Without `webhook_ids`: those dead-lettered since the last such replay
+    (a consumer group keeps the place). With them: just those, wherever they are in the topic.
+    Expired ones are replayed too, and are dead-lettered again as expired: late is never fresh."""
+    topic = dlq_topic(settings, subscription)
+    if webhook_ids is None:
+        records = await read_topic(settings, topic, group_id=f"{settings.app_id}-replay-{subscription}")
+    else:
+        records = [r for r in await read_topic(settings, topic) if orjson.loads(r.value)["webhook_id"] in webhook_ids]
+    jobs: dict[str, dict[str, Any]] = {}
+    for r in records:
+        letter = orjson.loads(r.value)
+        for key in ("reason", "dead_at", "last_status", "last_error"):
+            letter.pop(key, None)
+        now = now_iso()
+        jobs[letter["webhook_id"]] = {**letter, "attempt": 0, "due_at": now, "replayed_at": now}
+    prod = producer(settings)
+    await prod.start()
+    try:
+        for job in jobs.values():
+            contracts.validate("webhook.delivery", job)
+            await prod.send_and_wait(settings.topic("deliveries"), contracts.dumps(job), key=subscription.encode())
+    finally:
+        await prod.stop()
+    return list(jobs.values())

@@ -1,0 +1,372 @@
+"""The delivery engine: takes webhook.delivery jobs from `deliveries` and the retry tiers, and
+attempts each one in its subscriber's lane.
+
+Why not a faust stream: deliveries to different subscribers share partitions, and a slow
+subscriber must not hold up the others. The engine therefore acknowledges out of order: every
+job is handed to its subscriber's lane (bounded concurrency and rate) at once, and a partition's
+committed offset advances to the oldest job whose outcome is not yet durable (delivered and
+logged, moved to a retry tier, or dead-lettered). A crash redelivers only unfinished jobs; the
+webhook id is unchanged, so the subscriber de-duplicates.
+
+Retry tiers hold jobs that all wait the same delay, so each partition is in due order: when the
+head job is not due yet, the engine pauses that partition and resumes it at the due time
+(no sleeping consumers, no lost place on restart).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+
+from facestream import contracts
+from facestream.config import Settings, Subscription
+from facestream.errors import MalformedEvent
+from facestream.kafka import MAX_REQUEST, ensure_topic, producer, retry_topics
+from facestream.logs import get_logger
+from facestream.metrics import END_TO_END_SECONDS, WEBHOOK_OUTCOMES, WEBHOOK_SECONDS, WEBHOOKS, status_class
+from facestream.net import guarded_client
+from facestream.pipeline import Record, dead_letter
+from facestream.subscriptions import SubscriptionStore, dlq_topic
+from facestream.timeutil import now_iso, parse_iso
+from services.notifier.logic import Verdict, attempt, iso, next_delay
+
+log = get_logger(__name__)
+
+
+class Offsets:
+    """Per partition: offsets handed out and not finished, and the next offset to read. The
+    committable offset is the oldest unfinished one (or the next to read when none is)."""
+
+    def __init__(self) -> None:
+        self.open: dict[TopicPartition, set[int]] = {}
+        self.next: dict[TopicPartition, int] = {}
+
+    def begin(self, tp: TopicPartition, offset: int) -> None:
+        self.open.setdefault(tp, set()).add(offset)
+        self.next[tp] = max(self.next.get(tp, 0), offset + 1)
+
+    def skip(self, tp: TopicPartition, offset: int) -> None:
+        self.next[tp] = max(self.next.get(tp, 0), offset + 1)
+
+    def finish(self, tp: TopicPartition, offset: int) -> None:
+        self.open.get(tp, set()).discard(offset)
+
+    def committable(self) -> dict[TopicPartition, int]:
+        return {tp: min(self.open.get(tp) or {nxt}) for tp, nxt in self.next.items()}
+
+    def forget(self, tps: set[TopicPartition]) -> None:
+        for tp in tps:
+            self.open.pop(tp, None)
+            self.next.pop(tp, None)
+
+
+class TokenBucket:
+    """At most `rate` requests a second on average, bursts of up to `rate` (0: unlimited)."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.tokens = max(rate, 1.0)
+        self.stamp = time.monotonic()
+
+    async def take(self) -> None:
+        if self.rate <= 0:
+            return
+        while True:
+            now = time.monotonic()
+            self.tokens = min(max(self.rate, 1.0), self.tokens + (now - self.stamp) * self.rate)
+            self.stamp = now
+            if self.tokens >= 1:
+                self.tokens -= 1
+                return
+            await asyncio.sleep((1 - self.tokens) / self.rate)
+
+
+@dataclass
+class Lane:
+    """One subscriber's share of a worker: its own concurrency and rate limits."""
+
+    concurrency: int
+    rate: float
+    pending: int = 0
+    slots: asyncio.Semaphore = field(init=False)
+    bucket: TokenBucket = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.slots = asyncio.Semaphore(self.concurrency)
+        self.bucket = TokenBucket(self.rate)
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, engine: DeliveryEngine) -> None:
+        self.engine = engine
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self.engine.commit()
+        self.engine.release(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        return None
+
+
+class DeliveryEngine:
+    def __init__(
+        self,
+        settings: Settings,
+        store: SubscriptionStore,
+        client: httpx.AsyncClient | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.client = client
+        self.clock = clock
+        self.tiers = retry_topics(settings)
+        self.sources = [settings.topic("deliveries"), *self.tiers.values()]
+        self.offsets = Offsets()
+        self.lanes: dict[str, Lane] = {}
+        self.waiting: dict[TopicPartition, asyncio.TimerHandle] = {}
+        self.inflight: set[asyncio.Task[None]] = set()
+        self.ensured: set[str] = set()
+        self._producer = producer(settings)
+        self._consumer: AIOKafkaConsumer | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        if self.client is None:
+            self.client = guarded_client(self.settings.allow_private, self.settings.webhook_timeout_s)
+        await self._producer.start()
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap,
+            group_id=f"{self.settings.app_id}-deliveries",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=MAX_REQUEST,
+            session_timeout_ms=int(self.settings.session_timeout_s * 1000),
+            heartbeat_interval_ms=int(max(0.5, self.settings.session_timeout_s / 10) * 1000),
+        )
+        self._consumer.subscribe(self.sources, listener=_Rebalance(self))
+        await self._consumer.start()
+        self._tasks = [asyncio.create_task(self._run()), asyncio.create_task(self._commit_every(1.0))]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        # Attempts under way finish (bounded by the request timeout) so their outcomes are kept.
+        if self.inflight:
+            await asyncio.wait(self.inflight, timeout=self.settings.webhook_timeout_s + 5)
+        for handle in self.waiting.values():
+            handle.cancel()
+        if self._consumer is not None:
+            with contextlib.suppress(Exception):
+                await self.commit()
+            await self._consumer.stop()
+        await self._producer.stop()
+        if self.client is not None:
+            await self.client.aclose()
+
+    async def commit(self) -> None:
+        assert self._consumer is not None
+        assigned = self._consumer.assignment()
+        offsets = {tp: off for tp, off in self.offsets.committable().items() if tp in assigned}
+        if offsets:
+            await self._consumer.commit(offsets)
+
+    def release(self, revoked: set[TopicPartition]) -> None:
+        for tp in revoked:
+            handle = self.waiting.pop(tp, None)
+            if handle is not None:
+                handle.cancel()
+        self.offsets.forget(revoked)
+
+    async def _commit_every(self, seconds: float) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                await self.commit()
+            except Exception as exc:  # a rebalance in progress; the next round commits
+                log.warning("delivery_commit_failed", error=str(exc)[:200])
+
+    async def _run(self) -> None:
+        assert self._consumer is not None
+        while True:
+            batch = await self._consumer.getmany(timeout_ms=200, max_records=500)
+            for tp, records in batch.items():
+                for record in records:
+                    if tp in self.waiting or not await self._accept(tp, record):
+                        break
+
+    async def _accept(self, tp: TopicPartition, record: Any) -> bool:
+        """Hand one record to its lane; False when it is not due (its partition now waits)."""
+        assert self._consumer is not None
+        try:
+            job = contracts.loads(record.value, "webhook.delivery")
+        except MalformedEvent as exc:
+            await self._bad_record(tp, record, exc)
+            self.offsets.skip(tp, record.offset)
+            return True
+        wait = parse_iso(job["due_at"]).timestamp() - self.clock()
+        if wait > 0:
+            self._consumer.pause(tp)
+            self._consumer.seek(tp, record.offset)
+            self.waiting[tp] = asyncio.get_running_loop().call_later(wait, self._resume, tp)
+            return False
+        self.offsets.begin(tp, record.offset)
+        lane = self._lane(self.store.get(job["subscription"]))
+        work = self._defer(job) if lane.pending >= self.settings.webhook_max_pending else self._deliver(lane, job)
+        lane.pending += 1
+        task = asyncio.create_task(work)
+        self.inflight.add(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            self.inflight.discard(t)
+            lane.pending -= 1
+            if t.cancelled() or t.exception() is not None:
+                # The outcome was not recorded: leave the offset open so the job is redone.
+                log.error("delivery_outcome_not_recorded", webhook_id=job["webhook_id"], error=repr(t.exception()))
+                return
+            self.offsets.finish(tp, record.offset)
+
+        task.add_done_callback(done)
+        return True
+
+    def _resume(self, tp: TopicPartition) -> None:
+        self.waiting.pop(tp, None)
+        if self._consumer is not None and tp in self._consumer.assignment():
+            self._consumer.resume(tp)
+
+    def _lane(self, sub: Subscription | None) -> Lane:
+        if sub is None:
+            return self.lanes.setdefault("", Lane(1, 0))
+        lane = self.lanes.get(sub.name)
+        if lane is None or (lane.concurrency, lane.rate) != (sub.max_concurrency, sub.rate_per_s):
+            lane = self.lanes[sub.name] = Lane(sub.max_concurrency, sub.rate_per_s)
+        return lane
+
+    async def _bad_record(self, tp: TopicPartition, record: Any, exc: Exception) -> None:
+        letter = dead_letter("notifier", Record(record.value, record.key, tp.topic, tp.partition, record.offset), exc)
+        await self._producer.send_and_wait(self.settings.topic("dlq"), contracts.dumps(letter), key=record.key)
+
+    # Outcomes. Each is durable (acknowledged by the broker) before the job counts as finished.
+
+    async def _deliver(self, lane: Lane, job: dict[str, Any]) -> None:
+        name = job["subscription"]
+        sub = self.store.get(name)
+        if sub is None:
+            await self._log(job, "dropped", reason="subscription_removed")
+            return
+        if not sub.active:
+            await self._dead(job, "subscription_disabled", sub.disabled_reason)
+            return
+        if parse_iso(job["expires_at"]).timestamp() <= self.clock():
+            await self._dead(job, "expired", f"not delivered before {job['expires_at']}")
+            return
+        async with lane.slots:
+            await lane.bucket.take()
+            assert self.client is not None
+            started = time.perf_counter()
+            verdict = await attempt(self.client, sub, job)
+            latency = time.perf_counter() - started
+        number = job["attempt"] + 1
+        WEBHOOKS.labels(name, status_class(verdict.status)).inc()
+        WEBHOOK_SECONDS.labels(name).observe(latency)
+        job = {**job, "attempt": number, "last_status": verdict.status, "last_error": verdict.error}
+        if verdict.outcome == "delivered":
+            await self._log(job, "delivered", verdict, latency)
+            if "submitted_at" in job:
+                END_TO_END_SECONDS.observe(max(0.0, time.time() - parse_iso(job["submitted_at"]).timestamp()))
+            log.info("delivered", subscription=name, webhook_id=job["webhook_id"], trace_id=job.get("trace_id"))
+            return
+        log.warning(
+            "delivery_attempt_failed",
+            subscription=name,
+            webhook_id=job["webhook_id"],
+            attempt=number,
+            reason=verdict.reason,
+            error=verdict.error,
+        )
+        if verdict.outcome == "gone":
+            await self.store.disable(name, f"endpoint answered 410 Gone at {now_iso()}")
+            await self._dead(job, "gone", verdict.error, verdict, latency)
+        elif verdict.outcome == "retry":
+            delay = next_delay(self.settings.webhook_schedule_s, number, verdict.retry_after_s)
+            if delay is None:
+                await self._dead(job, "exhausted", f"{number} attempts, last: {verdict.error}", verdict, latency)
+            else:
+                await self._retry(job, delay, verdict, latency)
+        else:
+            await self._dead(job, verdict.reason, verdict.error, verdict, latency)
+
+    async def _retry(self, job: dict[str, Any], delay: float, verdict: Verdict | None, latency: float | None) -> None:
+        due = iso(self.clock() + delay)
+        await self._producer.send_and_wait(
+            self.tiers[delay], contracts.dumps({**job, "due_at": due}), key=job["subscription"].encode()
+        )
+        outcome = "retry_scheduled" if verdict is not None else "deferred"
+        await self._log(
+            job, outcome, verdict, latency, next_attempt_at=due, reason=verdict.reason if verdict else "busy"
+        )
+
+    async def _defer(self, job: dict[str, Any]) -> None:
+        """Too many jobs waiting for this subscriber in this worker: park it in the first retry
+        tier without spending an attempt, so the partition keeps moving for the others."""
+        await self._retry(job, min(self.tiers), None, None)
+
+    async def _dead(
+        self,
+        job: dict[str, Any],
+        reason: str,
+        detail: str | None,
+        verdict: Verdict | None = None,
+        latency: float | None = None,
+    ) -> None:
+        topic = dlq_topic(self.settings, job["subscription"])
+        if topic not in self.ensured:
+            await ensure_topic(self.settings, topic)
+            self.ensured.add(topic)
+        letter = {**job, "reason": reason, "dead_at": now_iso(), "last_error": (detail or "")[:500] or None}
+        await self._producer.send_and_wait(topic, contracts.dumps(letter), key=job["subscription"].encode())
+        await self._log(job, "dead_lettered", verdict, latency, reason=reason, error=detail)
+        log.warning(
+            "delivery_dead_lettered", subscription=job["subscription"], webhook_id=job["webhook_id"], reason=reason
+        )
+
+    async def _log(
+        self,
+        job: dict[str, Any],
+        outcome: str,
+        verdict: Verdict | None = None,
+        latency: float | None = None,
+        *,
+        reason: str | None = None,
+        error: str | None = None,
+        next_attempt_at: str | None = None,
+    ) -> None:
+        WEBHOOK_OUTCOMES.labels(job["subscription"], outcome).inc()
+        entry = {
+            "schema_version": 1,
+            "event_type": "delivery.attempt",
+            "webhook_id": job["webhook_id"],
+            "subscription": job["subscription"],
+            "event_id": job["event_id"],
+            "attempt": job["attempt"] if verdict is not None else 0,
+            "outcome": outcome,
+            "reason": reason if reason is not None else (verdict.reason or None if verdict else None),
+            "http_status": verdict.status if verdict else None,
+            "latency_ms": round(latency * 1000, 1) if latency is not None else None,
+            "error": ((error or (verdict.error if verdict else None)) or "")[:500] or None,
+            "next_attempt_at": next_attempt_at,
+            "at": now_iso(),
+        }
+        await self._producer.send_and_wait(
+            self.settings.topic("deliveries.log"), contracts.dumps(entry), key=job["subscription"].encode()
+        )
