@@ -128,7 +128,9 @@ class OpsServer:
     async def refresh(self) -> None:
         """Read this worker's group lag from the broker into the gauges."""
         try:
-            rows = await consumer_lag(self.settings, [self.group])
+            # The notifier's delivery engine has its own group: its lag is the pending deliveries.
+            extra = [f"{self.settings.app_id}-deliveries"] if "notifier" in self.stages else []
+            rows = await consumer_lag(self.settings, [self.group, *extra])
         except Exception as exc:
             self.health.set("kafka", False)
             log.warning("lag_unavailable", error=str(exc)[:200])

@@ -89,7 +89,11 @@ async def test_dashboard_shows_every_stage_live(kafka: str, tmp_path: Path, brow
 
         async def moved() -> bool:
             now = await rows()
-            return all(int(now[s]["consumed"]) > int(before[s]["consumed"]) for s in STAGES)
+            # The page refreshes on its own clock: wait until it shows every probe at the detector.
+            return (
+                all(int(now[s]["consumed"]) > int(before[s]["consumed"]) for s in STAGES)
+                and int(now["detector"]["consumed"]) >= len(probes) + 5
+            )
 
         await pipeline.wait_for(moved, what="every stage's numbers to change on the page")
         after = await rows()

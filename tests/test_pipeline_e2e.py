@@ -247,3 +247,32 @@ def assert_clean_logs(
             assert consent[key] not in logs, f"{key} reached the logs"
     assert "explicit_consent" not in logs
     assert "retain_until" not in logs
+
+
+async def test_a_pending_retry_survives_a_killed_worker(kafka: str, tmp_path: Path) -> None:
+    """The subscriber is down when the match is made; the worker is SIGKILLed while the retry
+    waits in its retry topic; the subscriber comes back and a new worker delivers it, once."""
+    pipeline = Pipeline(tmp_path, [SAMPLES], extra={"webhook_schedule_s": [0, 4, 8]})
+    await pipeline.start()
+    try:
+        await enrol_gallery(pipeline)
+        receiver = pipeline.receiver
+        await receiver.stop()  # keeps its port, now closed
+        probe = next(p for p in PROBES if p.parent.name == "azure_family2_lady")
+        await pipeline.submit("probe-down", search("probe-down", probe, pipeline.settings))
+
+        async def retry_waiting() -> bool:
+            return any(e["outcome"] == "retry_scheduled" for e in await pipeline.events("deliveries.log"))
+
+        await pipeline.wait_for(retry_waiting, what="the scheduled retry")
+        pipeline.kill_workers()
+        await receiver.start()
+        pipeline.spawn_workers()
+        await pipeline.wait_for(lambda: len(receiver.deliveries) >= 1, what="the retry after the crash")
+        [delivery] = receiver.deliveries
+        assert delivery.event["image_id"] == "probe-down"
+        assert delivery.event["candidates"][0]["subject_id"] == "azure_family2_lady"
+        log = await pipeline.events("deliveries.log")
+        assert next(e["reason"] for e in log if e["outcome"] == "retry_scheduled") == "connection_error"
+    finally:
+        await pipeline.stop()
