@@ -213,6 +213,16 @@ async def delete_topics(settings: Settings) -> list[str]:
 async def follow(consumer: AIOKafkaConsumer, handle: Callable[[Any], None]) -> None:
     """Hand every record `consumer` receives to `handle`, until cancelled."""
     while True:
-        for records in (await consumer.getmany(timeout_ms=1000)).values():
+        try:
+            batch = await consumer.getmany(timeout_ms=1000)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the broker away for a while: keep following
+            log.warning(
+                "follow_failed", topics=sorted({tp.topic for tp in consumer.assignment()}), error=str(exc)[:200]
+            )
+            await asyncio.sleep(1.0)
+            continue
+        for records in batch.values():
             for r in records:
                 handle(r)

@@ -28,7 +28,7 @@ from cryptography.fernet import Fernet, InvalidToken
 
 from facestream.config import EVENT_TYPES, Settings, SigningSecret, Subscription
 from facestream.errors import ConfigError, UnsafeDestination
-from facestream.kafka import ensure_topic, follow, producer
+from facestream.kafka import follow, producer
 from facestream.logs import get_logger
 from facestream.net import AddressPolicy, resolve
 
@@ -203,7 +203,6 @@ class SubscriptionStore:
         if check_url:
             await check_destination(sub, self.settings)
         sub = replace(sub, updated_at=time.time())
-        await ensure_topic(self.settings, dlq_topic(self.settings, sub.name))
         await self._producer.send_and_wait(self.topic, encode(sub, self.box), key=sub.name.encode())
         self._apply(sub.name.encode(), encode(sub, self.box))
         return sub

@@ -3,7 +3,9 @@ loopback. The delivery engine on Kafka is tested in tests/test_delivery.py."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import time
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -12,6 +14,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from aiohttp import web
 
 from facestream import contracts, ids
 from facestream.config import DEFAULT_WEBHOOK_SCHEDULE, Subscription
@@ -196,3 +199,24 @@ async def test_private_endpoints_are_refused_without_the_allow_list() -> None:
         refused = await attempt(client, sub(url=server.url("/hook")), job)
         assert (refused.outcome, refused.reason) == ("dead", "unsafe_destination")
         assert server.seen == []
+
+
+async def test_an_endless_answer_body_is_never_read() -> None:
+    """A receiver that answers 200 and then streams forever: the attempt is judged on the status
+    alone and returns at once, without buffering what the receiver sends."""
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(status=200)
+        await response.prepare(request)
+        with contextlib.suppress(ConnectionError):
+            while True:
+                await response.write(b"x" * 65536)
+                await asyncio.sleep(0.01)
+        return response
+
+    async with Server({"/hook": endless}) as server, guarded_client(LOOPBACK, 2.0) as client:
+        job = job_for(match_event(), sub(), payload_for(match_event(), sub(), DAY) or {})
+        started = time.monotonic()
+        verdict = await attempt(client, sub(url=server.url("/hook")), job)
+        assert verdict.outcome == "delivered"
+        assert time.monotonic() - started < 1.5

@@ -199,11 +199,17 @@ class DeliveryEngine:
     async def _run(self) -> None:
         assert self._consumer is not None
         while True:
-            batch = await self._consumer.getmany(timeout_ms=200, max_records=500)
-            for tp, records in batch.items():
-                for record in records:
-                    if tp in self.waiting or not await self._accept(tp, record):
-                        break
+            try:
+                batch = await self._consumer.getmany(timeout_ms=200, max_records=500)
+                for tp, records in batch.items():
+                    for record in records:
+                        if tp in self.waiting or not await self._accept(tp, record):
+                            break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the broker away: keep trying; unfinished jobs stay uncommitted
+                log.error("delivery_engine_error", error=str(exc)[:300])
+                await asyncio.sleep(1.0)
 
     async def _accept(self, tp: TopicPartition, record: Any) -> bool:
         """Hand one record to its lane; False when it is not due (its partition now waits)."""

@@ -153,7 +153,9 @@ async def attempt(client: httpx.AsyncClient, subscription: Subscription, job: di
         **sign_headers(subscription.signing_secrets(time.time()), job["webhook_id"], body),
     }
     try:
-        response = await client.post(subscription.url, content=body, headers=headers)
+        # Status and headers are all we need: the body is never read, so a receiver cannot make
+        # us buffer a large or endless answer.
+        async with client.stream("POST", subscription.url, content=body, headers=headers) as response:
+            return judge(response.status_code, response.headers, time.time())
     except (httpx.HTTPError, UnsafeDestination) as exc:
         return judge_error(exc)
-    return judge(response.status_code, response.headers, time.time())
