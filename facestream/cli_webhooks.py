@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any, TypeVar
 
-from facestream.config import EVENT_TYPES, Settings, Subscription, load_settings
+from facestream.config import WEBHOOK_EVENT_TYPES, Settings, Subscription, load_settings
 from facestream.errors import ConfigError
 from facestream.subscriptions import SubscriptionStore, new_secret
 
@@ -126,7 +126,7 @@ def add_parsers(sub: Any) -> None:
     s.add_argument("--url")
     s.add_argument("--watchlist", action="append", help="repeatable; default every watchlist")
     s.add_argument("--min-score", type=float)
-    s.add_argument("--event-type", action="append", choices=EVENT_TYPES)
+    s.add_argument("--event-type", action="append", choices=WEBHOOK_EVENT_TYPES)
     s.add_argument("--max-concurrency", type=int)
     s.add_argument("--rate", type=float, help="requests per second (0: unlimited)")
     s.add_argument("--reason", default="disabled by an operator")

@@ -23,8 +23,8 @@ DEFAULT_THRESHOLD = 0.44
 DEFAULT_THRESHOLD_FPIR = 0.01
 
 
-# Event types a subscription can ask for (see services/notifier/logic.py).
-EVENT_TYPES = ("face.match.candidates",)
+# Webhook event types a subscription can ask for (see services/notifier/logic.py).
+WEBHOOK_EVENT_TYPES = ("face.match.candidates",)
 # Standard Webhooks' suggested schedule: the delay before each attempt (the first is immediate).
 DEFAULT_WEBHOOK_SCHEDULE = (0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 50400.0, 72000.0, 86400.0)
 

@@ -26,7 +26,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from cryptography.fernet import Fernet, InvalidToken
 
-from facestream.config import EVENT_TYPES, Settings, SigningSecret, Subscription
+from facestream.config import WEBHOOK_EVENT_TYPES, Settings, SigningSecret, Subscription
 from facestream.errors import ConfigError, UnsafeDestination
 from facestream.kafka import follow, producer
 from facestream.logs import get_logger
@@ -101,7 +101,7 @@ def validate(sub: Subscription, settings: Settings) -> None:
         raise ConfigError(f"subscription {sub.name}: url must be http(s)://host/...")
     if parts.username or parts.password:
         raise ConfigError(f"subscription {sub.name}: no credentials in the url")
-    unknown = set(sub.event_types) - set(EVENT_TYPES)
+    unknown = set(sub.event_types) - set(WEBHOOK_EVENT_TYPES)
     if unknown:
         raise ConfigError(f"subscription {sub.name}: unknown event types {sorted(unknown)}")
     if sub.max_concurrency < 1 or sub.rate_per_s < 0 or not sub.secrets:
@@ -203,8 +203,9 @@ class SubscriptionStore:
         if check_url:
             await check_destination(sub, self.settings)
         sub = replace(sub, updated_at=time.time())
-        await self._producer.send_and_wait(self.topic, encode(sub, self.box), key=sub.name.encode())
-        self._apply(sub.name.encode(), encode(sub, self.box))
+        record = encode(sub, self.box)
+        await self._producer.send_and_wait(self.topic, record, key=sub.name.encode())
+        self._apply(sub.name.encode(), record)
         return sub
 
     def require(self, name: str) -> Subscription:

@@ -314,13 +314,13 @@ class DeliveryEngine:
 
     async def _retry(self, job: dict[str, Any], delay: float, verdict: Verdict | None, latency: float | None) -> None:
         due = iso(self.clock() + delay)
-        await self._producer.send_and_wait(
+        # The job in its tier and the log entry go to the broker together.
+        moved = await self._producer.send(
             self.tiers[delay], contracts.dumps({**job, "due_at": due}), key=job["subscription"].encode()
         )
         outcome = "retry_scheduled" if verdict is not None else "deferred"
-        await self._log(
-            job, outcome, verdict, latency, next_attempt_at=due, reason=verdict.reason if verdict else "busy"
-        )
+        reason = verdict.reason if verdict else "busy"
+        await asyncio.gather(moved, self._log(job, outcome, verdict, latency, next_attempt_at=due, reason=reason))
 
     async def _defer(self, job: dict[str, Any]) -> None:
         """Too many jobs waiting for this subscriber in this worker: park it in the first retry
@@ -340,8 +340,8 @@ class DeliveryEngine:
             await ensure_topic(self.settings, topic)
             self.ensured.add(topic)
         letter = {**job, "reason": reason, "dead_at": now_iso(), "last_error": (detail or "")[:500] or None}
-        await self._producer.send_and_wait(topic, contracts.dumps(letter), key=job["subscription"].encode())
-        await self._log(job, "dead_lettered", verdict, latency, reason=reason, error=detail)
+        parked = await self._producer.send(topic, contracts.dumps(letter), key=job["subscription"].encode())
+        await asyncio.gather(parked, self._log(job, "dead_lettered", verdict, latency, reason=reason, error=detail))
         log.warning(
             "delivery_dead_lettered", subscription=job["subscription"], webhook_id=job["webhook_id"], reason=reason
         )

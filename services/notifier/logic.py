@@ -17,12 +17,12 @@ import httpx
 import orjson
 
 from facestream import ids
-from facestream.config import Subscription
+from facestream.config import WEBHOOK_EVENT_TYPES, Subscription
 from facestream.errors import UnsafeDestination
 from facestream.timeutil import now_iso, parse_iso
 from facestream.webhooks import sign_headers
 
-EVENT_TYPE = "face.match.candidates"
+EVENT_TYPE = WEBHOOK_EVENT_TYPES[0]  # the only one so far
 
 
 def iso(ts: float) -> str:

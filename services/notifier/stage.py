@@ -59,9 +59,10 @@ class NotifierStage:
                 continue
             for sub in subscriptions:
                 payload = payload_for(match, sub, self.settings.webhook_event_ttl_s)
-                if payload is not None and self.crops is not None and self.crops.links is not None:
+                if payload is None:
+                    continue
+                if self.crops is not None and self.crops.links is not None:
                     expires = parse_iso(payload["expires_at"]).timestamp()
                     payload["probe_crop_url"] = self.crops.links.link(match["event_id"], sub.name, expires)
-                if payload is not None:
-                    outcome.outputs.append(Output("deliveries", sub.name, job_for(match, sub, payload)))
+                outcome.outputs.append(Output("deliveries", sub.name, job_for(match, sub, payload)))
         return outcomes
