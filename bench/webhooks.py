@@ -25,7 +25,6 @@ from aiohttp import web
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from facestream import ids  # noqa: E402
 from facestream._http import serve  # noqa: E402
 from facestream.config import Settings, Subscription  # noqa: E402
 from facestream.kafka import delete_topics, ensure_topics, producer  # noqa: E402
@@ -34,30 +33,13 @@ from facestream.receiver import Delivery, WebhookReceiver  # noqa: E402
 from facestream.subscriptions import new_secret  # noqa: E402
 from facestream.timeutil import now_iso, parse_iso  # noqa: E402
 from services.notifier.stage import NotifierStage  # noqa: E402
+from tests.helpers import match_result  # noqa: E402
 
 
 def match(n: int) -> dict[str, Any]:
     image_id = f"bench-{n}-{uuid.uuid4().hex[:6]}"
-    return {
-        "schema_version": 1,
-        "event_type": "match.result",
-        "event_id": ids.event_id("match", image_id, 0),
-        "image_id": image_id,
-        "trace_id": f"t{n}",
-        "status": "match",
-        "face_index": 0,
-        "face_count": 1,
-        "candidates": [{"subject_id": f"s{n % 50}", "watchlist": "w", "score": 0.7, "rank": 1}],
-        "threshold": 0.44,
-        "operating_point": {"false_positive_identification_rate": 0.01, "calibration": "bench"},
-        "model": {"name": "sface", "version": "2021dec"},
-        "gallery": {"name": "faces", "size": 50},
-        "intent": {"kind": "search", "purpose": "bench", "case_ref": "BENCH", "requester": "bench"},
-        "review": "candidate: investigative lead, requires human confirmation",
-        "source": "bench",
-        "captured_at": now_iso(),
-        "occurred_at": now_iso(),
-    }
+    candidates = [{"subject_id": f"s{n % 50}", "watchlist": "w", "score": 0.7, "rank": 1}]
+    return match_result(image_id, candidates, case_ref="BENCH", occurred_at=now_iso())
 
 
 async def run(matches: int, subscribers: int, slow: bool) -> None:

@@ -15,7 +15,6 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from facestream import ids
 from facestream.config import Settings, Subscription
 from facestream.kafka import delete_topics, ensure_topics, producer
 from facestream.pipeline import Record
@@ -24,6 +23,7 @@ from facestream.timeutil import now_iso
 from facestream.webhooks import InvalidWebhook, verify_webhook
 from services.notifier.admin import dead_letters, delivery_log
 from services.notifier.stage import NotifierStage
+from tests.helpers import match_result
 
 LOOPBACK = ("127.0.0.1",)
 # An answer: an HTTP status, (status, headers), or ("hang", seconds) before a 204.
@@ -106,27 +106,10 @@ class Subscriber:
 
 
 def match(n: int, watchlist: str = "missing", score: float = 0.7, occurred_at: str | None = None) -> dict[str, Any]:
+    """A match for one candidate, made now (unless `occurred_at` says otherwise)."""
     image_id = f"img-{uuid.uuid4().hex[:8]}-{n}"
-    return {
-        "schema_version": 1,
-        "event_type": "match.result",
-        "event_id": ids.event_id("match", image_id, 0),
-        "image_id": image_id,
-        "trace_id": f"trace-{n}",
-        "status": "match",
-        "face_index": 0,
-        "face_count": 1,
-        "candidates": [{"subject_id": f"s{n}", "watchlist": watchlist, "score": score, "rank": 1}],
-        "threshold": 0.44,
-        "operating_point": {"false_positive_identification_rate": 0.01, "calibration": "devset"},
-        "model": {"name": "sface", "version": "2021dec"},
-        "gallery": {"name": "faces", "size": 10},
-        "intent": {"kind": "search", "purpose": "find", "case_ref": f"CASE-{n}", "requester": "r"},
-        "review": "candidate: investigative lead, requires human confirmation",
-        "source": "test",
-        "captured_at": now_iso(),
-        "occurred_at": occurred_at or now_iso(),
-    }
+    candidates = [{"subject_id": f"s{n}", "watchlist": watchlist, "score": score, "rank": 1}]
+    return match_result(image_id, candidates, case_ref=f"CASE-{n}", occurred_at=occurred_at or now_iso())
 
 
 class Rig:

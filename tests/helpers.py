@@ -106,3 +106,36 @@ def png_header_only(width: int, height: int) -> bytes:
     return (
         b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
     )
+
+
+def match_result(
+    image_id: str,
+    candidates: list[dict[str, Any]],
+    *,
+    status: str = "match",
+    case_ref: str = "CASE-5",
+    occurred_at: str = "2026-01-01T00:00:01Z",
+) -> dict[str, Any]:
+    """A valid match.result event, as the matcher emits it."""
+    from facestream import ids
+
+    return {
+        "schema_version": 1,
+        "event_type": "match.result",
+        "event_id": ids.event_id("match", image_id, 0),
+        "image_id": image_id,
+        "trace_id": f"trace-{image_id}",
+        "status": status,
+        "face_index": 0,
+        "face_count": 1,
+        "candidates": candidates,
+        "threshold": 0.44,
+        "operating_point": {"false_positive_identification_rate": 0.01, "calibration": "devset"},
+        "model": {"name": "sface", "version": "2021dec"},
+        "gallery": {"name": "faces", "size": 2},
+        "intent": {"kind": "search", "purpose": "find", "case_ref": case_ref, "requester": "r"},
+        "review": "candidate: investigative lead, requires human confirmation",
+        "source": "test",
+        "captured_at": "2026-01-01T00:00:00Z",
+        "occurred_at": occurred_at,
+    }

@@ -21,7 +21,7 @@ from facestream.config import DEFAULT_WEBHOOK_SCHEDULE, Subscription
 from facestream.net import guarded_client
 from facestream.webhooks import InvalidWebhook, sign_headers, verify_webhook
 from services.notifier.logic import attempt, job_for, judge, next_delay, payload_for, retry_after
-from tests.helpers import Server, hang, respond
+from tests.helpers import Server, hang, match_result, respond
 
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
 OTHER = "whsec_" + base64.b64encode(b"another secret, not the right one").decode()
@@ -30,32 +30,12 @@ DAY = 86400.0
 
 
 def match_event(status: str = "match", candidates: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    return {
-        "schema_version": 1,
-        "event_type": "match.result",
-        "event_id": ids.event_id("match", "img-1", 0),
-        "image_id": "img-1",
-        "trace_id": "trace-1",
-        "status": status,
-        "face_index": 0,
-        "face_count": 1,
-        "candidates": candidates
-        if candidates is not None
-        else [
-            {"subject_id": "alice", "watchlist": "missing", "score": 0.71, "rank": 1},
-            {"subject_id": "bob", "watchlist": "staff", "score": 0.52, "rank": 2},
-        ],
-        "threshold": 0.44,
-        "operating_point": {"false_positive_identification_rate": 0.01, "calibration": "devset"},
-        "model": {"name": "sface", "version": "2021dec"},
-        "gallery": {"name": "faces", "size": 2},
-        "intent": {"kind": "search", "purpose": "find", "case_ref": "CASE-5", "requester": "r"},
-        "review": "candidate: investigative lead, requires human confirmation",
-        "source": "cam",
-        "captured_at": "2026-01-01T00:00:00Z",
-        "occurred_at": "2026-01-01T00:00:01Z",
-        "embedding_must_not_leak": [0.1, 0.2],
-    }
+    default = [
+        {"subject_id": "alice", "watchlist": "missing", "score": 0.71, "rank": 1},
+        {"subject_id": "bob", "watchlist": "staff", "score": 0.52, "rank": 2},
+    ]
+    event = match_result("img-1", default if candidates is None else candidates, status=status)
+    return {**event, "embedding_must_not_leak": [0.1, 0.2]}
 
 
 def sub(name: str = "cases", url: str = "http://x", **kwargs: Any) -> Subscription:
