@@ -170,6 +170,11 @@ async def _status(settings: Any, window_s: float) -> str:
     lines += [f"  {key:60s} {value:8d}" for key, value in sorted(lag_by_group.items())] or ["  (no consumer groups)"]
     lines.append("dead letters by stage and reason:")
     lines += [f"  {key:60s} {value:8d}" for key, value in sorted(dead.items())] or ["  none"]
+    from services.notifier.admin import delivery_log
+
+    outcomes = Counter(f"{e['subscription']}: {e['outcome']}" for e in await delivery_log(settings))
+    lines.append("webhook deliveries by subscription and outcome (from the delivery log):")
+    lines += [f"  {key:60s} {value:8d}" for key, value in sorted(outcomes.items())] or ["  none"]
     return "\n".join(lines)
 
 

@@ -4,6 +4,7 @@ workers (one per service), real HTTP."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import httpx
@@ -85,6 +86,7 @@ async def test_metrics_lag_and_health(kafka: str, tmp_path: Path) -> None:
         assert metric(notifier, "facestream_webhook_deliveries_total", status_class="2xx") >= 6
         assert metric(notifier, "facestream_end_to_end_seconds_count") >= 6
         assert metric(notifier, "facestream_webhook_delivery_seconds_count") >= 6
+        assert metric(notifier, "facestream_webhook_outcomes_total", outcome="delivered") >= 6
         # Lag per group, topic and partition, exported by each worker.
         detector_lag = (await get("detector", "/metrics")).text
         assert "facestream_consumer_lag" in detector_lag
@@ -94,6 +96,9 @@ async def test_metrics_lag_and_health(kafka: str, tmp_path: Path) -> None:
         summary = await cli(pipeline.config, "status", "--window", "1")
         assert pipeline.settings.topic("faces") in summary
         assert "dead letters" in summary
+        delivered = re.search(r"test-receiver: delivered\s+(\d+)", summary)
+        assert delivered is not None
+        assert int(delivered.group(1)) >= 6
     finally:
         await http.aclose()
         await pipeline.stop()
