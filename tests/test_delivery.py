@@ -8,12 +8,15 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import orjson
 import pytest
 
 from facestream.config import Subscription
 from facestream.errors import ConfigError
+from facestream.kafka import ensure_topic
 from facestream.subscriptions import SubscriptionStore
 from facestream.webhooks import verify_webhook
+from services.notifier.logic import job_for, payload_for
 from tests.delivery_rig import LOOPBACK, Subscriber, match, notifier
 
 
@@ -268,3 +271,24 @@ async def test_rate_limit_spaces_requests(tmp_path: Path, kafka: str) -> None:
     times = sorted(a.at for a in receiver.arrivals)
     # A burst of five, then one every 0.2 s.
     assert times[-1] - times[0] >= 0.9
+
+
+async def test_retries_waiting_in_a_tier_the_schedule_no_longer_has_are_delivered(tmp_path: Path, kafka: str) -> None:
+    """An operator shortens the schedule while retries wait in its 7 s tier: the engine reads
+    every retry topic, so they are still attempted (and then follow the new schedule)."""
+    receiver = await Subscriber().start()
+    try:
+        async with notifier(tmp_path, kafka) as rig:
+            await rig.add("cases", receiver)
+            probe = match(1)
+            payload = payload_for(probe, rig.store.get("cases"), rig.settings.webhook_event_ttl_s)
+            job = {**job_for(probe, rig.store.get("cases"), payload or {}), "attempt": 2}
+            old_tier = rig.settings.topic("deliveries.retry.7s")
+            await ensure_topic(rig.settings, old_tier)
+            await rig.producer.send_and_wait(old_tier, orjson.dumps(job), key=b"cases")
+            await rig.restart()  # a notifier started with the new schedule
+            await rig.wait_for(lambda: len(receiver.delivered()) == 1, what="the stranded retry")
+            [entry] = await rig.log("cases")
+    finally:
+        await receiver.stop()
+    assert (entry["outcome"], entry["attempt"]) == ("delivered", 3)

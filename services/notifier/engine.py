@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -128,7 +129,9 @@ class DeliveryEngine:
         self.client = client
         self.clock = clock
         self.tiers = retry_topics(settings)
-        self.sources = [settings.topic("deliveries"), *self.tiers.values()]
+        # Every retry topic there is, not only the current schedule's: a schedule changed while
+        # retries wait in a tier it no longer has strands none of them.
+        self.sources = rf"^{re.escape(settings.topic('deliveries'))}(\.retry\.[0-9a-z]+)?$"
         self.offsets = Offsets()
         self.lanes: dict[str, Lane] = {}
         self.waiting: dict[TopicPartition, asyncio.TimerHandle] = {}
@@ -151,7 +154,7 @@ class DeliveryEngine:
             session_timeout_ms=int(self.settings.session_timeout_s * 1000),
             heartbeat_interval_ms=int(max(0.5, self.settings.session_timeout_s / 10) * 1000),
         )
-        self._consumer.subscribe(self.sources, listener=_Rebalance(self))
+        self._consumer.subscribe(pattern=self.sources, listener=_Rebalance(self))
         await self._consumer.start()
         self._tasks = [asyncio.create_task(self._run()), asyncio.create_task(self._commit_every(1.0))]
 
