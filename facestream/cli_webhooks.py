@@ -111,6 +111,15 @@ def _cmd_deliveries(args: argparse.Namespace) -> int:
                 f"{e['outcome']:16s} {http:>4s} {ms:>7s} {e['reason'] or ''}"
             )
         return 0
+    async def lookup(store: SubscriptionStore) -> Subscription | None:
+        return store.get(args.subscription)
+
+    sub = asyncio.run(_with_store(settings, lookup))
+    if sub is None or not sub.active:
+        # Replayed now, they would only be dead-lettered again (subscription_disabled / dropped).
+        state = "does not exist" if sub is None else f"is disabled ({sub.disabled_reason})"
+        print(f"error: subscription {args.subscription} {state}; enable it first")
+        return 2
     sent = asyncio.run(replay(settings, args.subscription, set(args.webhook_id) if args.webhook_id else None))
     for job in sent:
         print(f"replayed {job['webhook_id']} (event {job['event_id']})")

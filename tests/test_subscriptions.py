@@ -109,9 +109,9 @@ async def test_cli_manages_subscriptions_and_replays_dead_letters(
             values = {k: getattr(rig.settings, k) for k in keys}
             config.write_text(to_toml(values))
 
-            async def cli(*args: str) -> str:
+            async def cli(*args: str, rc: int = 0) -> str:
                 capsys.readouterr()
-                assert await asyncio.to_thread(main, ["--config", str(config), *args]) == 0
+                assert await asyncio.to_thread(main, ["--config", str(config), *args]) == rc
                 return capsys.readouterr().out
 
             added = await cli("subscriptions", "add", "cases", "--url", receiver.url, "--min-score", "0.5")
@@ -119,6 +119,8 @@ async def test_cli_manages_subscriptions_and_replays_dead_letters(
             await rig.wait_for(lambda: rig.store.get("cases") is not None, what="the notifier to see it")
             assert "cases" in await cli("subscriptions", "list")
             assert "disabled: audit" in await cli("subscriptions", "disable", "cases", "--reason", "audit")
+            refused = await cli("deliveries", "replay", "--subscription", "cases", rc=2)
+            assert "is disabled (audit); enable it first" in refused
             assert "active" in await cli("subscriptions", "enable", "cases")
             rotated = await cli("subscriptions", "rotate-secret", "cases", "--grace", "600")
             receiver.secrets.append(rotated.split("(shown once): ")[1].strip())
