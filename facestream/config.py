@@ -130,7 +130,7 @@ class Settings:
     # Key that encrypts signing secrets in the subscriptions topic (Fernet, urlsafe base64 of 32
     # bytes). Empty: a key file under data_dir, created on first use (one machine only).
     subscriptions_key: str = ""
-    webhook_timeout_s: float = 5.0
+    webhook_timeout_s: float = 15.0  # per attempt; Standard Webhooks suggests 15-30 s
     webhook_schedule_s: tuple[float, ...] = DEFAULT_WEBHOOK_SCHEDULE
     # A match not delivered this long after it occurred is dead-lettered as expired, not sent late.
     webhook_event_ttl_s: float = 4 * 86400.0

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import re
 import time
 from collections.abc import Callable
@@ -316,7 +317,9 @@ class DeliveryEngine:
             await self._dead(job, verdict.reason, verdict.error, verdict, latency)
 
     async def _retry(self, job: dict[str, Any], delay: float, verdict: Verdict | None, latency: float | None) -> None:
-        due = iso(self.clock() + delay)
+        # Up to 10% jitter, as Standard Webhooks advises: retries after an outage spread out
+        # instead of all falling due at once. Always later, never earlier than the schedule.
+        due = iso(self.clock() + delay * (1 + random.uniform(0, 0.1)))
         # The job in its tier and the log entry go to the broker together.
         moved = await self._producer.send(
             self.tiers[delay], contracts.dumps({**job, "due_at": due}), key=job["subscription"].encode()

@@ -40,6 +40,7 @@ def payload_for(match: dict[str, Any], subscription: Subscription, ttl_s: float)
     expires = parse_iso(match["occurred_at"]) + timedelta(seconds=ttl_s)
     return {
         "type": EVENT_TYPE,
+        "timestamp": match["occurred_at"],  # Standard Webhooks' name for when the event occurred
         "event_id": match["event_id"],
         "occurred_at": match["occurred_at"],
         "expires_at": iso(expires.timestamp()),
