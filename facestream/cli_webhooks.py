@@ -111,6 +111,7 @@ def _cmd_deliveries(args: argparse.Namespace) -> int:
                 f"{e['outcome']:16s} {http:>4s} {ms:>7s} {e['reason'] or ''}"
             )
         return 0
+
     async def lookup(store: SubscriptionStore) -> Subscription | None:
         return store.get(args.subscription)
 

@@ -62,6 +62,17 @@ def _stage_total(counter: str, stage: str) -> float:
     )
 
 
+def webhook_status() -> dict[str, dict[str, float]]:
+    """This worker's webhook delivery outcomes, by subscription and outcome."""
+    out: dict[str, dict[str, float]] = {}
+    for family in REGISTRY.collect():
+        if family.name == "facestream_webhook_outcomes":
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    out.setdefault(sample.labels["subscription"], {})[sample.labels["outcome"]] = sample.value
+    return out
+
+
 def percentile(stage: str, q: float) -> float:
     """Upper bound (ms) of the histogram bucket holding the q-quantile of a stage's times."""
     buckets = []
@@ -178,6 +189,9 @@ class OpsServer:
                 for r in self.lag
             ],
             "lag_total": sum(r.lag for r in self.lag),
+            "webhooks": webhook_status(),
+            # Jobs in the deliveries topic and the retry tiers not yet finished by the engine.
+            "deliveries_pending": sum(r.lag for r in self.lag if r.group.endswith("-deliveries")),
             "lag_at": self.lag_at,
         }
         return web.json_response(body)

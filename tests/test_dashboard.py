@@ -101,6 +101,13 @@ async def test_dashboard_shows_every_stage_live(kafka: str, tmp_path: Path, brow
         assert int(after["detector"]["consumed"]) >= len(probes) + 5
         from selenium.webdriver.common.by import By
 
+        def webhook_row() -> dict[str, str]:
+            row = browser.find_element(By.CSS_SELECTOR, '#webhooks tr[data-subscription="test-receiver"]')  # type: ignore[attr-defined]
+            return {c.get_attribute("class").split()[0]: c.text for c in row.find_elements(By.TAG_NAME, "td")}
+
+        webhooks = await asyncio.to_thread(webhook_row)
+        assert int(float(webhooks["delivered"])) >= 9
+        assert int(float(webhooks["dead_lettered"])) == 0
         lines = await asyncio.to_thread(browser.find_elements, By.CSS_SELECTOR, "#lag-chart polyline")  # type: ignore[attr-defined]
         assert len(lines) == 4
         out = ROOT / "out"
