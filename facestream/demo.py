@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
 import secrets
 import subprocess
@@ -30,6 +29,7 @@ from facestream import client
 from facestream.config import Settings, load_settings, to_toml
 from facestream.kafka import consumer, ensure_topics, producer
 from facestream.receiver import Delivery, WebhookReceiver
+from facestream.subscriptions import new_secret
 from facestream.timeutil import parse_iso
 from facestream.worker import ROOT, kafka, spawn, terminate
 
@@ -113,7 +113,7 @@ async def run_demo(gallery: Path, probes: Path, quiet: bool = False) -> dict[str
     """Enrol `gallery`, search `probes` (absolute paths); Kafka must be running. Returns the report."""
     workdir = Path(tempfile.mkdtemp(prefix="facestream-demo-"))
     run_id = f"demo{int(time.time())}{secrets.token_hex(2)}"
-    secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+    secret = new_secret()
     gallery_images, probe_images = _images(gallery), _images(probes)
     kind: dict[str, str] = {}
     paths: dict[str, Path] = {}

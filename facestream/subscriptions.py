@@ -52,11 +52,16 @@ def subscriptions_key(settings: Settings) -> str:
     if not key:
         path = Path(settings.data_dir) / "subscriptions.key"
         if not path.exists():
+            # Written whole, then linked into place: a process starting at the same moment
+            # either wins or reads the winner's complete key, never a half-written file.
             path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(Fernet.generate_key())
             with contextlib.suppress(FileExistsError):
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(Fernet.generate_key())
+                os.link(tmp, path)
+            tmp.unlink()
         key = path.read_text().strip()
     return key
 

@@ -4,8 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
-import secrets
 import socket
 import subprocess
 import time
@@ -20,6 +18,7 @@ from aiokafka import TopicPartition
 from facestream.config import Settings, load_settings, to_toml
 from facestream.kafka import consumer, delete_topics, ensure_topics, producer
 from facestream.receiver import WebhookReceiver
+from facestream.subscriptions import new_secret
 from facestream.worker import spawn, terminate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,7 +42,7 @@ class Pipeline:
         self.workdir = workdir
         self.roots = roots
         self.services = services
-        self.secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+        self.secret = new_secret()
         self.receiver = WebhookReceiver(self.secret)
         self.workers: list[subprocess.Popen[bytes]] = []
         self.ops_ports: dict[str, int] = {}

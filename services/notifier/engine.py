@@ -168,6 +168,8 @@ class DeliveryEngine:
         # Attempts under way finish (bounded by the request timeout) so their outcomes are kept.
         if self.inflight:
             await asyncio.wait(self.inflight, timeout=self.settings.webhook_timeout_s + 5)
+            for task in list(self.inflight):  # still hanging: redone by whoever takes the partition
+                task.cancel()
         for handle in self.waiting.values():
             handle.cancel()
         if self._consumer is not None:
@@ -240,9 +242,10 @@ class DeliveryEngine:
         def done(t: asyncio.Task[None]) -> None:
             self.inflight.discard(t)
             lane.pending -= 1
-            if t.cancelled() or t.exception() is not None:
+            error = "cancelled" if t.cancelled() else t.exception()
+            if error is not None:
                 # The outcome was not recorded: leave the offset open so the job is redone.
-                log.error("delivery_outcome_not_recorded", webhook_id=job["webhook_id"], error=repr(t.exception()))
+                log.error("delivery_outcome_not_recorded", webhook_id=job["webhook_id"], error=repr(error)[:300])
                 return
             self.offsets.finish(tp, record.offset)
 
