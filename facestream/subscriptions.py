@@ -144,11 +144,12 @@ class SubscriptionStore:
         self._subs: dict[str, Subscription] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
-        self._producer = producer(settings)
+        # Shared with the delivery engine, which runs only while the store does.
+        self.producer = producer(settings)
         self.listeners: list[Callable[[Subscription | None, str], None]] = []
 
     async def start(self) -> None:
-        await self._producer.start()
+        await self.producer.start()
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=self.settings.kafka_bootstrap, enable_auto_commit=False, group_id=None
         )
@@ -171,7 +172,7 @@ class SubscriptionStore:
                 await self._task
         if self._consumer is not None:
             await self._consumer.stop()
-        await self._producer.stop()
+        await self.producer.stop()
 
     async def _follow(self) -> None:
         assert self._consumer is not None
@@ -209,7 +210,7 @@ class SubscriptionStore:
             await check_destination(sub, self.settings)
         sub = replace(sub, updated_at=time.time())
         record = encode(sub, self.box)
-        await self._producer.send_and_wait(self.topic, record, key=sub.name.encode())
+        await self.producer.send_and_wait(self.topic, record, key=sub.name.encode())
         self._apply(sub.name.encode(), record)
         return sub
 
@@ -254,5 +255,5 @@ class SubscriptionStore:
 
     async def remove(self, name: str) -> None:
         self.require(name)
-        await self._producer.send_and_wait(self.topic, None, key=name.encode())
+        await self.producer.send_and_wait(self.topic, None, key=name.encode())
         self._apply(name.encode(), None)

@@ -30,7 +30,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from facestream import contracts
 from facestream.config import Settings, Subscription
 from facestream.errors import MalformedEvent
-from facestream.kafka import MAX_REQUEST, ensure_topic, producer, retry_topics
+from facestream.kafka import MAX_REQUEST, ensure_topic, retry_topics
 from facestream.logs import get_logger
 from facestream.metrics import END_TO_END_SECONDS, WEBHOOK_OUTCOMES, WEBHOOK_SECONDS, WEBHOOKS, status_class
 from facestream.net import guarded_client
@@ -138,14 +138,13 @@ class DeliveryEngine:
         self.waiting: dict[TopicPartition, asyncio.TimerHandle] = {}
         self.inflight: set[asyncio.Task[None]] = set()
         self.ensured: set[str] = set()
-        self._producer = producer(settings)
+        self._producer = store.producer  # started and stopped with the store
         self._consumer: AIOKafkaConsumer | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         if self.client is None:
             self.client = guarded_client(self.settings.allow_private, self.settings.webhook_timeout_s)
-        await self._producer.start()
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=self.settings.kafka_bootstrap,
             group_id=f"{self.settings.app_id}-deliveries",
@@ -176,7 +175,6 @@ class DeliveryEngine:
             with contextlib.suppress(Exception):
                 await self.commit()
             await self._consumer.stop()
-        await self._producer.stop()
         if self.client is not None:
             await self.client.aclose()
 
