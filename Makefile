@@ -5,7 +5,7 @@ install:
 	scripts/install.sh
 
 demo: install
-	.venv/bin/facestream demo
+	.venv/bin/python -m devtools.demo
 
 test: install
 	scripts/test.sh

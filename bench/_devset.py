@@ -9,6 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+ROOT = Path(__file__).resolve().parents[1]
 DEVSET = Path(os.environ.get("FACESTREAM_DEVSET", Path(__file__).resolve().parents[2] / "shared/data/faces/devset"))
 
 
@@ -19,10 +20,10 @@ def labelled_images(devset: Path = DEVSET) -> list[tuple[Path, str]]:
 
 def embed_all(items: list[tuple[Path, str]]) -> tuple[np.ndarray, list[str], list[Path]]:
     """One embedding per image (its largest face); images without a face are left out."""
-    from services.detector.logic import FaceDetector, align
-    from services.embedder.logic import OnnxRuntimeBackend
+    from facestream.services.detector.logic import FaceDetector, align
+    from facestream.services.embedder.logic import OnnxRuntimeBackend, prepared_path
 
-    detector, backend = FaceDetector(), OnnxRuntimeBackend()
+    detector, backend = FaceDetector(), OnnxRuntimeBackend(prepared_path(ROOT / "models"))
     vectors, labels, paths = [], [], []
     for path, identity in items:
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)

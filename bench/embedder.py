@@ -24,11 +24,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from facestream.localtriton import LocalTritonServer, build_repository  # noqa: E402
-from facestream.prepare import prepared_path  # noqa: E402
-from services.detector.logic import FaceDetector, align  # noqa: E402
-from services.embedder.logic import OnnxRuntimeBackend  # noqa: E402
-from services.embedder.triton import TritonBackend  # noqa: E402
+from devtools.localtriton import LocalTritonServer, build_repository  # noqa: E402
+from facestream.services.detector.logic import FaceDetector, align  # noqa: E402
+from facestream.services.embedder.logic import OnnxRuntimeBackend, prepared_path  # noqa: E402
+from facestream.services.embedder.triton import TritonBackend  # noqa: E402
 
 
 def sample_crops() -> list[np.ndarray]:
@@ -76,7 +75,7 @@ async def main() -> int:
     args = parser.parse_args()
     crops = sample_crops()
     rows = []
-    local = OnnxRuntimeBackend()
+    local = OnnxRuntimeBackend(prepared_path(ROOT / "models"))
     pool = ThreadPoolExecutor(max_workers=max(args.concurrency))
     loop = asyncio.get_running_loop()
 
@@ -89,7 +88,9 @@ async def main() -> int:
     url = args.triton_url
     if url is None:
         work = Path(tempfile.mkdtemp(prefix="facestream-triton-bench-"))
-        repo = build_repository(work / "repository", prepared_path(), wrong_model=False, instances=args.instances)
+        repo = build_repository(
+            work / "repository", prepared_path(ROOT / "models"), wrong_model=False, instances=args.instances
+        )
         server = LocalTritonServer(repo, work)
         server.start()
         url = server.url

@@ -1,7 +1,7 @@
 """End-to-end throughput against the models alone, in one run, on the same images and cores.
 
 1. Plain loop: decode, detect, align and embed every face, in 2 processes (no Kafka, no JSON).
-2. End to end: `facestream demo` machinery on a real local Kafka: the gallery is enrolled first,
+2. End to end: the demo's machinery (devtools/demo.py) on a real local Kafka: the gallery is enrolled first,
    then every probe is submitted; images/s = probes / (first probe submitted .. last outcome known).
 
 Prints both and the ratio (target: end to end >= 90% of the plain loop).
@@ -33,16 +33,16 @@ _state: dict[str, object] = {}
 
 
 def _init() -> None:
-    from services.detector.logic import FaceDetector
-    from services.embedder.logic import OnnxRuntimeBackend
+    from facestream.services.detector.logic import FaceDetector
+    from facestream.services.embedder.logic import OnnxRuntimeBackend, prepared_path
 
-    _state["detector"], _state["backend"] = FaceDetector(), OnnxRuntimeBackend()
+    _state["detector"], _state["backend"] = FaceDetector(), OnnxRuntimeBackend(prepared_path(ROOT / "models"))
 
 
 def _one(path: str) -> int:
     from facestream.config import Settings
-    from facestream.images import decode
-    from services.detector.logic import align
+    from facestream.services.detector.images import decode
+    from facestream.services.detector.logic import align
 
     detector, backend = _state["detector"], _state["backend"]
     image = decode(Path(path).read_bytes(), Settings())
@@ -88,8 +88,12 @@ def main() -> int:
             probe_paths.append(target)
     print(f"images: {len(probe_paths)} probes from {source} on {os.cpu_count()} cores; gallery {args.gallery_size}")
 
-    from facestream.demo import run_demo
-    from facestream.worker import kafka
+    from devtools.demo import run_demo
+    from facestream.config import load_settings
+    from facestream.io.broker import local_broker
+
+    def kafka(action: str) -> int:
+        return local_broker(action, load_settings())
 
     started_kafka = subprocess.call(["bash", str(ROOT / "scripts/kafka.sh"), "status"], stdout=subprocess.DEVNULL) != 0
     if started_kafka:

@@ -25,14 +25,15 @@ from aiohttp import web
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from facestream._http import serve  # noqa: E402
-from facestream.config import Settings, Subscription  # noqa: E402
-from facestream.kafka import delete_topics, ensure_topics, producer  # noqa: E402
-from facestream.pipeline import Record  # noqa: E402
-from facestream.receiver import Delivery, WebhookReceiver  # noqa: E402
-from facestream.subscriptions import new_secret  # noqa: E402
-from facestream.timeutil import now_iso, parse_iso  # noqa: E402
-from services.notifier.stage import NotifierStage  # noqa: E402
+from devtools.receiver import Delivery, WebhookReceiver  # noqa: E402
+from facestream.config import Settings  # noqa: E402
+from facestream.contracts.timeutil import now_iso, parse_iso  # noqa: E402
+from facestream.io.http import serve  # noqa: E402
+from facestream.io.kafka import delete_topics, producer  # noqa: E402
+from facestream.runtime.stage import Record  # noqa: E402
+from facestream.services.main import ensure_topics  # noqa: E402
+from facestream.services.notifier.stage import NotifierStage  # noqa: E402
+from facestream.services.notifier.subscriptions import Subscription, new_secret  # noqa: E402
 from tests.helpers import match_result  # noqa: E402
 
 
@@ -142,7 +143,11 @@ def main() -> int:
     parser.add_argument("--subscribers", type=int, default=3)
     parser.add_argument("--slow", action="store_true", help="add a subscriber that hangs every request")
     args = parser.parse_args()
-    from facestream.worker import kafka
+    from facestream.config import load_settings
+    from facestream.io.broker import local_broker
+
+    def kafka(action: str) -> int:
+        return local_broker(action, load_settings())
 
     started_kafka = subprocess.call(["bash", str(ROOT / "scripts/kafka.sh"), "status"], stdout=subprocess.DEVNULL) != 0
     if started_kafka:

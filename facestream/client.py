@@ -12,7 +12,7 @@ from aiokafka import AIOKafkaProducer
 
 from facestream import contracts
 from facestream.config import Settings
-from facestream.timeutil import now_iso
+from facestream.contracts.timeutil import now_iso
 
 
 def image_ref(path: Path, settings: Settings, inline: bool | None = None) -> dict[str, str]:

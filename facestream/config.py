@@ -1,156 +1,319 @@
-"""Configuration: a TOML file (``FACESTREAM_CONFIG``) overlaid by ``FACESTREAM_*`` environment
-variables. Secrets (webhook signing keys) come only from here, never from code or events."""
+"""Settings: defaults, overlaid by a TOML file (``--config`` or ``FACESTREAM_CONFIG``), then by
+``FACESTREAM_<NAME>`` environment variables, then by explicit arguments.
+
+Every value is validated when loaded (pydantic-settings): types, ranges, addresses, URLs,
+durations and schedules. A bad value is refused with a `ConfigError` that names the setting,
+where it came from (the file, the environment variable or an argument) and what is allowed.
+Secrets (the subscriptions key, webhook signing secrets) come only from here, never from code
+or events, and are masked wherever settings are shown (`facestream config show`).
+"""
 
 from __future__ import annotations
 
-import dataclasses
+import base64
+import binascii
+import ipaddress
 import itertools
 import json
 import os
-import time
+import re
 import tomllib
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from facestream.errors import ConfigError
 
+ENV_PREFIX = "FACESTREAM_"
 # Operating point of the default threshold, measured by `bench/calibrate.py` on the devset
 # (100 enrolled subjects, 20 splits, people not enrolled as probes): FPIR mean 0.003, worst
 # split 0.0085 <= 0.01; rank-1 identification rate 0.845. See README "Threshold".
 DEFAULT_THRESHOLD = 0.44
 DEFAULT_THRESHOLD_FPIR = 0.01
-
-
 # Webhook event types a subscription can ask for (see services/notifier/logic.py).
 WEBHOOK_EVENT_TYPES = ("face.match.candidates",)
 # Standard Webhooks' suggested schedule: the delay before each attempt (the first is immediate).
 DEFAULT_WEBHOOK_SCHEDULE = (0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 50400.0, 72000.0, 86400.0)
 
-
-@dataclass(frozen=True)
-class SigningSecret:
-    """One signing key of a subscription (``whsec_…``). A rotation gives the old ones an expiry;
-    until then every delivery carries a signature for each."""
-
-    id: str
-    value: str = field(repr=False)
-    created_at: float = 0.0
-    expires_at: float | None = None
-
-    def active(self, now: float) -> bool:
-        return self.expires_at is None or now < self.expires_at
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_NAME = re.compile(r"^[A-Za-z0-9._-]{1,100}$")  # what Kafka allows in topic and group names
 
 
-@dataclass(frozen=True)
-class Subscription:
-    """A webhook subscriber: where to post, how to sign, which matches it wants, its state and
-    limits. Stored in the compacted subscriptions topic (see facestream.subscriptions)."""
+def _duration(value: Any) -> Any:
+    """Seconds from a number or a string such as "15", "500ms", "5m", "2h", "4d"."""
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if match is None:
+            raise ValueError(f"{value!r} is not a duration: a number of seconds, or a number with ms, s, m, h or d")
+        return float(match.group(1)) * _UNITS[match.group(2) or "s"]
+    return value
 
-    name: str
+
+def _split(separator: str) -> BeforeValidator:
+    """Lists given as one string (environment variables): a JSON list, or items separated by
+    `separator`."""
+
+    def split(value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [item.strip() for item in text.split(separator) if item.strip()]
+        return value
+
+    return BeforeValidator(split)
+
+
+def _host_port(value: str) -> tuple[str, int]:
+    address = urlsplit(f"//{value.strip()}")
+    try:
+        port = address.port
+    except ValueError:
+        port = None
+    if not address.hostname or port is None or not 0 < port < 65536:
+        raise ValueError(f"{value!r} is not HOST:PORT with a port from 1 to 65535")
+    return address.hostname, port
+
+
+def _http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise ValueError(f"{value!r} is not an http:// or https:// URL")
+    return value
+
+
+Seconds = Annotated[float, BeforeValidator(_duration), Field(gt=0)]
+Delay = Annotated[float, BeforeValidator(_duration), Field(ge=0)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+ServerPort = Annotated[int, Field(ge=-1, le=65535, description="-1: off; 0: any free port")]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+KafkaName = Annotated[str, Field(pattern=_NAME.pattern)]
+
+
+class SubscriptionSeed(BaseModel):
+    """A `[[subscriptions]]` table: a webhook subscriber the notifier adds to its store (in
+    Kafka) when none of that name exists yet. The signing secret comes from `secret` or, better,
+    from the environment variable named by `secret_env`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")]
     url: str
-    secrets: tuple[SigningSecret, ...] = ()
+    secret: SecretStr | None = None
+    secret_env: str | None = None
     watchlists: tuple[str, ...] = ()
-    min_score: float = 0.0
-    event_types: tuple[str, ...] = ()
-    state: str = "active"  # or "disabled"
-    disabled_reason: str = ""
-    max_concurrency: int = 4
-    rate_per_s: float = 0.0  # 0: no rate limit
-    updated_at: float = 0.0
+    min_score: Fraction = 0.0
+    event_types: tuple[Literal["face.match.candidates"], ...] = ()
 
+    @field_validator("url")
     @classmethod
-    def new(cls, name: str, url: str, secret: str, **kwargs: Any) -> Subscription:
-        """A subscription with one signing secret."""
-        return cls(name, url, (SigningSecret("s1", secret, time.time()),), **kwargs)
+    def _check_url(cls, value: str) -> str:
+        return _http_url(value)
+
+    @model_validator(mode="after")
+    def _secret_given(self) -> SubscriptionSeed:
+        if self.secret is None and self.secret_env is None:
+            raise ValueError("needs `secret_env` (the environment variable holding its signing secret) or `secret`")
+        if self.secret is None and self.secret_env is not None and not os.environ.get(self.secret_env):
+            raise ValueError(f"environment variable {self.secret_env} (its secret_env) is not set")
+        return self
 
     @property
-    def active(self) -> bool:
-        return self.state == "active"
-
-    def signing_secrets(self, now: float) -> list[str]:
-        return [s.value for s in self.secrets if s.active(now)]
-
-    def wants(self, watchlist: str, score: float) -> bool:
-        """Whether a candidate from `watchlist` with `score` passes this subscriber's filters."""
-        return (not self.watchlists or watchlist in self.watchlists) and score >= self.min_score
-
-    def wants_type(self, event_type: str) -> bool:
-        return not self.event_types or event_type in self.event_types
+    def signing_secret(self) -> str:
+        if self.secret is not None:
+            return self.secret.get_secret_value()
+        return os.environ[self.secret_env or ""]
 
 
-@dataclass(frozen=True)
-class Settings:
+# The TOML file being loaded (path, values) and whether the environment applies: set by
+# `load_settings` around one construction, read by the sources below.
+_FILE: ContextVar[tuple[str | None, dict[str, Any]]] = ContextVar("facestream_settings_file", default=(None, {}))
+_USE_ENV: ContextVar[bool] = ContextVar("facestream_settings_env", default=True)
+
+
+class _FileSource(PydanticBaseSettingsSource):
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return _FILE.get()[1].get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(_FILE.get()[1])
+
+
+class Settings(BaseSettings):
+    """Every setting, its type, its range and its default. `facestream config show` prints them
+    with their current values and sources."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="forbid", frozen=True, validate_default=True, case_sensitive=False
+    )
+
     # Kafka
-    kafka_bootstrap: str = "127.0.0.1:9092"
-    topic_prefix: str = "facestream"
-    partitions: int = 4
-    app_id: str = "facestream"
-    # Operations endpoint of each worker (metrics, health, status); -1 disables it.
-    ops_host: str = "127.0.0.1"
-    ops_port: int = 9464
-    lag_interval_s: float = 5.0
-    # A crashed worker's partitions move to the others after this long without heartbeats.
-    session_timeout_s: float = 30.0
-    # Local state: gallery, image store
-    data_dir: Path = Path(".facestream")
+    kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka brokers, HOST:PORT[,HOST:PORT...]")
+    kafka_controller_port: Port = Field(9093, description="controller port of the local broker (`facestream kafka up`)")
+    topic_prefix: KafkaName = Field("facestream", description="every topic is <topic_prefix>.<name>")
+    partitions: int = Field(4, ge=1, le=10_000, description="partitions of each pipeline topic (the parallelism)")
+    app_id: KafkaName = Field("facestream", description="consumer group id (and prefix of the services' groups)")
+    session_timeout_s: Seconds = Field(30.0, description="a silent worker's partitions move to the others after this")
+    # Operations endpoint of each worker (metrics, health, status, dashboard)
+    ops_host: str = Field("127.0.0.1", description="address the operations endpoint binds to")
+    ops_port: ServerPort = Field(9464, description="operations endpoint port (-1: off, 0: any free port)")
+    lag_interval_s: Seconds = Field(5.0, description="how often a worker reads its consumer lag from the broker")
+    # Local state
+    data_dir: Path = Field(Path(".facestream"), description="local state: gallery index, crops, keys, faust")
     # Images
-    image_roots: tuple[Path, ...] = ()
-    inline_max_bytes: int = 2 * 1024 * 1024
-    max_image_bytes: int = 20 * 1024 * 1024
-    max_image_pixels: int = 40_000_000
-    max_image_side: int = 12_000
-    fetch_timeout_s: float = 10.0
-    # Hosts or CIDRs that may be private/loopback anyway (SSRF allow-list), for fetch and post.
-    allow_private: tuple[str, ...] = ()
+    image_roots: Annotated[tuple[Path, ...], NoDecode, _split(os.pathsep)] = Field(
+        (), description="file:// claim checks must lie below one of these (env: separated by ':')"
+    )
+    inline_max_bytes: int = Field(2 * 1024 * 1024, ge=0, description="largest image accepted inline (base64)")
+    max_image_bytes: int = Field(20 * 1024 * 1024, ge=1, description="largest image fetched or decoded")
+    max_image_pixels: int = Field(40_000_000, ge=1, description="most pixels an image may have (decompression bombs)")
+    max_image_side: int = Field(12_000, ge=1, description="longest side an image may have")
+    fetch_timeout_s: Seconds = Field(10.0, description="per-operation timeout of image fetches over HTTP")
+    allow_private: Annotated[tuple[str, ...], NoDecode, _split(",")] = Field(
+        (), description="hosts or CIDRs that may be loopback/private anyway (SSRF allow-list; env: comma-separated)"
+    )
     # Detector
-    det_score_threshold: float = 0.6
-    min_face_px: int = 24
-    min_sharpness: float = 15.0
-    enrol_dominance: float = 2.0
-    # Embedder: ONNX Runtime in-process unless triton_url names a Triton server (host:port, gRPC).
-    triton_url: str = ""
-    triton_model: str = "sface"
-    triton_model_version: str = ""
-    triton_timeout_s: float = 10.0
-    triton_max_in_flight: int = 4
-    triton_retry_for_s: float = 300.0
+    det_score_threshold: Fraction = Field(0.6, description="lowest face detection score accepted")
+    min_face_px: int = Field(24, ge=1, description="smallest face side in pixels")
+    min_sharpness: float = Field(15.0, ge=0, description="lowest sharpness (variance of the Laplacian) of a face")
+    enrol_dominance: float = Field(2.0, ge=1, description="an enrolment's face must be this much larger than others")
+    # Embedder
+    triton_url: str = Field("", description="Triton gRPC HOST:PORT; empty: ONNX Runtime in the worker")
+    triton_model: str = Field("sface", min_length=1, description="model name on Triton")
+    triton_model_version: str = Field("", description="model version on Triton; empty: the server's latest")
+    triton_timeout_s: Seconds = Field(10.0, description="timeout of one Triton request")
+    triton_max_in_flight: int = Field(4, ge=1, description="Triton requests in flight per worker")
+    triton_retry_for_s: Delay = Field(300.0, description="how long a batch waits for an unavailable Triton")
+    model_repository: Path = Field(
+        Path("models"), description="model repository: the prepared SFace (`facestream prepare-model`), also Triton's"
+    )
     # Matcher
-    gallery_backend: str = "edge"  # "edge" (embedded) or "qdrant" (server via qdrant-client)
-    qdrant_url: str = ""
-    gallery_name: str = "faces"
-    top_k: int = 5
-    threshold: float = DEFAULT_THRESHOLD
-    threshold_fpir: float = DEFAULT_THRESHOLD_FPIR
+    gallery_backend: Literal["edge", "qdrant"] = Field(
+        "edge", description="edge: Qdrant embedded in the worker; qdrant: a Qdrant server at qdrant_url"
+    )
+    qdrant_url: str = Field("", description="Qdrant server URL (http://HOST:6333) when gallery_backend = qdrant")
+    gallery_name: KafkaName = Field("faces", description="the gallery's collection name")
+    top_k: int = Field(5, ge=1, le=100, description="most candidates per face")
+    threshold: float = Field(DEFAULT_THRESHOLD, ge=-1, le=1, description="lowest cosine similarity of a candidate")
+    threshold_fpir: Fraction = Field(DEFAULT_THRESHOLD_FPIR, description="false-match rate the threshold was set for")
     # Notifier
-    # Subscriptions live in Kafka (`facestream subscriptions ...`); any listed here are added to
-    # that store when a notifier starts, if no subscription of that name exists yet.
-    subscriptions: tuple[Subscription, ...] = ()
-    # Key that encrypts signing secrets in the subscriptions topic (Fernet, urlsafe base64 of 32
-    # bytes). Empty: a key file under data_dir, created on first use (one machine only).
-    subscriptions_key: str = ""
-    webhook_timeout_s: float = 15.0  # per attempt; Standard Webhooks suggests 15-30 s
-    webhook_schedule_s: tuple[float, ...] = DEFAULT_WEBHOOK_SCHEDULE
-    # A match not delivered this long after it occurred is dead-lettered as expired, not sent late.
-    webhook_event_ttl_s: float = 4 * 86400.0
-    # Deliveries one subscriber may have waiting in a worker; more are deferred to the next retry tier.
-    webhook_max_pending: int = 1000
-    # Each notifier worker serves probe crops behind signed links (facestream.crops); -1: no
-    # crop links. crops_public_url: how subscribers reach it (behind your TLS ingress).
-    crops_host: str = "127.0.0.1"
-    crops_port: int = 9465
-    crops_public_url: str = ""
-    # Batching of every stage's stream
-    batch_max: int = 32
-    batch_within_s: float = 0.02
-    # Threads for model work when model_processes is 0; model_processes > 0 runs the models in
-    # that many processes (one per core by default), see facestream.compute.
-    workers: int = field(default_factory=lambda: os.cpu_count() or 2)
-    model_processes: int = field(default_factory=lambda: os.cpu_count() or 2)
+    subscriptions: tuple[SubscriptionSeed, ...] = Field(
+        (), description="[[subscriptions]] tables: added to the subscription store if missing there"
+    )
+    subscriptions_key: SecretStr = Field(
+        SecretStr(""),
+        description="Fernet key encrypting signing secrets at rest; empty: a key file under data_dir (one machine)",
+    )
+    webhook_timeout_s: Seconds = Field(15.0, description="timeout of one webhook attempt")
+    webhook_schedule_s: Annotated[tuple[Delay, ...], NoDecode, _split(",")] = Field(
+        DEFAULT_WEBHOOK_SCHEDULE,
+        description="delay before each attempt: from 0, never decreasing (env: comma-separated)",
+    )
+    webhook_event_ttl_s: Seconds = Field(4 * 86400.0, description="a match undelivered this long is dead-lettered")
+    webhook_max_pending: int = Field(1000, ge=1, description="deliveries one subscriber may have waiting per worker")
+    crops_host: str = Field("127.0.0.1", description="address the probe crop server binds to")
+    crops_port: ServerPort = Field(9465, description="probe crop server port (-1: no crop links, 0: any free port)")
+    crops_public_url: str = Field("", description="how subscribers reach the crop server (behind your TLS ingress)")
+    # Every stage's stream
+    batch_max: int = Field(32, ge=1, le=10_000, description="most events a stage takes at once")
+    batch_within_s: Delay = Field(0.02, description="longest wait to fill a batch")
+    workers: int = Field(default_factory=lambda: os.cpu_count() or 2, ge=1, description="threads for model work")
+    model_processes: int = Field(
+        default_factory=lambda: os.cpu_count() or 2, ge=0, description="model processes per worker (0: threads)"
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        if _USE_ENV.get():
+            return init_settings, env_settings, _FileSource(settings_cls)
+        return init_settings, _FileSource(settings_cls)
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _check_bootstrap(cls, value: str) -> str:
+        for address in value.split(","):
+            _host_port(address)
+        return value
+
+    @field_validator("triton_url")
+    @classmethod
+    def _check_triton(cls, value: str) -> str:
+        if value:
+            _host_port(value)
+        return value
+
+    @field_validator("qdrant_url", "crops_public_url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        return _http_url(value) if value else value
+
+    @field_validator("allow_private")
+    @classmethod
+    def _check_allowed(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                if not re.fullmatch(r"[A-Za-z0-9.-]{1,253}", item):
+                    raise ValueError(f"{item!r} is neither a host name nor an IP network (CIDR)") from None
+        return value
+
+    @field_validator("subscriptions_key")
+    @classmethod
+    def _check_key(cls, value: SecretStr) -> SecretStr:
+        key = value.get_secret_value()
+        try:
+            ok = not key or len(base64.urlsafe_b64decode(key.encode())) == 32
+        except (binascii.Error, ValueError):
+            ok = False
+        if not ok:
+            raise ValueError("must be empty or a Fernet key: 32 bytes, url-safe base64 (44 characters)")
+        return value
+
+    @field_validator("webhook_schedule_s")
+    @classmethod
+    def _check_schedule(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if not value or value[0] != 0 or any(b < a for a, b in itertools.pairwise(value)):
+            raise ValueError("must start at 0 (the first attempt is immediate) and never decrease, e.g. 0,5s,5m,30m")
+        return value
+
+    @model_validator(mode="after")
+    def _check_backend(self) -> Settings:
+        if self.gallery_backend == "qdrant" and not self.qdrant_url:
+            raise ValueError("gallery_backend = qdrant needs qdrant_url")
+        return self
 
     def topic(self, name: str) -> str:
-        """Full topic name: images, faces, embeddings, matches, dlq."""
+        """Full topic name: images, faces, embeddings, matches, dlq, ..."""
         return f"{self.topic_prefix}.{name}"
 
     @property
@@ -158,89 +321,99 @@ class Settings:
         return self.data_dir / "gallery"
 
 
-_PATHS = {"data_dir"}
-_PATH_TUPLES = {"image_roots"}
-_STR_TUPLES = {"allow_private"}
-_FLOAT_TUPLES = {"webhook_schedule_s"}
+def _env_name(name: str) -> str:
+    return f"{ENV_PREFIX}{name.upper()}"
 
 
-def _coerce(name: str, value: Any, current: Any) -> Any:
-    if name in _PATHS:
-        return Path(value)
-    if name in _PATH_TUPLES:
-        items = value.split(os.pathsep) if isinstance(value, str) else value
-        return tuple(Path(v) for v in items if v)
-    if name in _STR_TUPLES:
-        items = value.split(",") if isinstance(value, str) else value
-        return tuple(str(v).strip() for v in items if str(v).strip())
-    if name in _FLOAT_TUPLES:
-        items = value.split(",") if isinstance(value, str) else value
-        return tuple(float(v) for v in items)
-    if name == "subscriptions":
-        items = json.loads(value) if isinstance(value, str) else value
-        return tuple(_subscription(s) for s in items)
-    if isinstance(current, bool):
-        return value if isinstance(value, bool) else str(value).lower() in {"1", "true", "yes"}
-    if isinstance(current, int):
-        return int(value)
-    if isinstance(current, float):
-        return float(value)
-    return str(value)
-
-
-def _subscription(raw: dict[str, Any]) -> Subscription:
+def _read_file(path: str | Path) -> dict[str, Any]:
     try:
-        secret = raw.get("secret") or os.environ[raw["secret_env"]]
-        return Subscription.new(
-            str(raw["name"]),
-            str(raw["url"]),
-            str(secret),
-            watchlists=tuple(raw.get("watchlists", ())),
-            min_score=float(raw.get("min_score", 0.0)),
-            event_types=tuple(raw.get("event_types", ())),
-        )
-    except KeyError as exc:
-        raise ConfigError(f"subscription {raw.get('name', '?')!r}: missing {exc}") from exc
-
-
-def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
-    """Settings from defaults, then the TOML file, then the environment, then `overrides`."""
-    values: dict[str, Any] = {}
-    path = path or os.environ.get("FACESTREAM_CONFIG")
-    if path:
         with open(path, "rb") as fh:
-            values.update(tomllib.load(fh))
-    fields = {f.name: f for f in dataclasses.fields(Settings)}
-    for name in fields:
-        env = os.environ.get(f"FACESTREAM_{name.upper()}")
-        if env is not None:
-            values[name] = env
-    values.update(overrides)
-    unknown = set(values) - set(fields)
-    if unknown:
-        raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
-    defaults = Settings()
-    coerced = {k: _coerce(k, v, getattr(defaults, k)) for k, v in values.items()}
-    settings = Settings(**coerced)
-    if settings.gallery_backend not in {"edge", "qdrant"}:
-        raise ConfigError("gallery_backend must be 'edge' or 'qdrant'")
-    schedule = settings.webhook_schedule_s
-    if not schedule or schedule[0] != 0 or any(b < a for a, b in itertools.pairwise(schedule)):
-        raise ConfigError("webhook_schedule_s must start at 0 and never decrease")
-    return settings
+            return tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"settings file {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"settings file {path} is not valid TOML: {exc}") from exc
+
+
+def source_of(name: str, path: str | Path | None, file_values: Mapping[str, Any], overrides: Mapping[str, Any]) -> str:
+    """Where the value of setting `name` came from, in the order sources win."""
+    if name in overrides:
+        return "argument"
+    if _USE_ENV.get() and _env_name(name) in {k.upper() for k in os.environ}:
+        return f"environment variable {_env_name(name)}"
+    if name in file_values:
+        return f"file {path}"
+    return "default"
+
+
+def _explain(exc: ValidationError, path: str | Path | None, values: Mapping[str, Any], over: Mapping[str, Any]) -> str:
+    lines = []
+    for error in exc.errors():
+        loc = [str(part) for part in error["loc"]]
+        name = loc[0] if loc else "(settings)"
+        where = name + "".join(f"[{p}]" if p.isdigit() else f".{p}" for p in loc[1:])
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden" and len(loc) == 1:
+            message = "unknown setting (see `facestream config show` for every setting)"
+        source = source_of(name, path, values, over) if loc else (f"file {path}" if path else "arguments")
+        given = "" if error["type"] in {"extra_forbidden", "missing"} else f" (got {error.get('input')!r})"
+        lines.append(f"{where} from {source}: {message}{given}"[:500])
+    return "invalid settings:\n  " + "\n  ".join(lines)
+
+
+def load_settings(path: str | Path | None = None, *, environment: bool = True, **overrides: Any) -> Settings:
+    """Settings from defaults, then the TOML file (`path`, default `$FACESTREAM_CONFIG`), then the
+    environment (unless `environment` is false), then `overrides`; `ConfigError` if any is invalid."""
+    path = path or os.environ.get("FACESTREAM_CONFIG") or None
+    values = _read_file(path) if path else {}
+    tokens = (_FILE.set((str(path) if path else None, values)), _USE_ENV.set(environment))
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, path, values, overrides)) from None
+    except SettingsError as exc:  # an environment variable that does not parse (JSON lists)
+        raise ConfigError(f"invalid settings: {exc}") from None
+    finally:
+        _USE_ENV.reset(tokens[1])
+        _FILE.reset(tokens[0])
+
+
+def _literal(value: Any) -> str:
+    if isinstance(value, SecretStr):
+        return json.dumps("********" if value.get_secret_value() else "")
+    if isinstance(value, str | Path):
+        return json.dumps(str(value))
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_literal(x) for x in value) + "]"
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def describe(
+    settings: Settings, path: str | Path | None = None, overrides: Mapping[str, Any] | None = None
+) -> Iterator[str]:
+    """The effective settings as TOML lines, each with its source and meaning; secrets masked."""
+    path = path or os.environ.get("FACESTREAM_CONFIG") or None
+    values = _read_file(path) if path else {}
+    seeds: tuple[SubscriptionSeed, ...] = ()
+    for name, info in Settings.model_fields.items():
+        value = getattr(settings, name)
+        source = source_of(name, path, values, overrides or {})
+        if name == "subscriptions":
+            seeds = value
+            yield f"# subscriptions: {len(value)} [[subscriptions]] table(s) below ({source})"
+            continue
+        yield f"{name} = {_literal(value)}  # {source}; {info.description}"
+    for seed in seeds:
+        yield ""
+        yield "[[subscriptions]]"
+        for key, value in seed.model_dump(exclude_none=True).items():
+            shown = SecretStr(value) if key == "secret" else value
+            yield f"{key} = {_literal(shown)}"
 
 
 def to_toml(values: dict[str, Any], subscriptions: Sequence[dict[str, str]] = ()) -> str:
     """A settings file for `load_settings` (flat values, then `[[subscriptions]]` tables)."""
-
-    def lit(v: Any) -> str:
-        if isinstance(v, str | Path):
-            return json.dumps(str(v))
-        if isinstance(v, list | tuple):
-            return "[" + ", ".join(lit(x) for x in v) + "]"
-        return str(v).lower() if isinstance(v, bool) else str(v)
-
-    lines = [f"{k} = {lit(v)}" for k, v in values.items()]
+    lines = [f"{k} = {_literal(v)}" for k, v in values.items()]
     for sub in subscriptions:
-        lines += ["", "[[subscriptions]]", *(f"{k} = {lit(v)}" for k, v in sub.items())]
+        lines += ["", "[[subscriptions]]", *(f"{k} = {_literal(v)}" for k, v in sub.items())]
     return "\n".join(lines) + "\n"

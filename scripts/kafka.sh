@@ -1,18 +1,23 @@
 #!/usr/bin/env bash
 # Local single-node Apache Kafka (KRaft) on loopback, from Maven Central jars.
 #   scripts/kafka.sh fetch | up | down | status
-# State lives under $FACESTREAM_HOME (default .facestream/): jars in kafka-lib/, the log
-# directory in kafka-data/, the broker's PID in kafka.pid.
+# Jars live under $FACESTREAM_HOME (default .facestream/) in kafka-lib/; the broker's state (log
+# directory kafka-data/, kafka.pid, kafka.log) under $FACESTREAM_KAFKA_STATE (default the same), so a
+# second broker on other ports can share the jars.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 home=${FACESTREAM_HOME:-$root/.facestream}
-port=${FACESTREAM_KAFKA_PORT:-9092}
+# Ports: the same settings the clients read (`facestream kafka up` passes them from the settings
+# file too): the port of FACESTREAM_KAFKA_BOOTSTRAP (127.0.0.1:PORT) and FACESTREAM_KAFKA_CONTROLLER_PORT.
+bootstrap=${FACESTREAM_KAFKA_BOOTSTRAP:-127.0.0.1:9092}
+port=${FACESTREAM_KAFKA_PORT:-${bootstrap##*:}}
 ctl_port=${FACESTREAM_KAFKA_CONTROLLER_PORT:-9093}
+state=${FACESTREAM_KAFKA_STATE:-$home}
 lib=$home/kafka-lib
-data=$home/kafka-data
-pidfile=$home/kafka.pid
-logfile=$home/kafka.log
-mkdir -p "$home"
+data=$state/kafka-data
+pidfile=$state/kafka.pid
+logfile=$state/kafka.log
+mkdir -p "$home" "$state"
 
 fetch() {
   if [ -f "$lib/.complete" ]; then return 0; fi
@@ -28,7 +33,7 @@ running() { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
 answers() { (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; }
 
 write_config() {
-  cat > "$home/server.properties" <<CONF
+  cat > "$state/server.properties" <<CONF
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$ctl_port
@@ -63,11 +68,11 @@ up() {
   if [ ! -f "$data/meta.properties" ]; then
     mkdir -p "$data"
     java_run kafka.tools.StorageTool format -t "$(java_run kafka.tools.StorageTool random-uuid)" \
-      -c "$home/server.properties" >"$home/format.log" 2>&1 || { cat "$home/format.log" >&2; exit 1; }
+      -c "$state/server.properties" >"$state/format.log" 2>&1 || { cat "$state/format.log" >&2; exit 1; }
   fi
   nohup java -Xms256m -Xmx1g -XX:+UseG1GC -Djava.awt.headless=true \
     -Dlog4j2.configurationFile="$root/kafka/log4j2.yaml" \
-    -cp "$lib/*" kafka.Kafka "$home/server.properties" >"$logfile" 2>&1 &
+    -cp "$lib/*" kafka.Kafka "$state/server.properties" >"$logfile" 2>&1 &
   echo $! > "$pidfile"
   for _ in $(seq 1 120); do
     if answers; then echo "kafka: up on 127.0.0.1:$port (pid $(cat "$pidfile"))"; return 0; fi

@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 
 from facestream.config import Settings
-from services.detector.logic import FaceDetector
-from services.embedder.logic import OnnxRuntimeBackend
+from facestream.services.detector.logic import FaceDetector
+from facestream.services.embedder.logic import OnnxRuntimeBackend, prepared_path
 from tests.figures import FIGURES
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"
+MODEL = prepared_path(ROOT / "models")  # the prepared SFace (install step)
 DEVSET = ROOT.parent / "shared" / "data" / "faces" / "devset"
 
 
@@ -41,7 +42,7 @@ def detector() -> FaceDetector:
 
 @pytest.fixture(scope="session")
 def backend() -> OnnxRuntimeBackend:
-    return OnnxRuntimeBackend()
+    return OnnxRuntimeBackend(MODEL)
 
 
 @pytest.fixture

@@ -15,14 +15,15 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from facestream.config import Settings, Subscription
-from facestream.kafka import delete_topics, ensure_topics, producer
-from facestream.pipeline import Record
-from facestream.subscriptions import new_secret
-from facestream.timeutil import now_iso
+from facestream.config import Settings
+from facestream.contracts.timeutil import now_iso
+from facestream.io.kafka import delete_topics, producer
+from facestream.runtime.stage import Record
+from facestream.services.main import ensure_topics
+from facestream.services.notifier.admin import dead_letters, delivery_log
+from facestream.services.notifier.stage import NotifierStage
+from facestream.services.notifier.subscriptions import Subscription, new_secret
 from facestream.webhooks import InvalidWebhook, verify_webhook
-from services.notifier.admin import dead_letters, delivery_log
-from services.notifier.stage import NotifierStage
 from tests.helpers import match_result
 
 LOOPBACK = ("127.0.0.1",)

@@ -15,11 +15,12 @@ from typing import Any
 import orjson
 from aiokafka import TopicPartition
 
+from devtools.receiver import WebhookReceiver
+from devtools.workers import spawn, terminate
 from facestream.config import Settings, load_settings, to_toml
-from facestream.kafka import consumer, delete_topics, ensure_topics, producer
-from facestream.receiver import WebhookReceiver
-from facestream.subscriptions import new_secret
-from facestream.worker import spawn, terminate
+from facestream.io.kafka import consumer, delete_topics, producer
+from facestream.services.main import ensure_topics
+from facestream.services.notifier.subscriptions import new_secret
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -15,7 +15,7 @@ from aiohttp import web
 
 def face_detected(image_id: str, crop: Any, intent: dict[str, Any] | None = None) -> dict[str, Any]:
     """A valid face.detected event carrying `crop` (112x112 BGR), as the detector emits it."""
-    from facestream import ids
+    from facestream.contracts import ids
 
     return {
         "schema_version": 1,
@@ -117,7 +117,7 @@ def match_result(
     occurred_at: str = "2026-01-01T00:00:01Z",
 ) -> dict[str, Any]:
     """A valid match.result event, as the matcher emits it."""
-    from facestream import ids
+    from facestream.contracts import ids
 
     return {
         "schema_version": 1,

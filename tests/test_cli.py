@@ -17,7 +17,7 @@ async def cli(config: Path, *args: str) -> str:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "facestream.cli",
+        "facestream.services",
         *args,
         env={**os.environ, "FACESTREAM_CONFIG": str(config)},
         stdout=asyncio.subprocess.PIPE,

@@ -15,8 +15,8 @@ import numpy as np
 import orjson
 
 from facestream.config import Settings
-from facestream.crops import CropLinks
-from facestream.timeutil import now_iso
+from facestream.contracts.timeutil import now_iso
+from facestream.services.notifier.crops import CropLinks
 from tests.delivery_rig import Subscriber, match, notifier
 
 

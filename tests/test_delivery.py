@@ -5,18 +5,16 @@ restarts. Schedules are short (tenths of a second) so nothing sleeps for long.""
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import orjson
 import pytest
 
-from facestream.config import Subscription
 from facestream.errors import ConfigError
-from facestream.kafka import ensure_topic
-from facestream.subscriptions import SubscriptionStore
+from facestream.io.kafka import TopicSpec, create_topics
+from facestream.services.notifier.logic import job_for, payload_for
+from facestream.services.notifier.subscriptions import Subscription, SubscriptionStore
 from facestream.webhooks import verify_webhook
-from services.notifier.logic import job_for, payload_for
 from tests.delivery_rig import LOOPBACK, Subscriber, match, notifier
 
 
@@ -116,7 +114,7 @@ async def test_410_disables_the_subscription_and_replay_redelivers_after_enable(
             assert letter["reason"] == "gone"
             await rig.publish(match(2))  # not fanned out to a disabled subscription
             await rig.store.enable("gone")
-            from services.notifier.admin import replay
+            from facestream.services.notifier.admin import replay
 
             replayed = await replay(rig.settings, "gone")
             assert [j["webhook_id"] for j in replayed] == [letter["webhook_id"]]
@@ -161,7 +159,7 @@ async def test_private_endpoint_is_refused_at_connection_time(tmp_path: Path, ka
             sub = Subscription.new("internal", receiver.url, receiver.secret)
             with pytest.raises(ConfigError, match="non-public"):
                 await rig.store.add(sub)  # refused at registration too
-            registrar = SubscriptionStore(replace(rig.settings, allow_private=LOOPBACK), follow=False)
+            registrar = SubscriptionStore(rig.settings.model_copy(update={"allow_private": LOOPBACK}), follow=False)
             await registrar.start()
             await registrar.add(sub)
             await registrar.stop()
@@ -284,7 +282,7 @@ async def test_retries_waiting_in_a_tier_the_schedule_no_longer_has_are_delivere
             payload = payload_for(probe, rig.store.get("cases"), rig.settings.webhook_event_ttl_s)
             job = {**job_for(probe, rig.store.get("cases"), payload or {}), "attempt": 2}
             old_tier = rig.settings.topic("deliveries.retry.7s")
-            await ensure_topic(rig.settings, old_tier)
+            await create_topics(rig.settings, [TopicSpec(old_tier, rig.settings.partitions)])
             await rig.producer.send_and_wait(old_tier, orjson.dumps(job), key=b"cases")
             await rig.restart()  # a notifier started with the new schedule
             await rig.wait_for(lambda: len(receiver.delivered()) == 1, what="the stranded retry")

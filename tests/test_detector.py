@@ -11,13 +11,16 @@ import cv2
 import numpy as np
 import pytest
 
-from facestream import client, contracts, ids
+from facestream import client, contracts
 from facestream.config import Settings
+from facestream.contracts import ids
 from facestream.errors import EnrolmentRejected, MalformedEvent
 from facestream.models import YUNET, path_of
-from facestream.pipeline import Record
-from services.detector.logic import TEMPLATE, Face, FaceDetector, align, dominant_face, passes, quality
-from services.detector.stage import DetectorStage, analyse
+from facestream.runtime.compute import model_executor
+from facestream.runtime.stage import Record
+from facestream.services.detector.logic import TEMPLATE, Face, FaceDetector, align, dominant_face, passes, quality
+from facestream.services.detector.service import SERVICE as DETECTOR
+from facestream.services.detector.stage import DetectorStage, analyse
 from tests.conftest import read, sample
 
 SUBJECTS = ["azure_family1_dad", "azure_family1_mom", "azure_family1_son", "azure_family2_lady", "azure_family2_man"]
@@ -114,7 +117,7 @@ def test_enrolment_of_a_group_photo_is_refused(detector: FaceDetector, settings:
 
 def _record(event: dict[str, object] | bytes, offset: int = 0) -> Record:
     value = event if isinstance(event, bytes) else contracts.dumps(event)  # type: ignore[arg-type]
-    return Record(value, b"k", "facestream.images", 0, offset)
+    return Record(value, b"k", "facestream.services.detector.images", 0, offset)
 
 
 async def test_stage_emits_valid_events_and_rejects_bad_input(settings: Settings) -> None:
@@ -162,7 +165,6 @@ async def test_stage_emits_valid_events_and_rejects_bad_input(settings: Settings
 async def test_stage_reads_file_claim_checks_in_the_model_process(settings: Settings, tmp_path: Path) -> None:
     """File claim checks are read and digest-checked where they are decoded (here a real
     process pool, as in the worker); a wrong digest or a path outside the roots is refused."""
-    from facestream.compute import model_executor
 
     photo = tmp_path / "probe.jpg"
     photo.write_bytes(sample("azure_family2_lady").read_bytes())
@@ -173,7 +175,7 @@ async def test_stage_reads_file_claim_checks_in_the_model_process(settings: Sett
         client.submission("tampered", {"uri": photo.as_uri(), "sha256": "f" * 64}, intent, "t"),
         client.submission("outside", {"uri": "file:///etc/hostname", "sha256": digest}, intent, "t"),
     ]
-    executor = model_executor(Settings(model_processes=1), ["detector"])
+    executor = model_executor(Settings(model_processes=1), [DETECTOR])
     stage = DetectorStage(settings, executor)
     await stage.start()
     try:

@@ -1,6 +1,6 @@
 """The end-to-end pipeline at larger scale on the labelled devset (runs where it exists).
 
-Runs `facestream demo --gallery --probes` machinery on ~100 enrolled identities (one photo each)
+Runs the demo's (`python -m devtools.demo --gallery --probes`) machinery on ~100 enrolled identities (one photo each)
 and every other photo as a probe: the other photos of enrolled people (mated) and all photos of
 the identities left out (non-mated). Figures go to the run's summary and to out/devset-e2e.json.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import orjson
 
-from facestream.demo import run_demo
+from devtools.demo import run_demo
 from tests.conftest import ROOT
 from tests.figures import report_figure
 

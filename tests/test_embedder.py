@@ -10,10 +10,10 @@ import numpy as np
 from facestream import contracts
 from facestream.config import Settings
 from facestream.errors import MalformedEvent
-from facestream.pipeline import Record
-from services.detector.logic import FaceDetector, align
-from services.embedder.logic import OnnxRuntimeBackend
-from services.embedder.stage import EmbedderStage
+from facestream.runtime.stage import Record
+from facestream.services.detector.logic import FaceDetector, align
+from facestream.services.embedder.logic import OnnxRuntimeBackend
+from facestream.services.embedder.stage import EmbedderStage
 from tests.conftest import SAMPLES, read
 from tests.helpers import face_detected
 

@@ -13,8 +13,8 @@ from PIL import Image
 
 from facestream.config import Settings
 from facestream.errors import FetchFailed, FetchRejected, ImageRejected
-from facestream.images import decode, fetch
-from facestream.net import guarded_client
+from facestream.io.net import guarded_client
+from facestream.services.detector.images import decode, fetch
 from tests.conftest import sample
 from tests.helpers import Server, png_header_only, respond
 

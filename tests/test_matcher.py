@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 from qdrant_client import AsyncQdrantClient
 
-from facestream import client, contracts, ids
+from facestream import client, contracts
 from facestream.config import Settings
-from facestream.pipeline import Record
-from services.matcher.gallery import EdgeGallery, Gallery, GalleryPoint, Hit, QdrantGallery
-from services.matcher.logic import candidates
-from services.matcher.stage import MatcherStage
+from facestream.contracts import ids
+from facestream.runtime.stage import Record
+from facestream.services.matcher.gallery import EdgeGallery, Gallery, GalleryPoint, Hit, QdrantGallery
+from facestream.services.matcher.logic import candidates
+from facestream.services.matcher.stage import MatcherStage
 
 
 def unit(*values: float) -> list[float]:

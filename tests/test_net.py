@@ -7,7 +7,7 @@ import ipaddress
 import pytest
 
 from facestream.errors import UnsafeDestination
-from facestream.net import AddressPolicy
+from facestream.io.net import AddressPolicy
 
 
 @pytest.mark.parametrize(

@@ -16,11 +16,14 @@ import orjson
 import pytest
 from aiohttp import web
 
-from facestream import contracts, ids
-from facestream.config import DEFAULT_WEBHOOK_SCHEDULE, Subscription
-from facestream.net import guarded_client
-from facestream.webhooks import InvalidWebhook, sign_headers, verify_webhook
-from services.notifier.logic import attempt, job_for, judge, next_delay, payload_for, retry_after
+from facestream import contracts
+from facestream.config import DEFAULT_WEBHOOK_SCHEDULE
+from facestream.contracts import ids
+from facestream.io.net import guarded_client
+from facestream.services.notifier.logic import attempt, job_for, judge, next_delay, payload_for, retry_after
+from facestream.services.notifier.signing import sign_headers
+from facestream.services.notifier.subscriptions import Subscription
+from facestream.webhooks import InvalidWebhook, verify_webhook
 from tests.helpers import Server, hang, match_result, respond
 
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()

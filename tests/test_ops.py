@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from facestream.lag import consumer_lag
-from facestream.worker import terminate
+from devtools.workers import terminate
+from facestream.ops.lag import consumer_lag
 from tests.conftest import SAMPLES
 from tests.harness import Pipeline
 from tests.test_cli import cli
@@ -62,7 +62,8 @@ async def test_metrics_lag_and_health(kafka: str, tmp_path: Path) -> None:
         group = f"{pipeline.settings.app_id}-embedder"
 
         async def embedder_lag() -> int:
-            return sum(r.lag for r in await consumer_lag(pipeline.settings, [group]))
+            rows = await consumer_lag(pipeline.settings, {group: [pipeline.settings.topic("faces")]})
+            return sum(r.lag for r in rows)
 
         await pipeline.wait_for(lambda: _at_least(embedder_lag, 6), what="lag in front of the stopped embedder")
         lag_table = await cli(pipeline.config, "lag")

@@ -5,18 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import orjson
 import pytest
 from cryptography.fernet import Fernet
+from pydantic import SecretStr
 
-from facestream.cli import main
-from facestream.config import Settings, Subscription, to_toml
+from facestream.config import Settings, SubscriptionSeed, to_toml
 from facestream.errors import ConfigError
-from facestream.kafka import read_topic
-from facestream.subscriptions import SubscriptionStore, new_secret
+from facestream.io.kafka import read_topic
+from facestream.services.main import main
+from facestream.services.notifier.subscriptions import Subscription, SubscriptionStore, new_secret
 from tests.delivery_rig import Subscriber, match, notifier
 
 
@@ -43,7 +43,9 @@ async def test_the_store_is_durable_shared_and_encrypted(tmp_path: Path, kafka: 
             assert secret.encode() not in raw
             assert secret.removeprefix("whsec_").encode() not in raw
             # A process with another key cannot use the secrets, and says so.
-            stranger = await started(replace(settings, subscriptions_key=Fernet.generate_key().decode()))
+            stranger = await started(
+                settings.model_copy(update={"subscriptions_key": SecretStr(Fernet.generate_key().decode())})
+            )
             assert stranger.get("cases") is None
             await stranger.stop()
             await two.remove("cases")
@@ -75,7 +77,7 @@ async def test_registration_refuses_what_can_never_be_delivered(tmp_path: Path, 
 async def test_configured_subscriptions_are_seeded_once(tmp_path: Path, kafka: str) -> None:
     """A subscription in the settings file is added when missing; later changes made through the
     store (here: disabled) survive a restart that seeds again."""
-    configured = Subscription.new("seeded", "https://x.example/h", new_secret())
+    configured = SubscriptionSeed(name="seeded", url="https://x.example/h", secret=SecretStr(new_secret()))
     async with notifier(tmp_path, kafka, subscriptions=(configured,)) as rig:
         assert rig.store.get("seeded") is not None
         await rig.store.disable("seeded", "paused by an operator")

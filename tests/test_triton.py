@@ -12,17 +12,16 @@ import pytest
 import tritonclient.grpc.aio as triton
 from prometheus_client import REGISTRY
 
+from devtools.localtriton import LocalTritonServer, build_repository
 from facestream import contracts
 from facestream.config import Settings
 from facestream.errors import ModelError
-from facestream.localtriton import LocalTritonServer, build_repository
-from facestream.pipeline import Record
-from facestream.prepare import prepared_path
-from services.detector.logic import FaceDetector, align
-from services.embedder.logic import OnnxRuntimeBackend
-from services.embedder.stage import EmbedderStage
-from services.embedder.triton import TritonBackend
-from tests.conftest import SAMPLES, read
+from facestream.runtime.stage import Record
+from facestream.services.detector.logic import FaceDetector, align
+from facestream.services.embedder.logic import OnnxRuntimeBackend
+from facestream.services.embedder.stage import EmbedderStage
+from facestream.services.embedder.triton import TritonBackend
+from tests.conftest import MODEL, SAMPLES, read
 from tests.figures import report_figure
 from tests.harness import Pipeline
 from tests.helpers import face_detected
@@ -33,7 +32,7 @@ TOLERANCE = 1e-5  # max abs difference of L2-normalised embeddings, Triton vs in
 @pytest.fixture(scope="session")
 def triton_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalTritonServer]:
     work = tmp_path_factory.mktemp("triton")
-    server = LocalTritonServer(build_repository(work / "repository", prepared_path()), work)
+    server = LocalTritonServer(build_repository(work / "repository", MODEL), work)
     server.start()
     yield server
     server.stop()
@@ -55,7 +54,7 @@ async def test_embeddings_equal_the_in_process_ones(triton_server: LocalTritonSe
         remote = await backend.embed(crops)
     finally:
         await backend.close()
-    local = OnnxRuntimeBackend().embed(crops)
+    local = OnnxRuntimeBackend(MODEL).embed(crops)
     difference = float(np.abs(remote - local).max())
     report_figure(f"triton vs in-process embeddings: max abs difference {difference:.2e} over {len(crops)} faces")
     assert remote.shape == (len(crops), 128)
@@ -96,7 +95,7 @@ def face_event(image_id: str, crop: np.ndarray) -> bytes:
 
 
 async def test_server_killed_mid_stream_loses_and_duplicates_nothing(tmp_path: Path, crops: list[np.ndarray]) -> None:
-    server = LocalTritonServer(build_repository(tmp_path / "repository", prepared_path(), wrong_model=False), tmp_path)
+    server = LocalTritonServer(build_repository(tmp_path / "repository", MODEL, wrong_model=False), tmp_path)
     server.start()
     backend = TritonBackend(server.url, timeout_s=2, retry_for_s=120)
     stage = EmbedderStage(Settings(), backend)
@@ -127,7 +126,7 @@ async def test_server_killed_mid_stream_loses_and_duplicates_nothing(tmp_path: P
     retried = REGISTRY.get_sample_value("facestream_triton_unavailable_retries_total", {"url": server.url})
     assert retried == backend.unavailable_retries
     assert REGISTRY.get_sample_value("facestream_triton_up", {"url": server.url}) == 1  # back up
-    expected = OnnxRuntimeBackend().embed([crops[(b + i) % len(crops)] for b in range(6) for i in range(8)])
+    expected = OnnxRuntimeBackend(MODEL).embed([crops[(b + i) % len(crops)] for b in range(6) for i in range(8)])
     got = np.array([o.outputs[0].value["embedding"] for o in outcomes])
     assert np.abs(got - expected).max() < 1e-5
 

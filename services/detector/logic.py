@@ -17,14 +17,13 @@ import numpy as np
 import onnxruntime as ort
 
 from facestream.errors import EnrolmentRejected
-from facestream.models import YUNET, path_of
+from facestream.models import ALIGNED_SIZE, YUNET, path_of, session_options
 
 Image = np.ndarray[Any, np.dtype[np.uint8]]
 FloatArray = np.ndarray[Any, np.dtype[np.float32]]
 
 INPUT_SIZE = 640
 STRIDES = (8, 16, 32)
-ALIGNED_SIZE = 112
 # Landmark template for 112x112 crops (eyes, nose tip, mouth corners) used by SFace/ArcFace.
 TEMPLATE = np.array(
     [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
@@ -51,15 +50,6 @@ class Face:
 class Quality:
     face_px: float
     sharpness: float
-
-
-def session_options(threads: int = 1) -> ort.SessionOptions:
-    opts = ort.SessionOptions()
-    # One thread per call: concurrency comes from running calls in parallel (one per core).
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    return opts
 
 
 def _anchor_grids() -> dict[int, tuple[FloatArray, FloatArray]]:

@@ -15,15 +15,16 @@ from typing import Any
 import cv2
 import httpx
 
-from facestream import contracts, ids
+from facestream import contracts
 from facestream.config import Settings
+from facestream.contracts import ids
+from facestream.contracts.timeutil import now_iso
 from facestream.errors import EnrolmentRejected
-from facestream.images import decode, fetch, local_path, read_local
-from facestream.logs import bind_event, get_logger
-from facestream.net import guarded_client
-from facestream.pipeline import Outcome, Output, Record, carry
-from facestream.timeutil import now_iso
-from services.detector.logic import (
+from facestream.io.net import guarded_client
+from facestream.ops.logs import bind_event, get_logger
+from facestream.runtime.stage import Outcome, Output, Record, carry
+from facestream.services.detector.images import decode, fetch, local_path, read_local
+from facestream.services.detector.logic import (
     Face,
     FaceDetector,
     Image,

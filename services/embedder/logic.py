@@ -12,9 +12,7 @@ import numpy as np
 import onnxruntime as ort
 
 from facestream.errors import ModelError
-from facestream.models import SFACE
-from facestream.prepare import prepared_path
-from services.detector.logic import ALIGNED_SIZE, session_options
+from facestream.models import ALIGNED_SIZE, SFACE, session_options
 
 FloatArray = np.ndarray[Any, np.dtype[np.float32]]
 Crop = np.ndarray[Any, np.dtype[np.uint8]]
@@ -45,6 +43,11 @@ class AsyncEmbeddingBackend(Protocol):
     async def embed(self, crops: list[Crop]) -> FloatArray: ...
 
 
+def prepared_path(repository: Path) -> Path:
+    """Where the prepared SFace model lies in a model repository (Triton's layout)."""
+    return repository / "sface" / "1" / "model.onnx"
+
+
 def preprocess(crops: list[Crop]) -> FloatArray:
     """NCHW float32 RGB, unscaled, as SFace expects."""
     for crop in crops:
@@ -66,10 +69,11 @@ class OnnxRuntimeBackend:
     model_name = SFACE.name
     model_version = SFACE.version
 
-    def __init__(self, threads: int = 1, model: Path | None = None) -> None:
-        model = model or prepared_path()
+    def __init__(self, model: Path, threads: int = 1) -> None:
         if not model.exists():
-            raise ModelError(f"{model} is missing: run scripts/install.sh (python -m facestream.prepare)")
+            raise ModelError(
+                f"{model} is missing: prepare it with `facestream prepare-model` (part of scripts/install.sh)"
+            )
         self.session = ort.InferenceSession(str(model), session_options(threads), providers=["CPUExecutionProvider"])
         inputs = self.session.get_inputs()
         self.input_name = inputs[0].name
@@ -93,11 +97,12 @@ class OnnxRuntimeBackend:
 
 
 @functools.cache
-def default_backend() -> OnnxRuntimeBackend:
-    """The in-process backend, one per process (see `facestream.compute`)."""
-    return OnnxRuntimeBackend()
+def load_backend(model: Path) -> OnnxRuntimeBackend:
+    """The in-process backend for the prepared model file `model`, one per process (a model
+    process loads it once, see `facestream.runtime.compute`)."""
+    return OnnxRuntimeBackend(model)
 
 
-def embed_default(crops: list[Crop]) -> FloatArray:
-    """Embed with this process's default backend; a module-level function so a process pool can run it."""
-    return default_backend().embed(crops)
+def embed_with(model: Path, crops: list[Crop]) -> FloatArray:
+    """Embed with this process's backend for `model`; module-level so a process pool can run it."""
+    return load_backend(model).embed(crops)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import inspect
 import time
 from collections.abc import Callable, Sequence
@@ -12,15 +13,23 @@ from typing import Any
 
 import numpy as np
 
-from facestream import contracts, ids
+from facestream import contracts
 from facestream.config import Settings
+from facestream.contracts import ids
+from facestream.contracts.timeutil import now_iso
 from facestream.errors import MalformedEvent
-from facestream.logs import get_logger
-from facestream.metrics import EMBED_BATCH, INFERENCE_SECONDS
 from facestream.models import SFACE
-from facestream.pipeline import FACE_FIELDS, Outcome, Output, Record, carry
-from facestream.timeutil import now_iso
-from services.embedder.logic import AsyncEmbeddingBackend, Crop, EmbeddingBackend, FloatArray, embed_default
+from facestream.ops.logs import get_logger
+from facestream.ops.metrics import EMBED_BATCH, INFERENCE_SECONDS
+from facestream.runtime.stage import FACE_FIELDS, Outcome, Output, Record, carry
+from facestream.services.embedder.logic import (
+    AsyncEmbeddingBackend,
+    Crop,
+    EmbeddingBackend,
+    FloatArray,
+    embed_with,
+    prepared_path,
+)
 
 log = get_logger(__name__)
 CROP_BYTES = 112 * 112 * 3
@@ -36,7 +45,7 @@ def crop_of(event: dict[str, Any]) -> Crop:
 class EmbedderStage:
     """Embeds with `backend` when one is given (in threads if it is synchronous, awaited if it is
     asynchronous, like the Triton backend); otherwise with the in-process SFace backend through
-    `executor` (the worker's model process pool, see `facestream.compute`)."""
+    `executor` (the worker's model process pool, see `facestream.runtime.compute`)."""
 
     name = "embedder"
 
@@ -49,7 +58,8 @@ class EmbedderStage:
         self.settings = settings
         self.backend = backend
         self.executor = executor if backend is None else None
-        self.embed: Callable[[list[Crop]], Any] = backend.embed if backend else embed_default
+        local = functools.partial(embed_with, prepared_path(settings.model_repository))
+        self.embed: Callable[[list[Crop]], Any] = backend.embed if backend else local
         self.asynchronous = inspect.iscoroutinefunction(self.embed)
 
     @property

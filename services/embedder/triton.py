@@ -19,9 +19,9 @@ from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.utils import InferenceServerException
 
 from facestream.errors import ModelError
-from facestream.logs import get_logger
-from facestream.metrics import TRITON_RETRIES, TRITON_UP
-from services.embedder.logic import Crop, FloatArray, l2_normalise, preprocess
+from facestream.ops.logs import get_logger
+from facestream.ops.metrics import TRITON_RETRIES, TRITON_UP
+from facestream.services.embedder.logic import Crop, FloatArray, l2_normalise, preprocess
 
 log = get_logger(__name__)
 EXPECTED_INPUT = ("FP32", [3, 112, 112])

@@ -5,7 +5,7 @@ and for local mode).
 - `QdrantGallery`: a Qdrant server (or qdrant-client's local mode) through the async client.
 
 Points carry the subject id, watchlist, source image and the consent record's reference, so an
-erasure can find every point of a subject. Point ids are deterministic (see `facestream.ids`).
+erasure can find every point of a subject. Point ids are deterministic (see `facestream.contracts.ids`).
 """
 
 from __future__ import annotations

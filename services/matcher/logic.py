@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from services.matcher.gallery import Hit
+from facestream.services.matcher.gallery import Hit
 
 
 @dataclass(frozen=True)

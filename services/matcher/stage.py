@@ -9,14 +9,15 @@ from typing import Any
 
 from qdrant_client import AsyncQdrantClient
 
-from facestream import contracts, ids
+from facestream import contracts
 from facestream.config import Settings
-from facestream.logs import get_logger
-from facestream.metrics import SEARCH_SECONDS
-from facestream.pipeline import FACE_FIELDS, Outcome, Output, Record, carry
-from facestream.timeutil import now_iso
-from services.matcher.gallery import EdgeGallery, Gallery, GalleryPoint, QdrantGallery
-from services.matcher.logic import candidates
+from facestream.contracts import ids
+from facestream.contracts.timeutil import now_iso
+from facestream.ops.logs import get_logger
+from facestream.ops.metrics import SEARCH_SECONDS
+from facestream.runtime.stage import FACE_FIELDS, Outcome, Output, Record, carry
+from facestream.services.matcher.gallery import EdgeGallery, Gallery, GalleryPoint, QdrantGallery
+from facestream.services.matcher.logic import candidates
 
 log = get_logger(__name__)
 REVIEW = "candidate: investigative lead, requires human confirmation"

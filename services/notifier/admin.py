@@ -8,9 +8,9 @@ import orjson
 
 from facestream import contracts
 from facestream.config import Settings
-from facestream.kafka import producer, read_topic
-from facestream.subscriptions import dlq_topic
-from facestream.timeutil import now_iso
+from facestream.contracts.timeutil import now_iso
+from facestream.io.kafka import producer, read_topic
+from facestream.services.notifier.topics import dlq_topic
 
 
 async def delivery_log(

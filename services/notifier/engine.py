@@ -28,16 +28,17 @@ import httpx
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from facestream import contracts
-from facestream.config import Settings, Subscription
+from facestream.config import Settings
+from facestream.contracts.timeutil import now_iso, parse_iso
 from facestream.errors import MalformedEvent
-from facestream.kafka import MAX_REQUEST, ensure_topic, retry_topics
-from facestream.logs import get_logger
-from facestream.metrics import END_TO_END_SECONDS, WEBHOOK_OUTCOMES, WEBHOOK_SECONDS, WEBHOOKS, status_class
-from facestream.net import guarded_client
-from facestream.pipeline import Record, dead_letter
-from facestream.subscriptions import SubscriptionStore, dlq_topic
-from facestream.timeutil import now_iso, parse_iso
-from services.notifier.logic import Verdict, attempt, iso, next_delay
+from facestream.io.kafka import MAX_REQUEST, create_topics
+from facestream.io.net import guarded_client
+from facestream.ops.logs import get_logger
+from facestream.ops.metrics import END_TO_END_SECONDS, WEBHOOK_OUTCOMES, WEBHOOK_SECONDS, WEBHOOKS, status_class
+from facestream.runtime.stage import Record, dead_letter
+from facestream.services.notifier.logic import Verdict, attempt, iso, next_delay
+from facestream.services.notifier.subscriptions import Subscription, SubscriptionStore
+from facestream.services.notifier.topics import dlq_spec, dlq_topic, retry_topics
 
 log = get_logger(__name__)
 
@@ -344,7 +345,7 @@ class DeliveryEngine:
     ) -> None:
         topic = dlq_topic(self.settings, job["subscription"])
         if topic not in self.ensured:
-            await ensure_topic(self.settings, topic)
+            await create_topics(self.settings, [dlq_spec(self.settings, job["subscription"])])
             self.ensured.add(topic)
         letter = {**job, "reason": reason, "dead_at": now_iso(), "last_error": (detail or "")[:500] or None}
         parked = await self._producer.send(topic, contracts.dumps(letter), key=job["subscription"].encode())

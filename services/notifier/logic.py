@@ -16,11 +16,12 @@ from typing import Any
 import httpx
 import orjson
 
-from facestream import ids
-from facestream.config import WEBHOOK_EVENT_TYPES, Subscription
+from facestream.config import WEBHOOK_EVENT_TYPES
+from facestream.contracts import ids
+from facestream.contracts.timeutil import now_iso, parse_iso
 from facestream.errors import UnsafeDestination
-from facestream.timeutil import now_iso, parse_iso
-from facestream.webhooks import sign_headers
+from facestream.services.notifier.signing import sign_headers
+from facestream.services.notifier.subscriptions import Subscription
 
 EVENT_TYPE = WEBHOOK_EVENT_TYPES[0]  # the only one so far
 

@@ -13,13 +13,13 @@ import httpx
 
 from facestream import contracts
 from facestream.config import Settings
-from facestream.crops import CropServer
-from facestream.logs import get_logger
-from facestream.pipeline import Outcome, Output, Record
-from facestream.subscriptions import SubscriptionStore
-from facestream.timeutil import parse_iso
-from services.notifier.engine import DeliveryEngine
-from services.notifier.logic import job_for, payload_for
+from facestream.contracts.timeutil import parse_iso
+from facestream.ops.logs import get_logger
+from facestream.runtime.stage import Outcome, Output, Record
+from facestream.services.notifier.crops import CropServer
+from facestream.services.notifier.engine import DeliveryEngine
+from facestream.services.notifier.logic import job_for, payload_for
+from facestream.services.notifier.subscriptions import SubscriptionStore
 
 log = get_logger(__name__)
 

@@ -16,7 +16,7 @@ import secrets as _secrets
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -26,13 +26,66 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from cryptography.fernet import Fernet, InvalidToken
 
-from facestream.config import WEBHOOK_EVENT_TYPES, Settings, SigningSecret, Subscription
+from facestream.config import WEBHOOK_EVENT_TYPES, Settings, SubscriptionSeed
 from facestream.errors import ConfigError, UnsafeDestination
-from facestream.kafka import follow, producer
-from facestream.logs import get_logger
-from facestream.net import AddressPolicy, resolve
+from facestream.io.kafka import follow, producer
+from facestream.io.net import AddressPolicy, resolve
+from facestream.ops.logs import get_logger
 
 log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class SigningSecret:
+    """One signing key of a subscription (``whsec_…``). A rotation gives the old ones an expiry;
+    until then every delivery carries a signature for each."""
+
+    id: str
+    value: str = field(repr=False)
+    created_at: float = 0.0
+    expires_at: float | None = None
+
+    def active(self, now: float) -> bool:
+        return self.expires_at is None or now < self.expires_at
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """A webhook subscriber: where to post, how to sign, which matches it wants, its state and
+    limits. Stored in the compacted subscriptions topic (`SubscriptionStore` below)."""
+
+    name: str
+    url: str
+    secrets: tuple[SigningSecret, ...] = ()
+    watchlists: tuple[str, ...] = ()
+    min_score: float = 0.0
+    event_types: tuple[str, ...] = ()
+    state: str = "active"  # or "disabled"
+    disabled_reason: str = ""
+    max_concurrency: int = 4
+    rate_per_s: float = 0.0  # 0: no rate limit
+    updated_at: float = 0.0
+
+    @classmethod
+    def new(cls, name: str, url: str, secret: str, **kwargs: Any) -> Subscription:
+        """A subscription with one signing secret."""
+        return cls(name, url, (SigningSecret("s1", secret, time.time()),), **kwargs)
+
+    @property
+    def active(self) -> bool:
+        return self.state == "active"
+
+    def signing_secrets(self, now: float) -> list[str]:
+        return [s.value for s in self.secrets if s.active(now)]
+
+    def wants(self, watchlist: str, score: float) -> bool:
+        """Whether a candidate from `watchlist` with `score` passes this subscriber's filters."""
+        return (not self.watchlists or watchlist in self.watchlists) and score >= self.min_score
+
+    def wants_type(self, event_type: str) -> bool:
+        return not self.event_types or event_type in self.event_types
+
+
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")  # also part of its dead-letter topic's name
 
 
@@ -41,14 +94,9 @@ def new_secret() -> str:
     return "whsec_" + base64.b64encode(_secrets.token_bytes(24)).decode()
 
 
-def dlq_topic(settings: Settings, name: str) -> str:
-    """The subscription's own dead-letter topic: exhausted, refused and expired deliveries."""
-    return settings.topic(f"deliveries.dlq.{name}")
-
-
 def subscriptions_key(settings: Settings) -> str:
     """`subscriptions_key`, or the key file under data_dir (created on first use)."""
-    key = settings.subscriptions_key
+    key = settings.subscriptions_key.get_secret_value()
     if not key:
         path = Path(settings.data_dir) / "subscriptions.key"
         if not path.exists():
@@ -96,6 +144,18 @@ def decode(raw: bytes, box: Fernet) -> Subscription:
     return Subscription(secrets=secrets, **record)
 
 
+def from_seed(seed: SubscriptionSeed) -> Subscription:
+    """The subscription a `[[subscriptions]]` table of the settings describes."""
+    return Subscription.new(
+        seed.name,
+        seed.url,
+        seed.signing_secret,
+        watchlists=seed.watchlists,
+        min_score=seed.min_score,
+        event_types=seed.event_types,
+    )
+
+
 def validate(sub: Subscription, settings: Settings) -> None:
     """Refuse what can never be delivered: bad names, non-http(s) URLs, credentials in the URL,
     unknown event types. The SSRF check proper happens again on every connection."""
@@ -116,7 +176,7 @@ def validate(sub: Subscription, settings: Settings) -> None:
 async def check_destination(sub: Subscription, settings: Settings) -> None:
     """Refuse an endpoint that resolves to a loopback, private, link-local or metadata address
     the allow-list does not name. A courtesy at registration: the guard proper is the same check
-    on every connection (facestream.net), since DNS may answer differently later. A name that
+    on every connection (facestream.io.net), since DNS may answer differently later. A name that
     does not resolve yet is accepted for the same reason."""
     host = urlsplit(sub.url).hostname or ""
     try:
@@ -225,10 +285,10 @@ class SubscriptionStore:
             raise ConfigError(f"subscription {sub.name!r} exists")
         return await self.put(sub, check_url=True)
 
-    async def seed(self, subs: Iterable[Subscription]) -> None:
+    async def seed(self, seeds: Iterable[SubscriptionSeed]) -> None:
         """Add configured subscriptions that the store does not have yet (existing ones win:
         their state, secrets and limits may have changed since)."""
-        for sub in subs:
+        for sub in map(from_seed, seeds):
             if self.get(sub.name) is None:
                 await self.put(sub)
                 log.info("subscription_seeded", subscription=sub.name)

@@ -1,4 +1,4 @@
-"""`facestream demo`: the whole pipeline on a real local Kafka, visibly.
+"""`python -m devtools.demo` (`make demo`): the whole pipeline on a real local Kafka, visibly.
 
 Starts Kafka if needed, runs the four services as a separate worker process, enrols every photo
 under the gallery folder (folder name = subject id), submits every photo under the probes
@@ -25,13 +25,15 @@ from typing import Any
 import httpx
 import orjson
 
+from devtools.receiver import Delivery, WebhookReceiver
+from devtools.workers import ROOT, spawn, terminate
 from facestream import client
 from facestream.config import Settings, load_settings, to_toml
-from facestream.kafka import consumer, ensure_topics, producer
-from facestream.receiver import Delivery, WebhookReceiver
-from facestream.subscriptions import new_secret
-from facestream.timeutil import parse_iso
-from facestream.worker import ROOT, kafka, spawn, terminate
+from facestream.contracts.timeutil import parse_iso
+from facestream.io.broker import local_broker
+from facestream.io.kafka import consumer, producer
+from facestream.services.main import ensure_topics
+from facestream.services.notifier.subscriptions import new_secret
 
 SAMPLES = ROOT / "samples"
 SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
@@ -264,7 +266,7 @@ async def _wait(
 
 
 async def _delete_topics(settings: Settings) -> None:
-    from facestream.kafka import delete_topics
+    from facestream.io.kafka import delete_topics
 
     try:
         await delete_topics(settings)
@@ -364,24 +366,34 @@ def _print_summary(summary: dict[str, Any]) -> None:
     print("  every match is a candidate for human review, not an identification")
 
 
-def main(args: argparse.Namespace) -> int:
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m devtools.demo", description=__doc__.split("\n\n")[0])
+    p.add_argument("--gallery", type=Path, help="DIR/<subject>/<image>: enrolled (default: samples/gallery)")
+    p.add_argument("--probes", type=Path, help="every image below is submitted (default: samples/probes)")
+    p.add_argument("--report", type=Path, help="write a JSON report here")
+    p.add_argument("--quiet", action="store_true", help="do not print each match")
+    args = p.parse_args(argv)
     gallery = (args.gallery or SAMPLES / "gallery").resolve()
     probes = (args.probes or SAMPLES / "probes").resolve()
     for folder in (gallery, probes):
         if not folder.is_dir():
             print(f"not a folder: {folder}", file=sys.stderr)
             return 2
-    status = subprocess.call(["bash", str(ROOT / "scripts/kafka.sh"), "status"], stdout=subprocess.DEVNULL)
-    started_kafka = status != 0
-    if started_kafka and kafka("up") != 0:
+    broker = load_settings()
+    started_kafka = local_broker("status", broker) != 0
+    if started_kafka and local_broker("up", broker) != 0:
         print("could not start Kafka", file=sys.stderr)
         return 1
     try:
         summary = asyncio.run(run_demo(gallery, probes, args.quiet))
     finally:
         if started_kafka:
-            kafka("down")
+            local_broker("down", broker)
     if args.report is not None:
         args.report.write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
         print(f"report: {args.report}")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -16,21 +16,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from pathlib import Path
+from collections.abc import Mapping, Sequence
+from importlib.resources import files
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from facestream._http import serve
 from facestream.config import Settings
-from facestream.lag import Lag, consumer_lag
-from facestream.logs import get_logger
-from facestream.metrics import CONSUMER_LAG
+from facestream.io.http import serve
+from facestream.ops.lag import Lag, consumer_lag
+from facestream.ops.logs import get_logger
+from facestream.ops.metrics import CONSUMER_LAG
 
 log = get_logger(__name__)
-DASHBOARD = Path(__file__).with_name("static") / "dashboard.html"
+DASHBOARD = files("facestream.ops") / "static" / "dashboard.html"
 
 
 class Health:
@@ -92,11 +93,10 @@ def percentile(stage: str, q: float) -> float:
     return 0.0
 
 
-def stage_status(stages: list[str], lag: list[Lag] | None = None) -> dict[str, dict[str, float]]:
-    from facestream.app import SOURCE
-
+def stage_status(sources: Mapping[str, str], lag: list[Lag] | None = None) -> dict[str, dict[str, float]]:
+    """Per stage (name: the topic it consumes): counts, times and lag on its source topic."""
     out = {}
-    for stage in stages:
+    for stage, source in sources.items():
         count = _sample("facestream_stage_seconds_count", {"stage": stage})
         total = _sample("facestream_stage_seconds_sum", {"stage": stage})
         out[stage] = {
@@ -106,16 +106,20 @@ def stage_status(stages: list[str], lag: list[Lag] | None = None) -> dict[str, d
             "mean_ms": round(1000 * total / count, 2) if count else 0.0,
             "p50_ms": percentile(stage, 0.5),
             "p99_ms": percentile(stage, 0.99),
-            "lag": sum(r.lag for r in lag or () if r.topic.endswith(f".{SOURCE[stage]}")),
+            "lag": sum(r.lag for r in lag or () if r.topic.endswith(f".{source}")),
         }
     return out
 
 
 class OpsServer:
-    def __init__(self, settings: Settings, group: str, stages: list[str], health: Health) -> None:
+    def __init__(
+        self, settings: Settings, groups: Mapping[str, Sequence[str]], stages: Mapping[str, str], health: Health
+    ) -> None:
         self.settings = settings
-        self.group = group
-        self.stages = stages
+        # The first group is the agents'; others are the services' own (the delivery engine's).
+        self.groups = dict(groups)
+        self.group = next(iter(self.groups))
+        self.stages = dict(stages)
         self.health = health
         self.lag: list[Lag] = []
         self.lag_at = 0.0
@@ -139,9 +143,7 @@ class OpsServer:
     async def refresh(self) -> None:
         """Read this worker's group lag from the broker into the gauges."""
         try:
-            # The notifier's delivery engine has its own group: its lag is the pending deliveries.
-            extra = [f"{self.settings.app_id}-deliveries"] if "notifier" in self.stages else []
-            rows = await consumer_lag(self.settings, [self.group, *extra])
+            rows = await consumer_lag(self.settings, self.groups)
         except Exception as exc:
             self.health.set("kafka", False)
             log.warning("lag_unavailable", error=str(exc)[:200])
@@ -190,8 +192,9 @@ class OpsServer:
             ],
             "lag_total": sum(r.lag for r in self.lag),
             "webhooks": webhook_status(),
-            # Jobs in the deliveries topic and the retry tiers not yet finished by the engine.
-            "deliveries_pending": sum(r.lag for r in self.lag if r.group.endswith("-deliveries")),
+            # The lag of the services' own groups: today the notifier's delivery engine, whose lag
+            # is the jobs in the deliveries topic and the retry tiers not yet finished.
+            "deliveries_pending": sum(r.lag for r in self.lag if r.group != self.group),
             "lag_at": self.lag_at,
         }
         return web.json_response(body)

@@ -1,7 +1,7 @@
 """What every stage shares: the record a stage receives, the outcome it returns, dead letters.
 
 A stage is a plain object with `async process(records) -> outcomes` (one outcome per record, in
-order). It never talks to Kafka: the faust agent (see `facestream.app`) feeds it batches and
+order). It never talks to Kafka: the faust agent (see `facestream.runtime.app`) feeds it batches and
 produces its outputs, so the logic is tested without a broker and the agents stay thin.
 """
 
@@ -13,10 +13,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from facestream import ids
+from facestream.contracts import ids
+from facestream.contracts.timeutil import now_iso
 from facestream.errors import RejectedEvent
-from facestream.logs import get_logger
-from facestream.timeutil import now_iso
+from facestream.ops.logs import get_logger
 
 log = get_logger(__name__)
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -14,72 +15,61 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from facestream.config import Settings
-from facestream.logs import get_logger
+from facestream.ops.logs import get_logger
 
 log = get_logger(__name__)
 MiB = 1024 * 1024
 DAY_MS = 24 * 3600 * 1000
-# name: (max.message.bytes, retention.ms). Images may carry inline bytes up to the configured limit
-# (base64); dead letters carry the original record, so they get the most room.
+# The pipeline's topics, name: (max.message.bytes, retention.ms). Images may carry inline bytes up
+# to the configured limit (base64); dead letters carry the original record, so they get the most
+# room. Services add topics of their own (see facestream.runtime.service).
 TOPICS: dict[str, tuple[int, int]] = {
     "images": (4 * MiB, 7 * DAY_MS),
     "faces": (1 * MiB, 1 * DAY_MS),
     "embeddings": (1 * MiB, 1 * DAY_MS),
     "matches": (1 * MiB, 30 * DAY_MS),
     "dlq": (8 * MiB, 30 * DAY_MS),
-    # Webhook delivery jobs (key: subscription), their attempt log, and (below) the retry tiers.
-    "deliveries": (1 * MiB, 30 * DAY_MS),
-    "deliveries.log": (1 * MiB, 30 * DAY_MS),
 }
 MAX_REQUEST = 8 * MiB + 64 * 1024
 
 
-def _delay_label(seconds: float) -> str:
-    for unit, size in (("h", 3600), ("m", 60), ("s", 1)):
-        if seconds >= size and seconds % size == 0:
-            return f"{int(seconds // size)}{unit}"
-    return f"{round(seconds * 1000)}ms"
+@dataclass(frozen=True)
+class TopicSpec:
+    """A topic to create: full name, partitions, message size limit and retention (or compaction)."""
+
+    name: str
+    partitions: int
+    max_bytes: int = 1 * MiB
+    retention_ms: int = 30 * DAY_MS
+    compact: bool = False
+
+    def new_topic(self) -> NewTopic:
+        configs = {"max.message.bytes": str(self.max_bytes), "cleanup.policy": "delete"}
+        if self.compact:
+            configs["cleanup.policy"] = "compact"
+        else:
+            configs["retention.ms"] = str(self.retention_ms)
+        return NewTopic(self.name, self.partitions, 1, topic_configs=configs)
 
 
-def retry_topics(settings: Settings) -> dict[float, str]:
-    """One retry topic per distinct delay of the webhook schedule (full names, by delay). Every
-    job in a tier waits the same time, so each partition is ordered by due time."""
-    return {
-        d: settings.topic(f"deliveries.retry.{_delay_label(d)}")
-        for d in sorted(set(settings.webhook_schedule_s))
-        if d > 0
-    }
-
-
-def _new_topic(name: str, partitions: int, size: int, retention: int, compact: bool = False) -> NewTopic:
-    configs = {"max.message.bytes": str(size), "retention.ms": str(retention), "cleanup.policy": "delete"}
-    if compact:
-        configs = {"max.message.bytes": str(size), "cleanup.policy": "compact"}
-    return NewTopic(name, partitions, 1, topic_configs=configs)
-
-
-def _wanted_topics(settings: Settings) -> list[NewTopic]:
-    wanted = [_new_topic(settings.topic(n), settings.partitions, size, ret) for n, (size, ret) in TOPICS.items()]
-    wanted += [_new_topic(t, settings.partitions, 1 * MiB, 30 * DAY_MS) for t in retry_topics(settings).values()]
-    # Probe crops live only as long as a match may still be delivered.
+def pipeline_topics(settings: Settings) -> list[TopicSpec]:
+    """The topics between the stages, and `crops` (probe faces the detector publishes for
+    review links), which lives only as long as a match may still be delivered."""
+    specs = [TopicSpec(settings.topic(n), settings.partitions, size, ret) for n, (size, ret) in TOPICS.items()]
     ttl_ms = int(settings.webhook_event_ttl_s * 1000)
-    wanted.append(_new_topic(settings.topic("crops"), settings.partitions, 1 * MiB, ttl_ms))
-    # Subscriptions: one partition (one order of changes), compacted (the latest per name stays).
-    wanted.append(_new_topic(settings.topic("subscriptions"), 1, 1 * MiB, 0, compact=True))
-    return wanted
+    specs.append(TopicSpec(settings.topic("crops"), settings.partitions, 1 * MiB, ttl_ms))
+    return specs
 
 
-async def ensure_topics(settings: Settings) -> list[str]:
-    """Create the pipeline's topics that do not exist yet; returns the names created."""
-    return await _create(settings, _wanted_topics(settings))
+async def ensure_topics(settings: Settings, extra: Iterable[TopicSpec] = ()) -> list[str]:
+    """Create the pipeline's topics and `extra` (the services' own) that do not exist yet;
+    returns the names created."""
+    return await create_topics(settings, [*pipeline_topics(settings), *extra])
 
 
-async def ensure_topic(settings: Settings, name: str) -> None:
-    """Create one more topic (a subscription's dead letters) if it does not exist yet."""
-    await _create(settings, [_new_topic(name, settings.partitions, 8 * MiB, 30 * DAY_MS)])
-
-
-async def _create(settings: Settings, wanted: list[NewTopic]) -> list[str]:
+async def create_topics(settings: Settings, specs: Iterable[TopicSpec]) -> list[str]:
+    """Create those of `specs` that do not exist yet (another process may race us: fine)."""
+    wanted = [s.new_topic() for s in specs]
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=30000)
     await admin.start()
     try:

@@ -5,9 +5,9 @@ facestream run [--service NAME ...]    the four services in one process, or some
 facestream enroll ...                  enrol photos of one subject (consent record required)
 facestream submit ...                  submit photos for search (purpose, case, requester)
 facestream tail [TOPIC]                print events from matches (default) or dlq
-facestream subscriptions add|list|update|disable|enable|rotate-secret|remove NAME ...
-facestream deliveries list|replay      the webhook delivery log; replay a subscriber's dead letters
-facestream demo [--gallery DIR --probes DIR --report FILE]
+facestream lag [--watch] | status      consumer lag; throughput, lag and dead letters per stage
+facestream config show|check           the effective settings and where each comes from; validate a file
+and the services' own commands (the notifier's `subscriptions` and `deliveries`).
 """
 
 from __future__ import annotations
@@ -15,18 +15,26 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import sys
 import uuid
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import orjson
+from aiokafka import TopicPartition
 
 from facestream import client
-from facestream.app import SERVICES
-from facestream.cli_webhooks import add_parsers
-from facestream.config import load_settings
-from facestream.kafka import consumer, producer
+from facestream.config import Settings, describe, load_settings
+from facestream.errors import ConfigError
+from facestream.io.broker import local_broker
+from facestream.io.kafka import TOPICS, consumer, ensure_topics, producer, topic_partitions
+from facestream.ops.lag import consumer_lag, pipeline_groups, table
+from facestream.runtime.app import consumer_groups
+from facestream.runtime.service import Service, own_topics
+from facestream.runtime.worker import run
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 
@@ -106,11 +114,22 @@ def _cmd_tail(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _lag(settings: Any, watch: float | None) -> None:
-    from facestream.lag import consumer_lag, table
+def _known_groups(settings: Settings, services: Sequence[Service], found: list[str]) -> dict[str, list[str]]:
+    """The topics each pipeline group on the broker reads, from its name: the all-in-one group,
+    `<app_id>-<service>[-<service>...]` for workers running some services, and the services' own."""
+    by_name = {s.name: s for s in services}
+    known: dict[str, list[str]] = {}
+    for group in found:
+        names = group.removeprefix(f"{settings.app_id}-").split("-") if group != settings.app_id else list(by_name)
+        chosen = [by_name[n] for n in names if n in by_name]
+        if chosen and (group == settings.app_id or len(chosen) == len(names)):
+            known.update(consumer_groups(settings, chosen, services))
+    return {group: known.get(group, []) for group in found}
 
+
+async def _lag(settings: Settings, services: Sequence[Service], watch: float | None) -> None:
     while True:
-        rows = await consumer_lag(settings)
+        rows = await consumer_lag(settings, _known_groups(settings, services, await pipeline_groups(settings)))
         if watch:
             print("\033[2J\033[H", end="")
         print(table(rows), flush=True)
@@ -119,20 +138,13 @@ async def _lag(settings: Any, watch: float | None) -> None:
         await asyncio.sleep(watch)
 
 
-def _cmd_lag(args: argparse.Namespace) -> int:
+def _cmd_lag(args: argparse.Namespace, services: Sequence[Service]) -> int:
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_lag(load_settings(args.config), args.watch))
+        asyncio.run(_lag(load_settings(args.config), services, args.watch))
     return 0
 
 
-async def _status(settings: Any, window_s: float) -> str:
-    from collections import Counter
-
-    from aiokafka import TopicPartition
-
-    from facestream.kafka import TOPICS, topic_partitions
-    from facestream.lag import consumer_lag
-
+async def _status(settings: Settings, services: Sequence[Service], window_s: float) -> str:
     known = await topic_partitions(settings, [settings.topic(name) for name in TOPICS])
     parts = [TopicPartition(topic, p) for topic, numbers in known.items() for p in numbers]
     probe = consumer(settings)
@@ -149,7 +161,8 @@ async def _status(settings: Any, window_s: float) -> str:
         rate[tp.topic] += after[tp] - before[tp]
         total[tp.topic] += after[tp]
     lag_by_group: Counter[str] = Counter()
-    for row in await consumer_lag(settings):
+    groups = _known_groups(settings, services, await pipeline_groups(settings))
+    for row in await consumer_lag(settings, groups):
         lag_by_group[f"{row.group} on {row.topic}"] += row.lag
     dead: Counter[str] = Counter()
     cons = consumer(settings, "dlq")
@@ -170,44 +183,49 @@ async def _status(settings: Any, window_s: float) -> str:
     lines += [f"  {key:60s} {value:8d}" for key, value in sorted(lag_by_group.items())] or ["  (no consumer groups)"]
     lines.append("dead letters by stage and reason:")
     lines += [f"  {key:60s} {value:8d}" for key, value in sorted(dead.items())] or ["  none"]
-    from services.notifier.admin import delivery_log
-
-    outcomes = Counter(f"{e['subscription']}: {e['outcome']}" for e in await delivery_log(settings))
-    lines.append("webhook deliveries by subscription and outcome (from the delivery log):")
-    lines += [f"  {key:60s} {value:8d}" for key, value in sorted(outcomes.items())] or ["  none"]
+    for service in services:
+        if service.status is not None:
+            lines += await service.status(settings)
     return "\n".join(lines)
 
 
-def _cmd_status(args: argparse.Namespace) -> int:
-    print(asyncio.run(_status(load_settings(args.config), args.window)))
+def _cmd_status(args: argparse.Namespace, services: Sequence[Service]) -> int:
+    print(asyncio.run(_status(load_settings(args.config), services, args.window)))
     return 0
 
 
-def _cmd_kafka(args: argparse.Namespace) -> int:
-    from facestream.kafka import ensure_topics
-    from facestream.worker import kafka
-
-    rc = kafka(args.action)
+def _cmd_kafka(args: argparse.Namespace, services: Sequence[Service]) -> int:
+    settings = load_settings(args.config)
+    rc = local_broker(args.action, settings)
     if rc == 0 and args.action == "up":
-        created = asyncio.run(ensure_topics(load_settings(args.config)))
+        created = asyncio.run(ensure_topics(settings, own_topics(settings, services)))
         print(f"topics: {len(created)} created")
     return rc
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    from facestream.worker import run
-
-    run(load_settings(args.config), args.service or SERVICES, args.log_level)
+def _cmd_run(args: argparse.Namespace, services: Sequence[Service]) -> int:
+    chosen = [s for s in services if s.name in args.service] if args.service else list(services)
+    run(load_settings(args.config), chosen, services, args.log_level)
     return 0
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from facestream.demo import main as demo_main
+def _cmd_config(args: argparse.Namespace) -> int:
+    if args.action == "check":
+        path = args.file or args.config
+        if not path:
+            raise ConfigError("facestream config check FILE: name the settings file to check")
+        # The file alone, as it would load anywhere: this machine's environment does not count.
+        load_settings(path, environment=False)
+        print(f"{path}: valid")
+        return 0
+    path = args.file or args.config
+    print("\n".join(describe(load_settings(path), path)))
+    return 0
 
-    return demo_main(args)
 
-
-def parser() -> argparse.ArgumentParser:
+def parser(services: Sequence[Service]) -> argparse.ArgumentParser:
+    """The `facestream` command for the pipeline made of `services`."""
+    names = [s.name for s in services]
     p = argparse.ArgumentParser(
         prog="facestream", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -216,12 +234,12 @@ def parser() -> argparse.ArgumentParser:
 
     k = sub.add_parser("kafka", help="local Kafka broker")
     k.add_argument("action", choices=["up", "down", "status", "fetch", "reset"])
-    k.set_defaults(func=_cmd_kafka)
+    k.set_defaults(func=functools.partial(_cmd_kafka, services=services))
 
     r = sub.add_parser("run", help="run services")
-    r.add_argument("--service", action="append", choices=SERVICES, help="repeatable; default all four")
+    r.add_argument("--service", action="append", choices=names, help="repeatable; default all of them")
     r.add_argument("--log-level", default="INFO")
-    r.set_defaults(func=_cmd_run)
+    r.set_defaults(func=functools.partial(_cmd_run, services=services))
 
     e = sub.add_parser("enroll", help="enrol photos of one subject")
     e.add_argument("images", nargs="+")
@@ -262,27 +280,28 @@ def parser() -> argparse.ArgumentParser:
 
     lag = sub.add_parser("lag", help="consumer lag per group, topic and partition, from the broker")
     lag.add_argument("--watch", type=float, nargs="?", const=2.0, help="refresh every N seconds (default 2)")
-    lag.set_defaults(func=_cmd_lag)
+    lag.set_defaults(func=functools.partial(_cmd_lag, services=services))
 
     st = sub.add_parser("status", help="throughput, lag and dead letters per stage")
     st.add_argument("--window", type=float, default=2.0, help="seconds over which throughput is measured")
-    st.set_defaults(func=_cmd_status)
+    st.set_defaults(func=functools.partial(_cmd_status, services=services))
 
-    add_parsers(sub)
+    c = sub.add_parser("config", help="the effective settings and their sources; validate a settings file")
+    c.add_argument("action", choices=["show", "check"])
+    c.add_argument("file", nargs="?", help="settings file (default: --config or $FACESTREAM_CONFIG)")
+    c.set_defaults(func=_cmd_config)
 
-    d = sub.add_parser("demo", help="the whole pipeline on sample photos")
-    d.add_argument("--gallery", type=Path, help="DIR/<subject>/<image>: enrolled (default: samples/gallery)")
-    d.add_argument("--probes", type=Path, help="every image below is submitted (default: samples/probes)")
-    d.add_argument("--report", type=Path, help="write a JSON report here")
-    d.add_argument("--quiet", action="store_true", help="do not print each match")
-    d.set_defaults(func=_cmd_demo)
+    for service in services:
+        if service.commands is not None:
+            service.commands(sub)
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    return int(args.func(args))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def main(services: Sequence[Service], argv: list[str] | None = None) -> int:
+    """Run the command in `argv` (default: the process's arguments) for the pipeline of `services`."""
+    args = parser(services).parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"facestream: {exc}", file=sys.stderr)
+        return 2

@@ -3,71 +3,52 @@
 The packaged ONNX file declares its weights as graph inputs (which keeps ONNX Runtime from
 folding constants: about 25% slower here) and fixes the batch size at 1 (so no batching, and no
 Triton dynamic batcher). `prepare_sface` removes the weight inputs, makes the batch dimension
-dynamic, checks that the prepared model's embeddings equal the original's on real faces, and
-writes it into the model repository layout (`models/sface/1/model.onnx`, as Triton expects) with
-a record of its provenance. Run by the install step: `python -m facestream.prepare`.
+dynamic, checks that the prepared model's outputs equal the original's, one by one and batched,
+and writes it into the model repository layout (`<repository>/sface/1/model.onnx`, as Triton
+expects) with a record of its provenance. The check runs on seeded random 112x112 images that
+span the whole input range (no photos needed where it runs: the install step, an image build);
+the tests repeat it on real aligned faces. Run by `facestream prepare-model` (the install step).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 
 from facestream.errors import ModelError
-from facestream.models import SFACE, path_of
+from facestream.models import ALIGNED_SIZE, SFACE, path_of
+from facestream.services.embedder.logic import Crop, prepared_path, preprocess
 
-Crop = np.ndarray[Any, np.dtype[np.uint8]]
-
-ROOT = Path(__file__).resolve().parent.parent
-REPOSITORY = ROOT / "models"
-TOLERANCE = 1e-4  # max abs difference of raw (unnormalised) outputs on real faces
+TOLERANCE = 1e-4  # max abs difference of raw (unnormalised) outputs
 
 
-def prepared_path(repository: Path = REPOSITORY) -> Path:
-    return repository / "sface" / "1" / "model.onnx"
+def check_crops(count: int = 16, seed: int = 20211201) -> list[Crop]:
+    """Seeded random BGR images of the embedder's input size, every pixel value possible."""
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (ALIGNED_SIZE, ALIGNED_SIZE, 3), dtype=np.uint8) for _ in range(count)]
 
 
-def _sample_crops() -> list[Crop]:
-    import cv2
-
-    from services.detector.logic import FaceDetector, align
-
-    detector = FaceDetector()
-    crops = []
-    for photo in sorted((ROOT / "samples").rglob("*.jpg")):
-        image = np.asarray(cv2.imread(str(photo)), dtype=np.uint8)
-        crops += [align(image, face) for face in detector.detect(image)]
-    if not crops:
-        raise ModelError("no sample faces to check the prepared model against")
-    return crops
-
-
-def max_difference(original: Path, prepared: Path) -> float:
-    """Largest absolute output difference between the two models over the sample faces."""
-    import onnxruntime as ort
-
-    from services.embedder.logic import preprocess
-
+def max_difference(original: Path, prepared: Path, crops: list[Crop] | None = None) -> float:
+    """Largest absolute output difference between the two models over `crops` (default: the
+    seeded check images), the prepared one run one by one and as one batch."""
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     before = ort.InferenceSession(str(original), opts, providers=["CPUExecutionProvider"])
     after = ort.InferenceSession(str(prepared), opts, providers=["CPUExecutionProvider"])
-    batch = preprocess(_sample_crops())
+    batch = preprocess(crops if crops is not None else check_crops())
     expected = np.concatenate([before.run(None, {"data": batch[i : i + 1]})[0] for i in range(len(batch))])
     single = np.concatenate([after.run(None, {"data": batch[i : i + 1]})[0] for i in range(len(batch))])
     batched = after.run(None, {"data": batch})[0]
     return float(max(np.abs(single - expected).max(), np.abs(batched - expected).max()))
 
 
-def prepare_sface(repository: Path = REPOSITORY) -> Path:
+def prepare_sface(repository: Path) -> Path:
     """Write the prepared SFace model; idempotent (skips if the recorded source digest matches)."""
-    import onnx
-
     target = prepared_path(repository)
     record = target.with_name("PREPARED.json")
     if target.exists() and record.exists():
@@ -113,12 +94,7 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def main() -> int:
-    target = prepare_sface()
+def describe(target: Path) -> str:
+    """One line on a prepared model, from its provenance record."""
     record = json.loads(target.with_name("PREPARED.json").read_text())
-    print(f"model sface {record['version']} prepared: {target} (max abs difference {record['max_abs_difference']:.1e})")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return f"model sface {record['version']} prepared: {target} (max abs difference {record['max_abs_difference']:.1e})"

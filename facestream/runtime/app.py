@@ -10,57 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Executor
 from typing import Any
 
 import faust
 
 from facestream import contracts
-from facestream.compute import model_executor
 from facestream.config import Settings
-from facestream.kafka import MAX_REQUEST, TOPICS
-from facestream.logs import bind_event, get_logger
-from facestream.metrics import DEAD_LETTERS, EVENTS_CONSUMED, EVENTS_PRODUCED, STAGE_SECONDS
-from facestream.ops import Health, OpsServer
-from facestream.pipeline import Outcome, Record, Stage, dead_letter
+from facestream.io.kafka import MAX_REQUEST, TOPICS
+from facestream.ops.logs import bind_event, get_logger
+from facestream.ops.metrics import DEAD_LETTERS, EVENTS_CONSUMED, EVENTS_PRODUCED, STAGE_SECONDS
+from facestream.ops.server import Health, OpsServer
+from facestream.runtime.service import Service, own_topics
+from facestream.runtime.stage import Outcome, Record, dead_letter
 
 log = get_logger(__name__)
-SERVICES = ("detector", "embedder", "matcher", "notifier")
-SOURCE = {"detector": "images", "embedder": "faces", "matcher": "embeddings", "notifier": "matches"}
-
-
-def _stage(name: str, settings: Settings, executor: Executor) -> Stage:
-    # Imported here so a worker loads only the models its services need.
-    if name == "detector":
-        from services.detector.stage import DetectorStage
-
-        return DetectorStage(settings, executor)
-    if name == "embedder":
-        from services.embedder.stage import EmbedderStage
-
-        if settings.triton_url:
-            from services.embedder.triton import TritonBackend
-
-            backend = TritonBackend(
-                settings.triton_url,
-                settings.triton_model,
-                settings.triton_model_version,
-                timeout_s=settings.triton_timeout_s,
-                max_in_flight=settings.triton_max_in_flight,
-                retry_for_s=settings.triton_retry_for_s,
-            )
-            return EmbedderStage(settings, backend)
-        return EmbedderStage(settings, executor=executor)
-    if name == "matcher":
-        from services.matcher.stage import MatcherStage
-
-        return MatcherStage(settings)
-    if name == "notifier":
-        from services.notifier.stage import NotifierStage
-
-        return NotifierStage(settings)
-    raise ValueError(f"unknown service {name!r}")
 
 
 def _headers(raw: Any) -> dict[str, bytes]:
@@ -70,22 +35,41 @@ def _headers(raw: Any) -> dict[str, bytes]:
     return {str(k): (v if isinstance(v, bytes) else str(v).encode()) for k, v in items}
 
 
-def app_id_for(settings: Settings, services: Sequence[str]) -> str:
-    """One consumer group for all four in one process, one per service when run alone."""
-    if set(services) == set(SERVICES):
+def app_id_for(settings: Settings, services: Sequence[Service], everything: int) -> str:
+    """One consumer group for the whole pipeline in one process (`everything` services), one per
+    combination of services otherwise."""
+    if len(services) == everything:
         return settings.app_id
-    return f"{settings.app_id}-{'-'.join(services)}"
+    return f"{settings.app_id}-{'-'.join(s.name for s in services)}"
+
+
+def consumer_groups(
+    settings: Settings, services: Sequence[Service], catalogue: Sequence[Service]
+) -> dict[str, list[str]]:
+    """The consumer groups a worker running `services` uses (out of all those in `catalogue`),
+    each with the full names of the topics it reads: its agents' group and the services' own."""
+    groups = {app_id_for(settings, services, len(catalogue)): [settings.topic(s.source) for s in services]}
+    for service in services:
+        groups.update(service.groups(settings))
+    return groups
+
+
+def _own_topics(settings: Settings, services: Sequence[Service]) -> list[str]:
+    """Short names of the topics the services own (stages may write to them: the notifier's jobs)."""
+    prefix = f"{settings.topic_prefix}."
+    return [spec.name.removeprefix(prefix) for spec in own_topics(settings, services)]
 
 
 def create_app(
     settings: Settings,
-    services: Iterable[str] = SERVICES,
-    stage_factory: Callable[[str, Settings, Executor], Stage] = _stage,
-    executor: Executor | None = None,
+    services: Sequence[Service],
+    catalogue: Sequence[Service],
+    executor: Executor,
 ) -> faust.App:
-    """The faust app running `services`; model work goes to `executor` (see facestream.compute)."""
-    services = tuple(services)
-    app_id = app_id_for(settings, services)
+    """The faust app running `services` (out of `catalogue`, all there are); model work goes to
+    `executor` (see facestream.runtime.compute)."""
+    groups = consumer_groups(settings, services, catalogue)
+    app_id = next(iter(groups))
     app = faust.App(
         app_id,
         broker=f"kafka://{settings.kafka_bootstrap}",
@@ -106,33 +90,32 @@ def create_app(
         name: app.topic(
             settings.topic(name), key_type=bytes, value_type=bytes, partitions=settings.partitions, internal=False
         )
-        for name in (*TOPICS, "crops")
+        for name in (*TOPICS, "crops", *_own_topics(settings, services))
     }
-    executor = executor or model_executor(settings, services)
-    health = Health(["kafka", *services])
-    for name in services:
-        _register(app, name, topics, settings, executor, stage_factory, health)
+    health = Health(["kafka", *(s.name for s in services)])
+    for service in services:
+        _register(app, service, topics, settings, executor, health)
     if settings.ops_port >= 0:
-        ops = OpsServer(settings, app_id, list(services), health)
+        ops = OpsServer(settings, groups, {s.name: s.source for s in services}, health)
         app.task(ops.run)
     return app
 
 
 def _register(
     app: faust.App,
-    name: str,
+    service: Service,
     topics: dict[str, Any],
     settings: Settings,
     executor: Executor,
-    stage_factory: Callable[[str, Settings, Executor], Stage],
     health: Health,
 ) -> None:
     dlq = topics["dlq"]
+    name = service.name
 
     async def agent(stream: Any) -> None:
         # The agent runs in its own task: every line it (and tasks it starts) logs names the stage.
         bind_event(stage=name)
-        stage = stage_factory(name, settings, executor)
+        stage = service.stage(settings, executor)
         await stage.start()
         health.set(name, True)
         log.info("stage_started", stage=name)
@@ -188,4 +171,4 @@ def _register(
             await stage.stop()
             log.info("stage_stopped", stage=name)
 
-    app.agent(topics[SOURCE[name]], name=f"facestream.{name}")(agent)
+    app.agent(topics[service.source], name=f"facestream.{name}")(agent)

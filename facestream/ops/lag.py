@@ -3,13 +3,14 @@ partition, the end offset minus the group's committed offset (what operators sca
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from facestream.config import Settings
-from facestream.kafka import topic_partitions
+from facestream.io.kafka import topic_partitions
 
 
 @dataclass(frozen=True)
@@ -25,26 +26,21 @@ class Lag:
         return self.end - max(self.committed, 0)
 
 
-async def consumer_lag(settings: Settings, groups: list[str] | None = None) -> list[Lag]:
-    """Lag of `groups` (default: every group whose id starts with the app id) on the pipeline's
-    topics, sorted by group, topic and partition."""
+async def consumer_lag(settings: Settings, groups: Mapping[str, Sequence[str]]) -> list[Lag]:
+    """Lag of each consumer group in `groups` (group id: the full names of the topics it reads) on
+    those topics and any other of the pipeline's it has committed on, sorted by group, topic and
+    partition. A group that has not committed on a topic yet still lags on it from the start."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10000)
     await admin.start()
     ends_consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
     await ends_consumer.start()
     try:
-        if groups is None:
-            listed = await admin.list_consumer_groups()
-            groups = sorted(g[0] for g in listed if g[0] == settings.app_id or g[0].startswith(f"{settings.app_id}-"))
         prefix = f"{settings.topic_prefix}."
         rows: list[Lag] = []
-        for group in groups:
+        for group, reads in groups.items():
             offsets = await admin.list_consumer_group_offsets(group)
             parts = [tp for tp in offsets if tp.topic.startswith(prefix)]
-            # A group that has not committed on a topic yet still lags on it: include every
-            # partition of the topics it consumes (known from its name) or has committed on.
-            topics = {tp.topic for tp in parts} | {settings.topic(t) for t in source_topics(settings, group)}
-            known = await topic_partitions(settings, sorted(topics), admin)
+            known = await topic_partitions(settings, sorted({tp.topic for tp in parts} | set(reads)), admin)
             for topic, numbers in known.items():
                 for p in numbers:
                     tp = TopicPartition(topic, p)
@@ -62,21 +58,16 @@ async def consumer_lag(settings: Settings, groups: list[str] | None = None) -> l
         await admin.close()
 
 
-def source_topics(settings: Settings, group: str) -> list[str]:
-    """The topics a facestream consumer group reads: all four stages' inputs for the
-    all-in-one group, the service's input for `<app_id>-<service>` groups, the delivery and
-    retry topics for the delivery engine's group."""
-    from facestream.app import SERVICES, SOURCE
-
-    if group == settings.app_id:
-        return [SOURCE[s] for s in SERVICES]
-    if group == f"{settings.app_id}-deliveries":  # the notifier's delivery engine
-        from facestream.kafka import retry_topics
-
-        prefix = f"{settings.topic_prefix}."
-        return ["deliveries", *(t.removeprefix(prefix) for t in retry_topics(settings).values())]
-    services = group.removeprefix(f"{settings.app_id}-").split("-")
-    return [SOURCE[s] for s in services if s in SOURCE]
+async def pipeline_groups(settings: Settings) -> list[str]:
+    """Every consumer group on the broker whose id is the app id or starts with it."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10000)
+    await admin.start()
+    try:
+        listed = await admin.list_consumer_groups()
+    finally:
+        await admin.close()
+    app_id = settings.app_id
+    return sorted(g[0] for g in listed if g[0] == app_id or g[0].startswith(f"{app_id}-"))
 
 
 def table(rows: list[Lag]) -> str:

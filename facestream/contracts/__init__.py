@@ -1,11 +1,13 @@
-"""The JSON Schemas in `contracts/` are the one truth for every event; this module loads them,
-validates events against them, and (de)serialises events with orjson."""
+"""The JSON Schemas of every event (the repository's `contracts/` folder, shipped in the package as
+`facestream/contracts/schemas/`) are the one truth for every event; this package loads them,
+validates events against them, and (de)serialises events with orjson. `ids` derives the
+deterministic ids events carry; `timeutil` their timestamps."""
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from pathlib import Path
+from importlib.resources import files
 from typing import Any
 from urllib.parse import urljoin
 
@@ -16,7 +18,7 @@ from referencing import Registry, Resource
 
 from facestream.errors import MalformedEvent
 
-CONTRACTS_DIR = Path(__file__).resolve().parent.parent / "contracts"
+SCHEMAS = files("facestream.contracts") / "schemas"
 EVENT_TYPES = (
     "image.submitted",
     "face.detected",
@@ -34,8 +36,10 @@ _UUID = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-
 @functools.cache
 def _registry() -> Registry:
     resources = []
-    for path in sorted(CONTRACTS_DIR.glob("*.schema.json")):
-        schema = orjson.loads(path.read_bytes())
+    for entry in sorted(SCHEMAS.iterdir(), key=lambda e: e.name):
+        if not entry.name.endswith(".schema.json"):
+            continue
+        schema = orjson.loads(entry.read_bytes())
         resources.append((schema["$id"], Resource.from_contents(schema)))
     return Registry().with_resources(resources)
 

@@ -11,34 +11,29 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from collections.abc import Iterable
+from collections.abc import Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 
 from facestream.config import Settings
+from facestream.runtime.service import ModelLoader, Service
 
 
-def _warm(services: tuple[str, ...], det_threshold: float) -> None:
+def _warm(loaders: Sequence[ModelLoader]) -> None:
     # Model processes must not compete with each other for cores inside ONNX Runtime.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    if "detector" in services:
-        from services.detector.logic import detector_for
-
-        detector_for(det_threshold)
-    if "embedder" in services:
-        from services.embedder.logic import default_backend
-
-        default_backend()
+    for load in loaders:
+        load()
 
 
-def model_executor(settings: Settings, services: Iterable[str]) -> Executor:
-    """A process pool with the models of `services` loaded, or threads if processes are off."""
-    local_embedder = not settings.triton_url
-    needed = tuple(s for s in services if s == "detector" or (s == "embedder" and local_embedder))
-    if settings.model_processes <= 0 or not needed:
+def model_executor(settings: Settings, services: Sequence[Service]) -> Executor:
+    """A process pool with the models of `services` loaded, or threads if processes are off or
+    no service needs a local model."""
+    loaders = [loader for s in services if (loader := s.model_loader(settings)) is not None]
+    if settings.model_processes <= 0 or not loaders:
         return ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="facestream-model")
     return ProcessPoolExecutor(
         max_workers=settings.model_processes,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_warm,
-        initargs=(needed, min(0.5, settings.det_score_threshold)),
+        initargs=(loaders,),
     )

@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
-from facestream._http import serve
+from facestream.io.http import serve
 from facestream.webhooks import InvalidWebhook, verify_webhook
 
 

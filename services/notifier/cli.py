@@ -10,9 +10,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any, TypeVar
 
-from facestream.config import WEBHOOK_EVENT_TYPES, Settings, Subscription, load_settings
+from facestream.config import WEBHOOK_EVENT_TYPES, Settings, load_settings
 from facestream.errors import ConfigError
-from facestream.subscriptions import SubscriptionStore, new_secret
+from facestream.services.notifier.admin import delivery_log, replay
+from facestream.services.notifier.subscriptions import Subscription, SubscriptionStore, new_secret
 
 T = TypeVar("T")
 
@@ -96,8 +97,6 @@ def _cmd_subscriptions(args: argparse.Namespace) -> int:
 
 
 def _cmd_deliveries(args: argparse.Namespace) -> int:
-    from services.notifier.admin import delivery_log, replay
-
     settings = load_settings(args.config)
     if args.action == "list":
         entries = asyncio.run(delivery_log(settings, args.subscription, set(args.webhook_id or ()), args.outcome))

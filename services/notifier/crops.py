@@ -26,12 +26,12 @@ import orjson
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from facestream._http import serve
 from facestream.config import Settings
-from facestream.kafka import follow, topic_partitions
-from facestream.logs import get_logger
-from facestream.subscriptions import SubscriptionStore, subscriptions_key
-from facestream.timeutil import parse_iso
+from facestream.contracts.timeutil import parse_iso
+from facestream.io.http import serve
+from facestream.io.kafka import follow, topic_partitions
+from facestream.ops.logs import get_logger
+from facestream.services.notifier.subscriptions import SubscriptionStore, subscriptions_key
 
 log = get_logger(__name__)
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")

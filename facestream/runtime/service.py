@@ -1,0 +1,61 @@
+"""What a service tells the platform about itself.
+
+The platform (agents, workers, topics, lag, the command line) knows no service by name: each
+service describes itself with a `Service`, and `facestream.services` lists the four. A worker
+runs the agents of the services it is given; `facestream lag` and the ops endpoint find the
+consumer groups and topics to watch from the same descriptions.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any
+
+from facestream.config import Settings
+from facestream.io.kafka import TopicSpec
+from facestream.runtime.stage import Stage
+
+ModelLoader = Callable[[], object]
+
+
+def _nothing(settings: Settings) -> Any:
+    return None
+
+
+def _no_topics(settings: Settings) -> list[TopicSpec]:
+    return []
+
+
+def _no_groups(settings: Settings) -> dict[str, list[str]]:
+    return {}
+
+
+@dataclass(frozen=True)
+class Service:
+    """One stage of the pipeline as the platform sees it."""
+
+    name: str
+    # The pipeline topic its faust agent consumes (short name: images, faces, embeddings, matches).
+    source: str
+    # Builds the stage; model work goes to the executor (the worker's model processes).
+    stage: Callable[[Settings, Executor], Stage]
+    # What each model process loads before the first event (a picklable callable), or None when
+    # this configuration needs no local model (the embedder on Triton).
+    model_loader: Callable[[Settings], ModelLoader | None] = _nothing
+    # Topics the service owns besides the pipeline's (created with them).
+    topics: Callable[[Settings], list[TopicSpec]] = _no_topics
+    # Consumer groups the service runs besides its agent's, with the full names of the topics each
+    # reads: their lag is watched too.
+    groups: Callable[[Settings], dict[str, list[str]]] = _no_groups
+    # Adds the service's own commands to the `facestream` parser's subcommands.
+    commands: Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None] | None = None
+    # Lines for `facestream status`.
+    status: Callable[[Settings], Awaitable[list[str]]] | None = field(default=None)
+
+
+def own_topics(settings: Settings, services: Sequence[Service]) -> list[TopicSpec]:
+    """The topics `services` own, besides the pipeline's (created with them)."""
+    return [spec for service in services for spec in service.topics(settings)]

@@ -1,0 +1,34 @@
+"""Running services as a faust worker (all four in one process, or any subset)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Sequence
+
+import faust
+
+from facestream.config import Settings
+from facestream.io.kafka import ensure_topics
+from facestream.ops.logs import configure
+from facestream.runtime.app import create_app
+from facestream.runtime.compute import model_executor
+from facestream.runtime.service import Service, own_topics
+
+
+def run(settings: Settings, services: Sequence[Service], catalogue: Sequence[Service], loglevel: str = "INFO") -> None:
+    """Run `services` (out of `catalogue`, all there are) until stopped (SIGINT/SIGTERM)."""
+    configure(loglevel, service="+".join(s.name for s in services))
+    asyncio.run(ensure_topics(settings, own_topics(settings, catalogue)))
+    executor = model_executor(settings, services)
+    app = create_app(settings, services, catalogue, executor)
+    # faust creates only the last level of its data directory.
+    os.makedirs(settings.data_dir / "faust", exist_ok=True)
+    worker = faust.Worker(app, loglevel="WARNING", quiet=True, redirect_stdouts=False)
+    # faust's terminal spinner sets the root logger to DEBUG (to spin on every record), which
+    # makes every library debug call format a record: a measurable cost on the hot path.
+    worker.spinner = None
+    try:
+        worker.execute_from_commandline()
+    finally:
+        executor.shutdown(wait=False, cancel_futures=True)

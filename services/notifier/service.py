@@ -1,0 +1,35 @@
+"""The notifier as the platform runs it: consumes `matches`; owns the delivery topics, the delivery
+engine's consumer group, and the `subscriptions` and `deliveries` commands."""
+
+from __future__ import annotations
+
+from collections import Counter
+from concurrent.futures import Executor
+
+from facestream.config import Settings
+from facestream.runtime.service import Service
+from facestream.services.notifier.admin import delivery_log
+from facestream.services.notifier.cli import add_parsers
+from facestream.services.notifier.stage import NotifierStage
+from facestream.services.notifier.topics import delivery_groups, notifier_topics
+
+
+def _stage(settings: Settings, executor: Executor) -> NotifierStage:
+    return NotifierStage(settings)
+
+
+async def _status(settings: Settings) -> list[str]:
+    outcomes = Counter(f"{e['subscription']}: {e['outcome']}" for e in await delivery_log(settings))
+    lines = ["webhook deliveries by subscription and outcome (from the delivery log):"]
+    return lines + ([f"  {key:60s} {value:8d}" for key, value in sorted(outcomes.items())] or ["  none"])
+
+
+SERVICE = Service(
+    "notifier",
+    "matches",
+    _stage,
+    topics=notifier_topics,
+    groups=delivery_groups,
+    commands=add_parsers,
+    status=_status,
+)

@@ -1,0 +1,60 @@
+"""`facestream kafka up` starts the local broker where the settings say the clients connect: the
+broker port from `kafka_bootstrap`, the controller port from `kafka_controller_port`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+
+from facestream.config import load_settings
+from facestream.errors import ConfigError
+from facestream.io.broker import broker_env
+from tests.conftest import ROOT
+from tests.harness import free_port
+
+
+def test_broker_ports_come_from_the_settings() -> None:
+    env = broker_env(load_settings(kafka_bootstrap="127.0.0.1:19092", kafka_controller_port=19093, environment=False))
+    assert env == {"FACESTREAM_KAFKA_PORT": "19092", "FACESTREAM_KAFKA_CONTROLLER_PORT": "19093"}
+    with pytest.raises(ConfigError, match=r"listens on 127\.0\.0\.1:PORT only"):
+        broker_env(load_settings(kafka_bootstrap="kafka.example:9092", environment=False))
+
+
+async def test_kafka_up_on_other_ports(kafka: str, tmp_path: Path) -> None:
+    port, controller = free_port(), free_port()
+    prefix = f"b{uuid.uuid4().hex[:8]}"
+    config = tmp_path / "facestream.toml"
+    config.write_text(
+        f'kafka_bootstrap = "127.0.0.1:{port}"\nkafka_controller_port = {controller}\ntopic_prefix = "{prefix}"\n'
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FACESTREAM_")}
+    env["FACESTREAM_KAFKA_STATE"] = str(tmp_path / "broker")  # its own log directory; the jars are shared
+
+    def cli(action: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "facestream.services", "--config", str(config), "kafka", action]
+        return subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=180)
+
+    try:
+        up = cli("up")
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert f"up on 127.0.0.1:{port}" in up.stdout
+        # The clients, configured from the same file, find the broker and the topics it created.
+        admin = AIOKafkaAdminClient(bootstrap_servers=load_settings(config, environment=False).kafka_bootstrap)
+        await admin.start()
+        try:
+            topics = await admin.list_topics()
+        finally:
+            await admin.close()
+        assert f"{prefix}.images" in topics
+        assert f"{prefix}.subscriptions" in topics  # the services' own topics too
+        assert (tmp_path / "broker" / "server.properties").read_text().count(f"127.0.0.1:{controller}") == 2
+    finally:
+        down = await asyncio.to_thread(cli, "down")
+        assert down.returncode == 0, down.stdout + down.stderr
