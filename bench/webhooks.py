@@ -49,7 +49,7 @@ async def run(matches: int, subscribers: int, slow: bool) -> None:
         topic_prefix=prefix,
         app_id=prefix,
         data_dir=Path("/tmp") / prefix,
-        allow_private=("127.0.0.1",),
+        webhook_allow_private=("127.0.0.1",),
         crops_port=-1,
         webhook_timeout_s=2.0,
         ops_port=-1,

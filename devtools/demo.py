@@ -150,7 +150,7 @@ async def run_demo(gallery: Path, probes: Path, quiet: bool = False) -> dict[str
         "app_id": run_id,
         "data_dir": workdir / "state",
         "image_roots": [str(gallery), str(probes)],
-        "allow_private": ["127.0.0.1"],
+        "webhook_allow_private": ["127.0.0.1"],
         "ops_port": 0,  # any free port: the demo must not collide with a running worker
         "crops_port": 0,
     }

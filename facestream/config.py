@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import ipaddress
 import itertools
 import json
 import os
@@ -44,6 +43,7 @@ from pydantic_settings import (
 )
 
 from facestream.errors import ConfigError
+from facestream.io.net import parse_allowed
 
 ENV_PREFIX = "FACESTREAM_"
 # Operating point of the default threshold, measured by `bench/calibrate.py` on the devset
@@ -140,6 +140,23 @@ class SubscriptionSeed(BaseModel):
             raise ValueError(f"environment variable {self.secret_env} (its secret_env) is not set")
         return self
 
+    @model_validator(mode="after")
+    def _secret_is_standard(self) -> SubscriptionSeed:
+        secret = (
+            self.secret.get_secret_value() if self.secret is not None else os.environ.get(self.secret_env or "", "")
+        )
+        try:
+            size = len(base64.b64decode(secret.removeprefix("whsec_"), validate=True))
+        except (binascii.Error, ValueError):
+            size = 0
+        if not secret.startswith("whsec_") or not 24 <= size <= 64:
+            where = "secret" if self.secret is not None else f"environment variable {self.secret_env}"
+            raise ValueError(
+                f"its {where} is not a Standard Webhooks secret: whsec_ and 24 to 64 base64-encoded bytes "
+                "(`facestream subscriptions add` makes one)"
+            )
+        return self
+
     @property
     def signing_secret(self) -> str:
         if self.secret is not None:
@@ -191,8 +208,9 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(40_000_000, ge=1, description="most pixels an image may have (decompression bombs)")
     max_image_side: int = Field(12_000, ge=1, description="longest side an image may have")
     fetch_timeout_s: Seconds = Field(10.0, description="per-operation timeout of image fetches over HTTP")
-    allow_private: Annotated[tuple[str, ...], NoDecode, _split(",")] = Field(
-        (), description="hosts or CIDRs that may be loopback/private anyway (SSRF allow-list; env: comma-separated)"
+    fetch_deadline_s: Seconds = Field(30.0, description="longest an image fetch over HTTP may take in all")
+    fetch_allow_private: Annotated[tuple[str, ...], NoDecode, _split(",")] = Field(
+        (), description="image hosts that may be private anyway: HOST, IP or CIDR, each [:PORT] (env: comma-separated)"
     )
     # Detector
     det_score_threshold: Fraction = Field(0.6, description="lowest face detection score accepted")
@@ -226,6 +244,9 @@ class Settings(BaseSettings):
         SecretStr(""),
         description="Fernet key encrypting signing secrets at rest; empty: a key file under data_dir (one machine)",
     )
+    webhook_allow_private: Annotated[tuple[str, ...], NoDecode, _split(",")] = Field(
+        (), description="webhook endpoints that may be private anyway: HOST, IP or CIDR, each [:PORT]"
+    )
     webhook_timeout_s: Seconds = Field(15.0, description="timeout of one webhook attempt")
     webhook_schedule_s: Annotated[tuple[Delay, ...], NoDecode, _split(",")] = Field(
         DEFAULT_WEBHOOK_SCHEDULE,
@@ -239,6 +260,9 @@ class Settings(BaseSettings):
     # Every stage's stream
     batch_max: int = Field(32, ge=1, le=10_000, description="most events a stage takes at once")
     batch_within_s: Delay = Field(0.02, description="longest wait to fill a batch")
+    shutdown_grace_s: Seconds = Field(
+        20.0, description="how long a stopping worker lets a batch in flight finish before it exits without it"
+    )
     workers: int = Field(default_factory=lambda: os.cpu_count() or 2, ge=1, description="threads for model work")
     model_processes: int = Field(
         default_factory=lambda: os.cpu_count() or 2, ge=0, description="model processes per worker (0: threads)"
@@ -276,15 +300,11 @@ class Settings(BaseSettings):
     def _check_url(cls, value: str) -> str:
         return _http_url(value) if value else value
 
-    @field_validator("allow_private")
+    @field_validator("fetch_allow_private", "webhook_allow_private")
     @classmethod
     def _check_allowed(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for item in value:
-            try:
-                ipaddress.ip_network(item, strict=False)
-            except ValueError:
-                if not re.fullmatch(r"[A-Za-z0-9.-]{1,253}", item):
-                    raise ValueError(f"{item!r} is neither a host name nor an IP network (CIDR)") from None
+            parse_allowed(item)
         return value
 
     @field_validator("subscriptions_key")

@@ -57,6 +57,19 @@ class FetchFailed(ImageRejected):
     reason = "fetch_failed"
 
 
+class OutputRejected(RejectedEvent):
+    """The broker refuses what a stage made of the event (too large, an invalid record)."""
+
+    reason = "output_rejected"
+
+
+class ModelProcessDied(RejectedEvent):
+    """The event killed every model process it was given to (a crashing decoder, memory): it is
+    not tried again."""
+
+    reason = "model_process_died"
+
+
 class EnrolmentRejected(RejectedEvent):
     """An enrolment that would enrol the wrong face or none."""
 

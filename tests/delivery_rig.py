@@ -178,7 +178,7 @@ async def notifier(tmp_path: Path, kafka: str, **overrides: Any) -> AsyncIterato
         "topic_prefix": prefix,
         "app_id": prefix,
         "data_dir": tmp_path / "state",
-        "allow_private": LOOPBACK,
+        "webhook_allow_private": LOOPBACK,
         "webhook_timeout_s": 1.0,
         "webhook_schedule_s": (0.0, 0.3, 0.6, 1.2),
         "session_timeout_s": 6.0,

@@ -61,7 +61,8 @@ class Pipeline:
                     "app_id": prefix,
                     "data_dir": str(self.workdir / "state"),
                     "image_roots": [str(r) for r in self.roots],
-                    "allow_private": ["127.0.0.1"],
+                    "fetch_allow_private": ["127.0.0.1"],
+                    "webhook_allow_private": ["127.0.0.1"],
                     "webhook_schedule_s": [0, 0.2, 0.5, 1],
                     "session_timeout_s": 6,
                     **self.extra,
@@ -129,7 +130,7 @@ class Pipeline:
                 for tp, records in batch.items():
                     for r in records:
                         if r.offset < ends[tp]:
-                            out.append((r.key.decode() if r.key else None, r.value))
+                            out.append((r.key.decode(errors="replace") if r.key else None, r.value))
                         if r.offset >= ends[tp] - 1:
                             remaining.discard(tp)
             return out

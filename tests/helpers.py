@@ -12,6 +12,9 @@ from typing import Any
 
 from aiohttp import web
 
+# The digest test events claim for their image (any valid sha256 will do).
+SHA = "5" * 64
+
 
 def face_detected(image_id: str, crop: Any, intent: dict[str, Any] | None = None) -> dict[str, Any]:
     """A valid face.detected event carrying `crop` (112x112 BGR), as the detector emits it."""
@@ -20,8 +23,9 @@ def face_detected(image_id: str, crop: Any, intent: dict[str, Any] | None = None
     return {
         "schema_version": 1,
         "event_type": "face.detected",
-        "event_id": ids.event_id("face", image_id, 0),
+        "event_id": ids.event_id("face", image_id, 0, SHA),
         "image_id": image_id,
+        "image_sha256": SHA,
         "trace_id": "t1",
         "face_index": 0,
         "face_count": 1,
@@ -122,8 +126,9 @@ def match_result(
     return {
         "schema_version": 1,
         "event_type": "match.result",
-        "event_id": ids.event_id("match", image_id, 0),
+        "event_id": ids.event_id("match", image_id, 0, SHA),
         "image_id": image_id,
+        "image_sha256": SHA,
         "trace_id": f"trace-{image_id}",
         "status": status,
         "face_index": 0,

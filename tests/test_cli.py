@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 import sys
 from pathlib import Path
 
 import orjson
 
-from tests.conftest import SAMPLES
+from tests.conftest import ROOT, SAMPLES
 from tests.harness import Pipeline
 
 
@@ -75,3 +76,59 @@ async def test_enroll_submit_tail(kafka: str, tmp_path: Path) -> None:
         assert all("embedding" not in m and "intent" not in m for m in lines)
     finally:
         await pipeline.stop()
+
+
+def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("FACESTREAM_")}
+    return subprocess.run(
+        [sys.executable, "-m", "facestream.services", *args],
+        capture_output=True,
+        text=True,
+        env={**clean, **(env or {})},
+        cwd=ROOT,
+        timeout=120,
+    )
+
+
+def test_mistakes_get_messages_not_tracebacks(tmp_path: Path) -> None:
+    enrol = ["enroll", "--subject", "s", "--watchlist", "w", "--lawful-basis", "explicit_consent"]
+    enrol += ["--consent-ref", "c/1", "--source-attestation", "given in person", "--enrolled-by", "clerk"]
+    cases = [
+        (
+            ["tail", "matches"],
+            {"FACESTREAM_KAFKA_BOOTSTRAP": "127.0.0.1:1"},
+            "cannot reach Kafka",
+            "facestream kafka up",
+        ),
+        (["lag"], {"FACESTREAM_KAFKA_BOOTSTRAP": "127.0.0.1:1"}, "cannot reach Kafka", "kafka_bootstrap"),
+        ([*enrol, "--retain-until", "2030-02-30", str(SAMPLES)], {}, "is not a date (YYYY-MM-DD)", "--retain-until"),
+        ([*enrol, "--retain-until", "2030-01-01", str(tmp_path / "missing.jpg")], {}, "no such file", "missing.jpg"),
+        ([*enrol, "--retain-until", "2030-01-01", str(tmp_path)], {}, "no images", str(tmp_path)),
+    ]
+    for args, env, message, detail in cases:
+        result = _run(*args, env=env)
+        assert result.returncode == 2, (args, result.stderr)
+        assert message in result.stderr, (args, result.stderr)
+        assert detail in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+        assert "Unclosed" not in result.stderr
+
+
+def test_a_closed_pipe_ends_quietly() -> None:
+    """`facestream config show | head -1`: the reader goes away before the output is written."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("FACESTREAM_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "facestream.services", "config", "show"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=clean,
+        cwd=ROOT,
+    )
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    proc.stdout.close()  # before the interpreter has even started writing
+    stderr = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert proc.wait(60) == 0, stderr
+    assert "Traceback" not in stderr
+    assert "BrokenPipeError" not in stderr

@@ -15,6 +15,8 @@ from facestream.config import describe, load_settings
 from facestream.errors import ConfigError
 from tests.conftest import ROOT
 
+SECRET = "whsec_Y29uZmlnIHRlc3Qgc2VjcmV0LCAzMiBieXRlcyBvaw=="  # a Standard Webhooks secret: whsec_ and 24 to 64 bytes
+
 
 @pytest.fixture(autouse=True)
 def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -29,9 +31,9 @@ def test_toml_then_environment_then_arguments(tmp_path: Path, monkeypatch: pytes
         '[[subscriptions]]\nname = "cases"\nurl = "https://cases.example/hooks"\nsecret_env = "CASES_SECRET"\n'
         'watchlists = ["missing"]\nmin_score = 0.6\n'
     )
-    monkeypatch.setenv("CASES_SECRET", "whsec_c2VjcmV0")
+    monkeypatch.setenv("CASES_SECRET", SECRET)
     monkeypatch.setenv("FACESTREAM_THRESHOLD", "0.55")
-    monkeypatch.setenv("FACESTREAM_ALLOW_PRIVATE", "127.0.0.1, receiver.internal")
+    monkeypatch.setenv("FACESTREAM_WEBHOOK_ALLOW_PRIVATE", "127.0.0.1:8443, receiver.internal, [::1]:9000, 10.0.0.0/8")
     monkeypatch.setenv("FACESTREAM_WEBHOOK_SCHEDULE_S", "0,500ms,5m,2h")
     settings = load_settings(path, top_k=3)
     assert settings.partitions == 8  # file
@@ -39,12 +41,13 @@ def test_toml_then_environment_then_arguments(tmp_path: Path, monkeypatch: pytes
     assert settings.top_k == 3  # argument
     assert settings.fetch_timeout_s == 120.0  # durations with units
     assert settings.image_roots == (Path("/srv/images"),)
-    assert settings.allow_private == ("127.0.0.1", "receiver.internal")
+    assert settings.webhook_allow_private == ("127.0.0.1:8443", "receiver.internal", "[::1]:9000", "10.0.0.0/8")
+    assert settings.fetch_allow_private == ()  # a receiver allowed is no image host allowed
     assert settings.webhook_schedule_s == (0.0, 0.5, 300.0, 7200.0)
     [seed] = settings.subscriptions
-    assert seed.signing_secret == "whsec_c2VjcmV0"
+    assert seed.signing_secret == SECRET
     assert seed.watchlists == ("missing",)
-    assert "whsec_c2VjcmV0" not in repr(settings)
+    assert SECRET not in repr(settings)
 
 
 @pytest.mark.parametrize(
@@ -59,7 +62,12 @@ def test_toml_then_environment_then_arguments(tmp_path: Path, monkeypatch: pytes
         ("fetch_timeout_s", "10 minutes", "fetch_timeout_s from argument: '10 minutes' is not a duration"),
         ("webhook_schedule_s", "5,1", "webhook_schedule_s from argument: must start at 0"),
         ("webhook_schedule_s", "0,5,1", "webhook_schedule_s from argument: must start at 0 (the first attempt is"),
-        ("allow_private", "not a host!", "allow_private from argument: 'not a host!' is neither a host name nor"),
+        ("fetch_allow_private", "not a host!", "fetch_allow_private from argument: 'not a host!' is neither a host"),
+        (
+            "webhook_allow_private",
+            "127.0.0.1:99999",
+            "webhook_allow_private from argument: '127.0.0.1:99999': port out",
+        ),
         ("subscriptions_key", "short", "subscriptions_key from argument: must be empty or a Fernet key"),
         ("topic_prefix", "has space", "topic_prefix from argument: String should match pattern"),
         ("bogus", 1, "bogus from argument: unknown setting"),
@@ -89,6 +97,9 @@ def test_errors_name_the_file_or_the_environment_variable(tmp_path: Path, monkey
     monkeypatch.delenv("FACESTREAM_GALLERY_BACKEND")
     with pytest.raises(ConfigError, match="environment variable NOT_SET_ANYWHERE"):
         load_settings(path)
+    monkeypatch.setenv("NOT_SET_ANYWHERE", "notasecret")
+    with pytest.raises(ConfigError, match="is not a Standard Webhooks secret"):
+        load_settings(path)
     path.write_text("partitions = [")
     with pytest.raises(ConfigError, match="is not valid TOML"):
         load_settings(path)
@@ -100,14 +111,14 @@ def test_show_masks_secrets_and_names_sources(tmp_path: Path, monkeypatch: pytes
     key = Fernet.generate_key().decode()
     path = tmp_path / "c.toml"
     path.write_text(
-        'partitions = 2\n\n[[subscriptions]]\nname = "x"\nurl = "https://x.example"\nsecret = "whsec_dG9w"\n'
+        f'partitions = 2\n\n[[subscriptions]]\nname = "x"\nurl = "https://x.example"\nsecret = "{SECRET}"\n'
     )
     monkeypatch.setenv("FACESTREAM_SUBSCRIPTIONS_KEY", key)
     monkeypatch.setenv("FACESTREAM_CONFIG", str(path))
     lines = list(describe(load_settings()))
     text = "\n".join(lines)
     assert key not in text
-    assert "whsec_dG9w" not in text
+    assert SECRET not in text
     assert 'subscriptions_key = "********"  # environment variable FACESTREAM_SUBSCRIPTIONS_KEY' in text
     assert f"partitions = 2  # file {path}" in text
     assert 'topic_prefix = "facestream"  # default' in text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import copy
 from typing import Any
 
@@ -124,3 +125,31 @@ def test_fast_validator_agrees_with_the_reference_validator() -> None:
         assert contracts.reference_errors("image.submitted", event), event
         with pytest.raises(MalformedEvent):
             contracts.validate("image.submitted", event)
+
+
+def _emitted_reasons() -> set[str]:
+    """Every dead-letter reason the code can produce: the `reason` of each `RejectedEvent` class,
+    each `reason="..."` given when one is raised, and `internal_error` for anything else."""
+    from facestream import errors
+
+    rejections = {
+        name for name, obj in vars(errors).items() if isinstance(obj, type) and issubclass(obj, errors.RejectedEvent)
+    }
+    codes = {getattr(errors, name).reason for name in rejections} | {"internal_error"}
+    for path in [*(ROOT / "facestream").rglob("*.py"), *(ROOT / "services").rglob("*.py")]:
+        if path.relative_to(ROOT).parts[:2] == ("facestream", "services"):
+            continue  # the link to services/, read once from there
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) in rejections:
+                codes |= {
+                    k.value.value for k in node.keywords if k.arg == "reason" and isinstance(k.value, ast.Constant)
+                }
+    return codes
+
+
+def test_every_dead_letter_reason_is_in_the_contract() -> None:
+    schema = orjson.loads((ROOT / "contracts" / "dead.letter.schema.json").read_bytes())
+    listed = set(schema["properties"]["reason"]["enum"])
+    emitted = _emitted_reasons()
+    assert {"enrolment_low_quality", "undecodable", "digest_mismatch", "too_large"} <= emitted  # the scan works
+    assert emitted == listed, f"emitted, not listed: {emitted - listed}; listed, never emitted: {listed - emitted}"

@@ -112,17 +112,27 @@ async def test_410_disables_the_subscription_and_replay_redelivers_after_enable(
             assert "410" in sub.disabled_reason
             [letter] = await rig.dead("gone")
             assert letter["reason"] == "gone"
-            await rig.publish(match(2))  # not fanned out to a disabled subscription
+            # Matches made while it is disabled are held, not lost (a maintenance window).
+            held = [match(i) for i in range(2, 6)]
+            await rig.publish(*held)
+
+            async def all_held() -> bool:
+                return len(await rig.dead("gone")) == 1 + len(held)
+
+            await rig.wait_for(all_held, what="the matches made while disabled, held")
+            letters = await rig.dead("gone")
+            assert sorted(x["reason"] for x in letters[1:]) == ["subscription_disabled"] * len(held)
+            assert len(gone.arrivals) == 1  # nothing was sent while disabled
             await rig.store.enable("gone")
             from facestream.services.notifier.admin import replay
 
             replayed = await replay(rig.settings, "gone")
-            assert [j["webhook_id"] for j in replayed] == [letter["webhook_id"]]
-            await rig.wait_for(lambda: len(gone.delivered()) == 1, what="the replayed delivery")
+            assert sorted(j["webhook_id"] for j in replayed) == sorted(x["webhook_id"] for x in letters)
+            await rig.wait_for(lambda: len(gone.delivered()) == 1 + len(held), what="the replayed deliveries")
             assert await replay(rig.settings, "gone") == []  # each dead letter is replayed once
     finally:
         await gone.stop()
-    assert list(gone.delivered()) == [letter["webhook_id"]]
+    assert set(gone.delivered()) == {x["webhook_id"] for x in letters}
     assert gone.delivered()[letter["webhook_id"]][0]["event_id"] == first["event_id"]
 
 
@@ -155,11 +165,13 @@ async def test_private_endpoint_is_refused_at_connection_time(tmp_path: Path, ka
     """Registered while loopback was allowed; the notifier that delivers does not allow it."""
     receiver = await Subscriber().start()
     try:
-        async with notifier(tmp_path, kafka, allow_private=()) as rig:
+        async with notifier(tmp_path, kafka, webhook_allow_private=()) as rig:
             sub = Subscription.new("internal", receiver.url, receiver.secret)
             with pytest.raises(ConfigError, match="non-public"):
                 await rig.store.add(sub)  # refused at registration too
-            registrar = SubscriptionStore(rig.settings.model_copy(update={"allow_private": LOOPBACK}), follow=False)
+            registrar = SubscriptionStore(
+                rig.settings.model_copy(update={"webhook_allow_private": LOOPBACK}), follow=False
+            )
             await registrar.start()
             await registrar.add(sub)
             await registrar.stop()

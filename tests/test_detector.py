@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -117,7 +118,7 @@ def test_enrolment_of_a_group_photo_is_refused(detector: FaceDetector, settings:
 
 def _record(event: dict[str, object] | bytes, offset: int = 0) -> Record:
     value = event if isinstance(event, bytes) else contracts.dumps(event)  # type: ignore[arg-type]
-    return Record(value, b"k", "facestream.services.detector.images", 0, offset)
+    return Record(value, b"k", "facestream.images", 0, offset)
 
 
 async def test_stage_emits_valid_events_and_rejects_bad_input(settings: Settings) -> None:
@@ -143,7 +144,8 @@ async def test_stage_emits_valid_events_and_rejects_bad_input(settings: Settings
     crop, *faces = outcomes[0].outputs
     assert [o.topic for o in outcomes[0].outputs] == ["crops", "faces"]  # a search keeps its probe crop
     contracts.validate("face.crop", crop.value)
-    assert crop.value["event_id"] == ids.event_id("match", "img-good", 0)  # the match it will produce
+    sha = faces[0].value["image_sha256"]
+    assert crop.value["event_id"] == ids.event_id("match", "img-good", 0, sha)  # the match it will produce
     assert cv2.imdecode(np.frombuffer(base64.b64decode(crop.value["data_b64"]), np.uint8), 1).shape == (112, 112, 3)
     assert outcomes[0].error is None
     contracts.validate("face.detected", faces[0].value)
@@ -187,3 +189,27 @@ async def test_stage_reads_file_claim_checks_in_the_model_process(settings: Sett
     assert [o.topic for o in ok.outputs] == ["crops", "faces"]
     assert getattr(tampered.error, "reason", None) == "digest_mismatch"
     assert getattr(outside.error, "reason", None) == "fetch_rejected"
+
+
+async def test_a_reused_image_id_gets_ids_of_its_own(settings: Settings) -> None:
+    """Another photo published under an image id already used gets its own face, match and crop
+    ids (so its own webhook id: a receiver that de-duplicates does not drop it, and its crop link
+    shows its face); the same photo sent again gets the same ids (redelivery stays idempotent)."""
+    intent = client.search_intent("test search", "CASE-11", "tester")
+    first, second = sample("azure_family2_lady", 0), sample("azure_family2_man", 0)
+
+    def submitted(path: Path) -> dict[str, object]:
+        data = path.read_bytes()
+        image = {"data_b64": base64.b64encode(data).decode(), "sha256": hashlib.sha256(data).hexdigest()}
+        return client.submission("img-reused", image, intent, "test")
+
+    stage = DetectorStage(settings, ThreadPoolExecutor(2))
+    await stage.start()
+    try:
+        outcomes = await stage.process([_record(submitted(p), i) for i, p in enumerate([first, second, first])])
+    finally:
+        await stage.stop()
+    ids_of = [sorted(o.value["event_id"] for o in outcome.outputs) for outcome in outcomes]
+    assert ids_of[0] == ids_of[2]
+    assert not set(ids_of[0]) & set(ids_of[1])
+    assert outcomes[1].outputs[-1].value["image_sha256"] == hashlib.sha256(second.read_bytes()).hexdigest()

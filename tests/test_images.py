@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import io
+import os
+import time
 from pathlib import Path
 
 import httpx
 import pytest
+from aiohttp import web
 from PIL import Image
 
 from facestream.config import Settings
@@ -58,6 +62,31 @@ def test_corrupt_input_is_refused(settings: Settings, data: bytes, reason: str) 
     with pytest.raises(ImageRejected) as info:
         decode(data, settings)
     assert info.value.reason == reason
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "BMP"])
+@pytest.mark.parametrize("kept", [0.5, 0.9, 0.99])
+def test_truncated_images_are_refused(settings: Settings, fmt: str, kept: float) -> None:
+    """A cut-off image decodes to a grey-filled picture without an error from the decoder; it is
+    refused instead. The whole image still decodes."""
+    photo = Image.open(io.BytesIO(JPEG)).convert("RGB")
+    whole = JPEG if fmt == "JPEG" else encoded(photo, fmt)
+    assert decode(whole, settings).shape[:2] == photo.size[::-1]
+    with pytest.raises(ImageRejected, match=r"truncated|not a decodable") as info:
+        decode(whole[: int(len(whole) * kept)], settings)
+    assert info.value.reason == "undecodable"
+
+
+def test_progressive_jpeg_and_data_after_the_image_are_accepted(settings: Settings) -> None:
+    """A progressive JPEG (several scans) and bytes appended after the end-of-image marker (as
+    motion photos append a video) are complete images."""
+    buffer = io.BytesIO()
+    Image.open(io.BytesIO(JPEG)).save(buffer, "JPEG", progressive=True, quality=85)
+    progressive = buffer.getvalue()
+    assert decode(progressive, settings).ndim == 3
+    assert decode(JPEG + b"\x00\x00ftypmp42" + bytes(range(256)) * 40, settings).ndim == 3
+    with pytest.raises(ImageRejected, match="truncated"):
+        decode(progressive[: len(progressive) * 2 // 3], settings)
 
 
 def test_wrong_types_are_refused(settings: Settings) -> None:
@@ -110,6 +139,19 @@ async def test_file_claim_check_is_confined_to_image_roots(settings: Settings, t
             await fetch({"uri": (tmp_path / "missing.jpg").as_uri(), "sha256": "0" * 64}, settings, client)
         with pytest.raises(FetchRejected, match="scheme"):
             await fetch({"uri": "ftp://example.org/a.jpg", "sha256": "0" * 64}, settings, client)
+        with pytest.raises(FetchRejected, match="NUL"):  # was an internal error
+            await fetch({"uri": f"file://{tmp_path}/a.jpg%00.png", "sha256": "0" * 64}, settings, client)
+
+
+@pytest.mark.parametrize(
+    "uri", ["http://0177.0.0.1/a.jpg", "http://0x7f.1/a.jpg", "http://[2002:7f00:1::]/a.jpg", "http://[::]/a.jpg"]
+)
+async def test_obfuscated_and_transition_addresses_are_refusals(uri: str) -> None:
+    """Octal and hex IPv4 forms, and IPv6 forms that embed a loopback address, are refused as
+    such (not internal errors, not connection attempts)."""
+    async with guarded_client((), 1.0) as client:
+        with pytest.raises(FetchRejected):
+            await fetch({"uri": uri, "sha256": "0" * 64}, Settings(), client)
 
 
 async def test_http_claim_check_through_the_ssrf_guard() -> None:
@@ -119,8 +161,8 @@ async def test_http_claim_check_through_the_ssrf_guard() -> None:
         "/moved.jpg": respond(302, headers={"Location": "http://169.254.169.254/latest/meta-data/"}),
     }
     async with Server(routes) as server:
-        allowed = Settings(allow_private=("127.0.0.1",))
-        async with guarded_client(allowed.allow_private, 2.0) as client:
+        allowed = Settings(fetch_allow_private=("127.0.0.1",))
+        async with guarded_client(allowed.fetch_allow_private, 2.0) as client:
             assert await fetch({"uri": server.url("/ok.jpg"), "sha256": digest(JPEG)}, allowed, client) == JPEG
             with pytest.raises(FetchFailed, match="404"):
                 await fetch({"uri": server.url("/missing.jpg"), "sha256": digest(JPEG)}, allowed, client)
@@ -130,7 +172,7 @@ async def test_http_claim_check_through_the_ssrf_guard() -> None:
             with pytest.raises(ImageRejected, match=r"exceeds|bytes"):
                 await fetch(
                     {"uri": server.url("/ok.jpg"), "sha256": digest(JPEG)},
-                    Settings(allow_private=("127.0.0.1",), max_image_bytes=1000),
+                    Settings(fetch_allow_private=("127.0.0.1",), max_image_bytes=1000),
                     client,
                 )
         # Without the allow-list, loopback is refused before any connection is made.
@@ -142,7 +184,54 @@ async def test_http_claim_check_through_the_ssrf_guard() -> None:
 
 
 async def test_unreachable_url_fails_clearly() -> None:
-    allowed = Settings(allow_private=("127.0.0.1",))
-    async with guarded_client(allowed.allow_private, 1.0) as client:
+    allowed = Settings(fetch_allow_private=("127.0.0.1",))
+    async with guarded_client(allowed.fetch_allow_private, 1.0) as client:
         with pytest.raises(FetchFailed, match="Connect"):
             await fetch({"uri": "http://127.0.0.1:9/a.jpg", "sha256": "0" * 64}, allowed, client)
+
+
+async def test_an_allowed_webhook_receiver_is_no_allowed_image_host(tmp_path: Path) -> None:
+    """The receiver's host is on the webhook allow-list; an image URL pointing at any port of that
+    host is still refused (the two lists are separate)."""
+    settings = Settings(webhook_allow_private=("127.0.0.1",), image_roots=(tmp_path,))
+    policy = guarded_client(settings.fetch_allow_private, 2.0, setting="fetch_allow_private")
+    async with Server({"/ok.jpg": respond(200, JPEG)}) as server, policy as client:
+        with pytest.raises(FetchRejected, match="not in fetch_allow_private"):
+            await fetch({"uri": server.url("/ok.jpg"), "sha256": digest(JPEG)}, settings, client)
+        assert server.seen == []
+
+
+async def test_a_trickling_server_is_cut_off_at_the_deadline() -> None:
+    """A server that sends one byte every 0.3 s never trips the per-operation timeout (1 s); the
+    total deadline ends the fetch anyway."""
+
+    async def trickle(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "image/jpeg"})
+        await response.prepare(request)
+        for byte in JPEG[:200]:
+            await response.write(bytes([byte]))
+            await asyncio.sleep(0.3)
+        return response
+
+    settings = Settings(fetch_allow_private=("127.0.0.1",), fetch_timeout_s=1, fetch_deadline_s=2)
+    async with Server({"/slow.jpg": trickle}) as server, guarded_client(settings.fetch_allow_private, 1.0) as client:
+        started = time.monotonic()
+        with pytest.raises(FetchFailed, match="fetch_deadline_s"):
+            await fetch({"uri": server.url("/slow.jpg"), "sha256": digest(JPEG)}, settings, client)
+        assert time.monotonic() - started < 4
+
+
+async def test_only_regular_files_are_read(tmp_path: Path) -> None:
+    """A FIFO under an image root would block a reader forever; it is refused at once."""
+    fifo = tmp_path / "wait.jpg"
+    os.mkfifo(fifo)
+    settings = Settings(image_roots=(tmp_path,))
+    started = time.monotonic()
+    async with httpx.AsyncClient() as client:
+        with pytest.raises(FetchRejected, match="not a regular file"):
+            await asyncio.wait_for(fetch({"uri": fifo.as_uri(), "sha256": "0" * 64}, settings, client), 10)
+        with pytest.raises(FetchRejected, match="not a regular file"):
+            await fetch(
+                {"uri": Path("/dev/zero").as_uri(), "sha256": "0" * 64}, Settings(image_roots=(Path("/dev"),)), client
+            )
+    assert time.monotonic() - started < 5

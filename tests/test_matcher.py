@@ -18,6 +18,7 @@ from facestream.runtime.stage import Record
 from facestream.services.matcher.gallery import EdgeGallery, Gallery, GalleryPoint, Hit, QdrantGallery
 from facestream.services.matcher.logic import candidates
 from facestream.services.matcher.stage import MatcherStage
+from tests.helpers import SHA
 
 
 def unit(*values: float) -> list[float]:
@@ -89,8 +90,9 @@ def embedded(image_id: str, vector: list[float], intent: dict[str, object]) -> d
     event = {
         "schema_version": 1,
         "event_type": "face.embedded",
-        "event_id": ids.event_id("embedding", image_id, 0),
+        "event_id": ids.event_id("embedding", image_id, 0, SHA),
         "image_id": image_id,
+        "image_sha256": SHA,
         "trace_id": uuid.uuid4().hex,
         "face_index": 0,
         "face_count": 1,

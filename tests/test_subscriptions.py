@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import orjson
@@ -16,7 +17,7 @@ from facestream.config import Settings, SubscriptionSeed, to_toml
 from facestream.errors import ConfigError
 from facestream.io.kafka import read_topic
 from facestream.services.main import main
-from facestream.services.notifier.subscriptions import Subscription, SubscriptionStore, new_secret
+from facestream.services.notifier.subscriptions import KeyMismatch, Subscription, SubscriptionStore, encode, new_secret
 from tests.delivery_rig import Subscriber, match, notifier
 
 
@@ -42,12 +43,11 @@ async def test_the_store_is_durable_shared_and_encrypted(tmp_path: Path, kafka: 
             raw = b"".join(r.value or b"" for r in await read_topic(settings, settings.topic("subscriptions")))
             assert secret.encode() not in raw
             assert secret.removeprefix("whsec_").encode() not in raw
-            # A process with another key cannot use the secrets, and says so.
-            stranger = await started(
-                settings.model_copy(update={"subscriptions_key": SecretStr(Fernet.generate_key().decode())})
-            )
-            assert stranger.get("cases") is None
-            await stranger.stop()
+            # A process with another key refuses to start, naming the mismatch (it would otherwise
+            # skip every subscription and drop their deliveries).
+            other = settings.model_copy(update={"subscriptions_key": SecretStr(Fernet.generate_key().decode())})
+            with pytest.raises(KeyMismatch, match=r"1 subscription\(s\) .* \(cases\) were written with another"):
+                await started(other)
             await two.remove("cases")
             await rig.wait_for(lambda: one.get("cases") is None, what="the removal to reach the other")
         finally:
@@ -107,7 +107,7 @@ async def test_cli_manages_subscriptions_and_replays_dead_letters(
     try:
         async with notifier(tmp_path, kafka) as rig:
             config = tmp_path / "facestream.toml"
-            keys = ("kafka_bootstrap", "topic_prefix", "app_id", "data_dir", "allow_private")
+            keys = ("kafka_bootstrap", "topic_prefix", "app_id", "data_dir", "webhook_allow_private")
             values = {k: getattr(rig.settings, k) for k in keys}
             config.write_text(to_toml(values))
 
@@ -145,3 +145,36 @@ async def test_cli_manages_subscriptions_and_replays_dead_letters(
     assert payload["candidates"][0]["score"] == 0.7
     assert all(a.webhook_id == webhook_id for a in receiver.arrivals)
     assert orjson.loads(receiver.arrivals[0].body) == payload
+
+
+async def test_unknown_fields_do_not_make_a_subscription_unreadable(tmp_path: Path, kafka: str) -> None:
+    """A record written by a newer version (an extra field) still applies, so a disable it carries
+    takes effect; a record that cannot be read at all leaves the last readable state, and the
+    store keeps following."""
+    async with notifier(tmp_path, kafka) as rig:
+        await rig.store.add(Subscription.new("cases", "https://cases.example/h", new_secret()))
+        sub = rig.store.require("cases")
+        record = orjson.loads(encode(replace(sub, state="disabled", disabled_reason="newer writer"), rig.store.box))
+        record["priority"] = "high"  # a field this version does not know
+        topic = rig.settings.topic("subscriptions")
+        await rig.store.producer.send_and_wait(topic, orjson.dumps(record), key=b"cases")
+        await rig.wait_for(lambda: rig.store.require("cases").state == "disabled", what="the newer record")
+        await rig.store.producer.send_and_wait(topic, b"{not json", key=b"cases")
+        await rig.store.producer.send_and_wait(topic, None, key=b"other")  # the follow task is still alive:
+        await rig.store.add(Subscription.new("later", "https://later.example/h", new_secret()))
+        reader = await started(rig.settings)
+        try:
+            assert reader.require("later").active
+            assert reader.require("cases").state == "disabled"
+        finally:
+            await reader.stop()
+
+
+def test_the_command_line_never_makes_a_key_of_its_own(tmp_path: Path) -> None:
+    """Run from a directory without the notifiers' key file and with no key configured, the
+    command line refuses, naming where it looked, instead of creating a key that can read nothing."""
+    settings = Settings(data_dir=tmp_path / "elsewhere")
+    with pytest.raises(ConfigError, match="no subscriptions key") as caught:
+        SubscriptionStore(settings, create_key=False)
+    assert str(tmp_path / "elsewhere" / "subscriptions.key") in str(caught.value)
+    assert not (tmp_path / "elsewhere").exists()

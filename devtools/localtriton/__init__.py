@@ -8,9 +8,11 @@ SFace ONNX file through a python-backend model that runs it with ONNX Runtime
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -120,6 +122,9 @@ class LocalTritonServer:
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
+            # Its own process group: the python backend's stub processes are ended with the server,
+            # also when the server is killed (they would otherwise be left running, orphaned).
+            start_new_session=True,
         )
         log.close()
         deadline = time.monotonic() + self.ready_timeout_s
@@ -136,6 +141,11 @@ class LocalTritonServer:
         self.stop()
         raise FacestreamError(f"tritonserver not ready after {self.ready_timeout_s} s: {self.log()[-2000:]}")
 
+    def _signal_group(self, sig: signal.Signals) -> None:
+        assert self.process is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, sig)
+
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
@@ -144,12 +154,14 @@ class LocalTritonServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        if self.process is not None:
+            self._signal_group(signal.SIGKILL)  # stubs left behind
         self.process = None
 
     def kill(self) -> None:
-        """SIGKILL, as a crash or an OOM kill would."""
+        """SIGKILL to the server and its stubs, as a crash or an OOM kill of the container would."""
         if self.process is not None:
-            self.process.kill()
+            self._signal_group(signal.SIGKILL)
             self.process.wait()
             self.process = None
 

@@ -15,7 +15,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime
 import functools
+import logging
+import os
 import sys
 import uuid
 from collections import Counter
@@ -25,12 +28,13 @@ from typing import Any
 
 import orjson
 from aiokafka import TopicPartition
+from aiokafka.errors import KafkaConnectionError
 
 from facestream import client
 from facestream.config import Settings, describe, load_settings
-from facestream.errors import ConfigError
+from facestream.errors import ConfigError, FacestreamError, RejectedEvent
 from facestream.io.broker import local_broker
-from facestream.io.kafka import TOPICS, consumer, ensure_topics, producer, topic_partitions
+from facestream.io.kafka import TOPICS, consumer, ensure_topics, producer, running, topic_partitions
 from facestream.ops.lag import consumer_lag, pipeline_groups, table
 from facestream.runtime.app import consumer_groups
 from facestream.runtime.service import Service, own_topics
@@ -39,21 +43,33 @@ from facestream.runtime.worker import run
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 
 
+class UsageError(FacestreamError):
+    """A command given something it cannot use (a missing file, a folder without images)."""
+
+
 def _images(paths: list[str]) -> list[Path]:
     found: list[Path] = []
     for p in map(Path, paths):
+        if not p.exists():
+            raise UsageError(f"no such file or folder: {p}")
         found.extend(sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES) if p.is_dir() else [p])
+    if not found:
+        raise UsageError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {', '.join(paths)}")
     return found
 
 
-async def _publish_all(settings: Any, events: list[dict[str, Any]]) -> None:
-    prod = producer(settings)
-    await prod.start()
+def _date(value: str) -> str:
+    """An ISO date (YYYY-MM-DD), for argparse: a malformed one is a usage error, not a traceback."""
     try:
+        return datetime.date.fromisoformat(value).isoformat()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a date (YYYY-MM-DD)") from None
+
+
+async def _publish_all(settings: Any, events: list[dict[str, Any]]) -> None:
+    async with running(producer(settings)) as prod:
         futures = [await client.publish(prod, settings, e) for e in events]
         await asyncio.gather(*futures)
-    finally:
-        await prod.stop()
     for e in events:
         print(f"submitted {e['image_id']} ({e['intent']['kind']})")
 
@@ -95,9 +111,7 @@ def summarise(event: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _tail(settings: Any, topic: str, follow: bool) -> None:
-    cons = consumer(settings, topic)
-    await cons.start()
-    try:
+    async with running(consumer(settings, topic)) as cons:
         while True:
             batch = await cons.getmany(timeout_ms=1000)
             if not batch and not follow:
@@ -105,8 +119,6 @@ async def _tail(settings: Any, topic: str, follow: bool) -> None:
             for records in batch.values():
                 for r in records:
                     print(orjson.dumps(summarise(orjson.loads(r.value))).decode(), flush=True)
-    finally:
-        await cons.stop()
 
 
 def _cmd_tail(args: argparse.Namespace) -> int:
@@ -147,14 +159,10 @@ def _cmd_lag(args: argparse.Namespace, services: Sequence[Service]) -> int:
 async def _status(settings: Settings, services: Sequence[Service], window_s: float) -> str:
     known = await topic_partitions(settings, [settings.topic(name) for name in TOPICS])
     parts = [TopicPartition(topic, p) for topic, numbers in known.items() for p in numbers]
-    probe = consumer(settings)
-    await probe.start()
-    try:
+    async with running(consumer(settings)) as probe:
         before = await probe.end_offsets(parts)
         await asyncio.sleep(window_s)
         after = await probe.end_offsets(parts)
-    finally:
-        await probe.stop()
     rate: Counter[str] = Counter()
     total: Counter[str] = Counter()
     for tp in parts:
@@ -165,16 +173,12 @@ async def _status(settings: Settings, services: Sequence[Service], window_s: flo
     for row in await consumer_lag(settings, groups):
         lag_by_group[f"{row.group} on {row.topic}"] += row.lag
     dead: Counter[str] = Counter()
-    cons = consumer(settings, "dlq")
-    await cons.start()
-    try:
+    async with running(consumer(settings, "dlq")) as cons:
         while batch := await cons.getmany(timeout_ms=500):
             for records in batch.values():
                 for r in records:
                     letter = orjson.loads(r.value)
                     dead[f"{letter['stage']}: {letter['reason']}"] += 1
-    finally:
-        await cons.stop()
     lines = [f"throughput over {window_s:.0f} s (events/s) and totals per topic:"]
     for name in TOPICS:
         topic = settings.topic(name)
@@ -258,7 +262,7 @@ def parser(services: Sequence[Service]) -> argparse.ArgumentParser:
         ],
     )
     e.add_argument("--consent-ref", required=True)
-    e.add_argument("--retain-until", required=True, help="YYYY-MM-DD")
+    e.add_argument("--retain-until", required=True, type=_date, help="YYYY-MM-DD")
     e.add_argument("--source-attestation", required=True)
     e.add_argument("--enrolled-by", required=True)
     e.add_argument("--source", default="cli")
@@ -300,8 +304,21 @@ def parser(services: Sequence[Service]) -> argparse.ArgumentParser:
 def main(services: Sequence[Service], argv: list[str] | None = None) -> int:
     """Run the command in `argv` (default: the process's arguments) for the pipeline of `services`."""
     args = parser(services).parse_args(argv)
+    # A command says itself what went wrong with the broker; the client library's own lines about
+    # each failed connection would only bury that (workers keep them: they run long).
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
         return int(args.func(args))
-    except ConfigError as exc:
+    except (ConfigError, UsageError, RejectedEvent) as exc:  # RejectedEvent: a submission that breaks its contract
         print(f"facestream: {exc}", file=sys.stderr)
         return 2
+    except KafkaConnectionError as exc:
+        print(
+            f"facestream: cannot reach Kafka ({exc}); start the local broker with `facestream kafka up`, "
+            "or set kafka_bootstrap to your cluster",
+            file=sys.stderr,
+        )
+        return 2
+    except BrokenPipeError:  # the reader went away (`| head`): stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

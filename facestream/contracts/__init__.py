@@ -95,8 +95,10 @@ def reference_errors(event_type: str, event: Any) -> list[str]:
     return [e.message for e in validator(event_type).iter_errors(event)]
 
 
-def loads(raw: bytes, event_type: str) -> dict[str, Any]:
+def loads(raw: bytes | None, event_type: str) -> dict[str, Any]:
     """Parse and validate one record value."""
+    if raw is None:
+        raise MalformedEvent("record has no value (a tombstone)")
     try:
         event = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:

@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -70,9 +70,9 @@ async def ensure_topics(settings: Settings, extra: Iterable[TopicSpec] = ()) -> 
 async def create_topics(settings: Settings, specs: Iterable[TopicSpec]) -> list[str]:
     """Create those of `specs` that do not exist yet (another process may race us: fine)."""
     wanted = [s.new_topic() for s in specs]
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=30000)
-    await admin.start()
-    try:
+    async with running(
+        AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=30000)
+    ) as admin:
         existing = set(await admin.list_topics())
         new = [t for t in wanted if t.name not in existing]
         if new:
@@ -82,8 +82,6 @@ async def create_topics(settings: Settings, specs: Iterable[TopicSpec]) -> list[
             await _wait_until_serving(settings, {t.name: t.num_partitions for t in new})
             log.info("topics_created", topics=[t.name for t in new])
         return [t.name for t in new]
-    finally:
-        await admin.close()
 
 
 async def _wait_for_leaders(admin: AIOKafkaAdminClient, names: list[str], limit_s: float = 15) -> None:
@@ -106,13 +104,11 @@ async def _wait_until_serving(settings: Settings, names: dict[str, int]) -> None
     fetcher_log = logging.getLogger("aiokafka.consumer.fetcher")
     level = fetcher_log.level
     fetcher_log.setLevel(logging.CRITICAL)
-    probe = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
-    await probe.start()
     try:
-        parts = [TopicPartition(n, p) for n, count in names.items() for p in range(count)]
-        await asyncio.wait_for(probe.end_offsets(parts), 15)
+        async with running(AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)) as probe:
+            parts = [TopicPartition(n, p) for n, count in names.items() for p in range(count)]
+            await asyncio.wait_for(probe.end_offsets(parts), 15)
     finally:
-        await probe.stop()
         fetcher_log.setLevel(level)
 
 
@@ -122,16 +118,29 @@ async def topic_partitions(
     """Partition numbers of each existing topic in `names` (missing topics are left out);
     uses `admin` when the caller has one open."""
     if admin is None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10000)
-        await admin.start()
-        try:
+        async with running(
+            AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10000)
+        ) as admin:
             return await topic_partitions(settings, names, admin)
-        finally:
-            await admin.close()
     described = await admin.describe_topics(names)
     return {
         t["topic"]: sorted(p["partition"] for p in t["partitions"]) for t in described if t.get("error_code", 0) == 0
     }
+
+
+Client = TypeVar("Client", AIOKafkaProducer, AIOKafkaConsumer, AIOKafkaAdminClient)
+
+
+@contextlib.asynccontextmanager
+async def running(client: Client) -> AsyncIterator[Client]:
+    """`client` started, and stopped again on the way out, also when starting it failed (a broker
+    that cannot be reached would otherwise leave an unclosed client and its warning behind)."""
+    close = client.close if isinstance(client, AIOKafkaAdminClient) else client.stop
+    try:
+        await client.start()
+        yield client
+    finally:
+        await close()
 
 
 def producer(settings: Settings, **kwargs: Any) -> AIOKafkaProducer:
@@ -188,16 +197,14 @@ async def read_topic(settings: Settings, topic: str, group_id: str | None = None
 
 
 async def delete_topics(settings: Settings) -> list[str]:
-    """Delete every topic of this topic prefix (demo and test runs clean up after themselves)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    await admin.start()
-    try:
-        names = [t for t in await admin.list_topics() if t.startswith(f"{settings.topic_prefix}.")]
+    """Delete every topic of this topic prefix, and the app's own (faust's leader topics), so demo
+    and test runs clean up after themselves."""
+    async with running(AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)) as admin:
+        mine = (f"{settings.topic_prefix}.", f"{settings.app_id}-")
+        names = [t for t in await admin.list_topics() if t.startswith(mine)]
         if names:
             await admin.delete_topics(names)
         return names
-    finally:
-        await admin.close()
 
 
 async def follow(consumer: AIOKafkaConsumer, handle: Callable[[Any], None]) -> None:

@@ -10,7 +10,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from facestream.config import Settings
-from facestream.io.kafka import topic_partitions
+from facestream.io.kafka import running, topic_partitions
 
 
 @dataclass(frozen=True)
@@ -30,11 +30,9 @@ async def consumer_lag(settings: Settings, groups: Mapping[str, Sequence[str]]) 
     """Lag of each consumer group in `groups` (group id: the full names of the topics it reads) on
     those topics and any other of the pipeline's it has committed on, sorted by group, topic and
     partition. A group that has not committed on a topic yet still lags on it from the start."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10000)
-    await admin.start()
-    ends_consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
-    await ends_consumer.start()
-    try:
+    admin_client = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10000)
+    ends_client = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
+    async with running(admin_client) as admin, running(ends_client) as ends_consumer:
         prefix = f"{settings.topic_prefix}."
         rows: list[Lag] = []
         for group, reads in groups.items():
@@ -53,19 +51,14 @@ async def consumer_lag(settings: Settings, groups: Mapping[str, Sequence[str]]) 
                 committed = offsets[tp].offset if tp in offsets else -1
                 rows.append(Lag(group, tp.topic, tp.partition, committed, ends[tp]))
         return sorted(rows, key=lambda r: (r.group, r.topic, r.partition))
-    finally:
-        await ends_consumer.stop()
-        await admin.close()
 
 
 async def pipeline_groups(settings: Settings) -> list[str]:
     """Every consumer group on the broker whose id is the app id or starts with it."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10000)
-    await admin.start()
-    try:
+    async with running(
+        AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10000)
+    ) as admin:
         listed = await admin.list_consumer_groups()
-    finally:
-        await admin.close()
     app_id = settings.app_id
     return sorted(g[0] for g in listed if g[0] == app_id or g[0].startswith(f"{app_id}-"))
 

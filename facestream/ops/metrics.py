@@ -14,6 +14,12 @@ TRITON_RETRIES = Counter(
 
 EVENTS_CONSUMED = Counter("facestream_events_consumed_total", "Events a stage consumed", ["stage"])
 EVENTS_PRODUCED = Counter("facestream_events_produced_total", "Events a stage produced", ["stage", "topic"])
+MODEL_POOL_RESTARTS = Counter(
+    "facestream_model_pool_restarts_total", "Model process pools replaced after a model process died"
+)
+EMIT_RETRIES = Counter(
+    "facestream_emit_retries_total", "Outputs and dead letters sent again after a transient broker error", ["stage"]
+)
 DEAD_LETTERS = Counter("facestream_dead_letters_total", "Events a stage dead-lettered", ["stage", "reason"])
 STAGE_SECONDS = Histogram(
     "facestream_stage_seconds",

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from importlib.resources import files
 from typing import Any
 
@@ -38,14 +38,24 @@ class Health:
     """Readiness of the components a worker depends on."""
 
     def __init__(self, expected: list[str]) -> None:
-        self.components: dict[str, bool] = dict.fromkeys(expected, False)
+        self._set: dict[str, bool] = dict.fromkeys(expected, False)
+        self._checks: dict[str, Callable[[], bool]] = {}
 
     def set(self, component: str, ok: bool) -> None:
-        self.components[component] = ok
+        self._set[component] = ok
+
+    def check(self, component: str, probe: Callable[[], bool]) -> None:
+        """A component whose readiness is asked of `probe` each time (the model processes)."""
+        self._checks[component] = probe
+
+    @property
+    def components(self) -> dict[str, bool]:
+        return {**self._set, **{name: probe() for name, probe in self._checks.items()}}
 
     @property
     def ready(self) -> bool:
-        return bool(self.components) and all(self.components.values())
+        components = self.components
+        return bool(components) and all(components.values())
 
 
 def _sample(name: str, labels: dict[str, str]) -> float:

@@ -9,6 +9,8 @@ exist (at-least-once; downstream ids are deterministic, so redelivery duplicates
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import Executor
@@ -16,14 +18,15 @@ from typing import Any
 
 import faust
 
-from facestream import contracts
 from facestream.config import Settings
 from facestream.io.kafka import MAX_REQUEST, TOPICS
 from facestream.ops.logs import bind_event, get_logger
-from facestream.ops.metrics import DEAD_LETTERS, EVENTS_CONSUMED, EVENTS_PRODUCED, STAGE_SECONDS
+from facestream.ops.metrics import EVENTS_CONSUMED, STAGE_SECONDS
 from facestream.ops.server import Health, OpsServer
+from facestream.runtime.compute import ModelPool
+from facestream.runtime.emit import Emitter
 from facestream.runtime.service import Service, own_topics
-from facestream.runtime.stage import Outcome, Record, dead_letter
+from facestream.runtime.stage import Outcome, Record, Stage, screen
 
 log = get_logger(__name__)
 
@@ -93,6 +96,8 @@ def create_app(
         for name in (*TOPICS, "crops", *_own_topics(settings, services))
     }
     health = Health(["kafka", *(s.name for s in services)])
+    if isinstance(executor, ModelPool):
+        health.check("models", lambda: executor.ready)
     for service in services:
         _register(app, service, topics, settings, executor, health)
     if settings.ops_port >= 0:
@@ -109,14 +114,39 @@ def _register(
     executor: Executor,
     health: Health,
 ) -> None:
-    dlq = topics["dlq"]
     name = service.name
+
+    async def send(topic: str, key: bytes | None, value: bytes, headers: dict[str, bytes]) -> Any:
+        return await topics[topic].send(key=key, value=value, headers=headers)
+
+    emitter = Emitter(name, send)
+
+    async def handle(stage: Stage, records: list[Record]) -> None:
+        started = time.perf_counter()
+        screened = [screen(r) for r in records]
+        admitted = [r for r, problem in zip(records, screened, strict=True) if problem is None]
+        try:
+            results = iter(await stage.process(admitted) if admitted else [])
+        except Exception as exc:  # a stage fault: dead-letter the batch, keep consuming
+            results = iter([Outcome(error=exc) for _ in admitted])
+        outcomes = [Outcome(error=problem) if problem is not None else next(results) for problem in screened]
+        EVENTS_CONSUMED.labels(name).inc(len(records))
+        per_event = (time.perf_counter() - started) / len(records)
+        for _ in records:
+            STAGE_SECONDS.labels(name).observe(per_event)
+        await emitter.emit(records, outcomes)
 
     async def agent(stream: Any) -> None:
         # The agent runs in its own task: every line it (and tasks it starts) logs names the stage.
         bind_event(stage=name)
         stage = service.stage(settings, executor)
-        await stage.start()
+        try:
+            await stage.start()
+        except Exception as exc:
+            # A stage that cannot start (a wrong key, a missing model) must not leave a worker
+            # that looks alive and processes nothing: end it, saying why.
+            log.critical("stage_cannot_start", stage=name, error=f"{type(exc).__name__}: {exc}"[:1000])
+            os._exit(78)  # EX_CONFIG
         health.set(name, True)
         log.info("stage_started", stage=name)
         try:
@@ -132,43 +162,51 @@ def _register(
                     )
                     for e in events
                 ]
-                started = time.perf_counter()
-                try:
-                    outcomes = await stage.process(records)
-                except Exception as exc:  # a stage fault: dead-letter the batch, keep consuming
-                    outcomes = [Outcome(error=exc) for _ in records]
-                EVENTS_CONSUMED.labels(name).inc(len(records))
-                per_event = (time.perf_counter() - started) / len(records)
-                for _ in records:
-                    STAGE_SECONDS.labels(name).observe(per_event)
-                pending = []
-                for record, outcome in zip(records, outcomes, strict=True):
-                    headers = {"trace-id": record.headers["trace-id"]} if "trace-id" in record.headers else {}
-                    if outcome.error is not None:
-                        letter = dead_letter(name, record, outcome.error)
-                        DEAD_LETTERS.labels(name, letter["reason"]).inc()
-                        log.warning(
-                            "dead_letter",
-                            stage=name,
-                            reason=letter["reason"],
-                            image_id=letter["image_id"],
-                            detail=letter["detail"][:300],
-                        )
-                        pending.append(await dlq.send(key=record.key, value=contracts.dumps(letter), headers=headers))
-                    for out in outcome.outputs:
-                        EVENTS_PRODUCED.labels(name, out.topic).inc()
-                        trace = out.value.get("trace_id")
-                        out_headers = {"trace-id": trace.encode()} if trace else headers
-                        pending.append(
-                            await topics[out.topic].send(
-                                key=out.key.encode(), value=contracts.dumps(out.value), headers=out_headers
-                            )
-                        )
-                # The batch is acked (and its offsets become committable) only after this returns.
-                await asyncio.gather(*pending)
+                # faust acknowledges the batch as soon as this loop body is left, also by an
+                # exception or a cancellation (worker shutdown), so the work is shielded: it ends
+                # with every record's outputs or dead letter written, or the process ends first.
+                await _finish(asyncio.ensure_future(handle(stage, records)), name, settings.shutdown_grace_s)
         finally:
             health.set(name, False)
-            await stage.stop()
+            await _stop(stage, settings.shutdown_grace_s)
             log.info("stage_stopped", stage=name)
 
     app.agent(topics[service.source], name=f"facestream.{name}")(agent)
+
+
+async def _stop(stage: Stage, grace_s: float) -> None:
+    """Stop the stage (close its clients, commit what its own consumers finished) even while the
+    worker's shutdown cancels the agent again: an interrupted stop leaves clients unclosed and
+    finished work uncommitted. Bounded by `grace_s`."""
+    stopping = asyncio.ensure_future(stage.stop())
+    deadline = asyncio.get_running_loop().time() + grace_s
+    while not stopping.done():
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            stopping.cancel()
+            log.error("stage_stop_timed_out", stage=stage.name, grace_s=grace_s)
+            return
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait({stopping}, timeout=remaining)
+    if not stopping.cancelled() and stopping.exception() is not None:
+        log.error("stage_stop_failed", stage=stage.name, error=repr(stopping.exception())[:500])
+
+
+async def _finish(work: asyncio.Future[None], stage: str, grace_s: float) -> None:
+    """Wait for a batch's work. If the agent is cancelled meanwhile, give the work `grace_s` to
+    finish; if it cannot, or if it fails, end the process at once: faust would otherwise
+    acknowledge (and later commit) a batch whose outputs do not exist. Redelivery after the
+    restart repeats the batch; its ids are deterministic, so nothing is duplicated downstream."""
+    try:
+        await asyncio.shield(work)
+        return
+    except asyncio.CancelledError:
+        done, _ = await asyncio.wait({work}, timeout=grace_s)
+        if done and not work.cancelled() and work.exception() is None:
+            raise
+        reason = "batch_unfinished_at_shutdown"
+    except Exception:
+        reason = "batch_failed"
+    problem = None if not work.done() or work.cancelled() else work.exception()
+    log.critical(reason, stage=stage, error=repr(problem)[:500] if problem else None)
+    os._exit(70)  # EX_SOFTWARE; nothing after this may run, or faust acknowledges the batch

@@ -8,6 +8,7 @@ produces its outputs, so the logic is tested without a broker and the agents sta
 from __future__ import annotations
 
 import base64
+import re
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from typing import Any, Protocol
 
 from facestream.contracts import ids
 from facestream.contracts.timeutil import now_iso
-from facestream.errors import RejectedEvent
+from facestream.errors import MalformedEvent, RejectedEvent
 from facestream.ops.logs import get_logger
 
 log = get_logger(__name__)
@@ -25,7 +26,7 @@ log = get_logger(__name__)
 class Record:
     """One consumed Kafka record, as a stage sees it."""
 
-    value: bytes
+    value: bytes | None  # None: a tombstone, which no stage accepts
     key: bytes | None = None
     topic: str = ""
     partition: int = 0
@@ -34,8 +35,46 @@ class Record:
 
     @property
     def trace_id(self) -> str | None:
+        """The `trace-id` header, if it is one (printable ASCII, at most 64 characters)."""
         raw = self.headers.get("trace-id")
-        return raw.decode(errors="replace") if raw else None
+        return raw.decode() if raw and _TRACE_ID.match(raw) else None
+
+    @property
+    def key_bounded(self) -> bytes | None:
+        """The key cut to `MAX_KEY_BYTES`: what dead letters and logs may carry of it."""
+        return None if self.key is None else self.key[:MAX_KEY_BYTES]
+
+
+# What a record must look like before any stage spends work on it (see `screen`).
+MAX_KEY_BYTES = 256
+MAX_HEADER_BYTES = 4096
+_TRACE_ID = re.compile(rb"^[\x21-\x7e]{1,64}$")
+
+
+def screen(record: Record) -> RejectedEvent | None:
+    """Why `record` can never be processed, from its envelope alone (checked before the stage
+    sees it, so one bad record costs nothing and takes no batch-mate with it); None if it can."""
+    if record.value is None:
+        return MalformedEvent("record has no value (a tombstone)")
+    if record.key is not None and len(record.key) > MAX_KEY_BYTES:
+        return MalformedEvent(f"record key is {len(record.key)} bytes; at most {MAX_KEY_BYTES}")
+    if record.key is not None:
+        try:
+            record.key.decode()
+        except UnicodeDecodeError:
+            return MalformedEvent("record key is not UTF-8 text")
+    size = sum(len(k) + len(v) for k, v in record.headers.items())
+    if size > MAX_HEADER_BYTES:
+        return MalformedEvent(f"record headers are {size} bytes; at most {MAX_HEADER_BYTES}")
+    if "trace-id" in record.headers and record.trace_id is None:
+        return MalformedEvent("trace-id header must be 1 to 64 printable ASCII characters")
+    return None
+
+
+def safe_trace_header(record: Record) -> dict[str, bytes]:
+    """The headers outputs of `record` carry: its trace id, when it is a valid one."""
+    trace = record.trace_id
+    return {"trace-id": trace.encode()} if trace else {}
 
 
 @dataclass(frozen=True)
@@ -67,10 +106,15 @@ def reason_of(error: BaseException) -> str:
     return getattr(error, "reason", "internal_error")
 
 
-def dead_letter(stage: str, record: Record, error: BaseException) -> dict[str, Any]:
-    """The dead.letter event for `record`, with the original bytes so it can be replayed."""
+def dead_letter(stage: str, record: Record, error: BaseException, with_payload: bool = True) -> dict[str, Any]:
+    """The dead.letter event for `record`, with the original bytes so it can be replayed (unless
+    `with_payload` is false: the letter is then small whatever the record was)."""
     detail = error.detail if isinstance(error, RejectedEvent) else f"{type(error).__name__}: {error}"
-    key = record.key.decode(errors="replace") if record.key is not None else None
+    if not with_payload:
+        detail = f"{detail} (sent without the original payload)"
+    bounded = record.key_bounded
+    key = bounded.decode(errors="replace")[:MAX_KEY_BYTES] if bounded is not None else None
+    payload = record.value if with_payload and record.value is not None else b""
     event: dict[str, Any] = {
         "schema_version": 1,
         "event_type": "dead.letter",
@@ -84,7 +128,7 @@ def dead_letter(stage: str, record: Record, error: BaseException) -> dict[str, A
         "partition": record.partition,
         "offset": record.offset,
         "key": key,
-        "payload_b64": base64.b64encode(record.value).decode(),
+        "payload_b64": base64.b64encode(payload).decode(),
         "occurred_at": now_iso(),
     }
     if not isinstance(error, RejectedEvent):
@@ -100,6 +144,7 @@ def dead_letter(stage: str, record: Record, error: BaseException) -> dict[str, A
 # The fields a face keeps from stage to stage (see the contracts).
 FACE_FIELDS = (
     "image_id",
+    "image_sha256",
     "trace_id",
     "face_index",
     "face_count",

@@ -9,9 +9,9 @@ from collections.abc import Sequence
 import faust
 
 from facestream.config import Settings
-from facestream.io.kafka import ensure_topics
-from facestream.ops.logs import configure
-from facestream.runtime.app import create_app
+from facestream.io.kafka import TopicSpec, ensure_topics
+from facestream.ops.logs import configure, library_logging
+from facestream.runtime.app import consumer_groups, create_app
 from facestream.runtime.compute import model_executor
 from facestream.runtime.service import Service, own_topics
 
@@ -19,12 +19,18 @@ from facestream.runtime.service import Service, own_topics
 def run(settings: Settings, services: Sequence[Service], catalogue: Sequence[Service], loglevel: str = "INFO") -> None:
     """Run `services` (out of `catalogue`, all there are) until stopped (SIGINT/SIGTERM)."""
     configure(loglevel, service="+".join(s.name for s in services))
-    asyncio.run(ensure_topics(settings, own_topics(settings, catalogue)))
+    app_id = next(iter(consumer_groups(settings, services, catalogue)))
+    # faust elects a leader through this topic; it is created here with the others because the
+    # app may not declare topics (and would log an error at every start without it).
+    leader = TopicSpec(f"{app_id}-__assignor-__leader", 1)
+    asyncio.run(ensure_topics(settings, [*own_topics(settings, catalogue), leader]))
     executor = model_executor(settings, services)
     app = create_app(settings, services, catalogue, executor)
     # faust creates only the last level of its data directory.
     os.makedirs(settings.data_dir / "faust", exist_ok=True)
-    worker = faust.Worker(app, loglevel="WARNING", quiet=True, redirect_stdouts=False)
+    worker = faust.Worker(
+        app, loglevel="WARNING", quiet=True, redirect_stdouts=False, logging_config=library_logging("WARNING")
+    )
     # faust's terminal spinner sets the root logger to DEBUG (to spin on every record), which
     # makes every library debug call format a record: a measurable cost on the hot path.
     worker.spinner = None

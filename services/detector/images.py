@@ -11,6 +11,8 @@ import asyncio
 import binascii
 import hashlib
 import io
+import os
+import stat
 import warnings
 from pathlib import Path
 from typing import Any
@@ -37,26 +39,50 @@ def local_path(uri: str, settings: Settings) -> Path:
     parsed = urlparse(uri)
     if parsed.netloc not in ("", "localhost"):
         raise FetchRejected("file:// URIs must not name a host")
-    path = Path(unquote(parsed.path)).resolve()
+    raw = unquote(parsed.path)
+    if "\x00" in raw:
+        raise FetchRejected("file path contains a NUL byte")
+    path = Path(raw).resolve()
     if not any(path.is_relative_to(r.resolve()) for r in settings.image_roots):
         raise FetchRejected("file path is outside the configured image_roots")
     return path
 
 
 def read_local(path: Path, settings: Settings, sha256: str | None) -> bytes:
-    """The bytes of an allowed local image, size- and digest-checked (runs in a model process)."""
+    """The bytes of an allowed local image, size- and digest-checked (runs in a model process).
+    Regular files only: opened without blocking and checked on the open descriptor, so a FIFO or a
+    device placed under an image root can neither hold the reader nor be swapped in afterwards."""
     try:
-        size = path.stat().st_size
-        if size > settings.max_image_bytes:
-            raise ImageRejected(f"image is {size} bytes, limit {settings.max_image_bytes}", reason="too_large")
-        data = path.read_bytes()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as exc:
         raise FetchFailed(f"cannot read file: {exc.strerror}") from exc
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fh.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise FetchRejected("not a regular file")
+        if info.st_size > settings.max_image_bytes:
+            raise ImageRejected(f"image is {info.st_size} bytes, limit {settings.max_image_bytes}", reason="too_large")
+        try:
+            data = fh.read(settings.max_image_bytes + 1)
+        except OSError as exc:
+            raise FetchFailed(f"cannot read file: {exc.strerror}") from exc
+    if len(data) > settings.max_image_bytes:  # grew since the check
+        raise ImageRejected(f"image exceeds {settings.max_image_bytes} bytes", reason="too_large")
     _check_digest(data, sha256)
     return data
 
 
 async def _read_http(uri: str, settings: Settings, client: httpx.AsyncClient) -> bytes:
+    # A total deadline: per-operation timeouts alone let a server that sends a byte now and then
+    # (or a resolver that never answers) hold the fetch for as long as it likes.
+    try:
+        async with asyncio.timeout(settings.fetch_deadline_s):
+            return await _read_http_within(uri, settings, client)
+    except TimeoutError as exc:
+        raise FetchFailed(f"image fetch took longer than fetch_deadline_s ({settings.fetch_deadline_s:g} s)") from exc
+
+
+async def _read_http_within(uri: str, settings: Settings, client: httpx.AsyncClient) -> bytes:
     try:
         async with client.stream("GET", uri) as response:
             if response.status_code != 200:
@@ -74,6 +100,8 @@ async def _read_http(uri: str, settings: Settings, client: httpx.AsyncClient) ->
             return b"".join(chunks)
     except UnsafeDestination as exc:
         raise FetchRejected(str(exc)) from exc
+    except httpx.InvalidURL as exc:  # e.g. a host httpx will not parse ("0177.0.0.1")
+        raise FetchRejected(f"invalid image URL: {exc}") from exc
     except httpx.HTTPError as exc:
         raise FetchFailed(f"{type(exc).__name__}: {exc}") from exc
 
@@ -102,6 +130,40 @@ async def fetch(image: dict[str, Any], settings: Settings, client: httpx.AsyncCl
     return data
 
 
+def _jpeg_complete(data: bytes) -> bool:
+    """Whether a JPEG's data runs to its end-of-image marker. The segments before the first scan
+    are walked by their lengths (an EXIF thumbnail inside APP1 has markers of its own); inside the
+    entropy-coded data every 0xFF is stuffed or a restart marker, so an EOI after the first scan
+    is the image's own. Data after the EOI (motion photos append a video) is allowed."""
+    i = 2  # after SOI
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            return False
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+        elif marker == 0xDA:  # start of scan
+            return data.find(b"\xff\xd9", i) != -1
+        elif 0xD0 <= marker <= 0xD7 or marker == 0x01:  # markers without a length
+            i += 2
+        else:
+            i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+    return False
+
+
+def _complete(fmt: str | None, data: bytes) -> bool:
+    """Whether the image's data is all there, from its container's own structure."""
+    if fmt in {"JPEG", "MPO"}:
+        return _jpeg_complete(data)
+    if fmt == "PNG":
+        return b"\x00\x00\x00\x00IEND\xaeB`\x82" in data
+    if fmt == "WEBP":  # RIFF: the size after the 8-byte header
+        return len(data) >= 8 + int.from_bytes(data[4:8], "little")
+    if fmt == "BMP":  # the file size in the header (0 is allowed for uncompressed files)
+        return len(data) >= int.from_bytes(data[2:6], "little")
+    return True
+
+
 def decode(data: bytes, settings: Settings) -> np.ndarray[Any, np.dtype[np.uint8]]:
     """Decode to a BGR uint8 array, refusing bombs, huge or unsupported images before decoding."""
     if len(data) > settings.max_image_bytes:
@@ -121,6 +183,10 @@ def decode(data: bytes, settings: Settings) -> np.ndarray[Any, np.dtype[np.uint8
         raise ImageRejected(f"image is {width}x{height}, side limit {settings.max_image_side}", reason="too_large")
     if width * height > settings.max_image_pixels:
         raise ImageRejected(f"image has {width * height} pixels, limit {settings.max_image_pixels}", reason="too_large")
+    if not _complete(fmt, data):
+        # Decoders fill a cut-off image with grey and carry on; a face found in half a photo is
+        # not a search anyone asked for.
+        raise ImageRejected(f"{fmt} image is truncated (incomplete data)", reason="undecodable")
     # OpenCV decodes faster than Pillow and applies EXIF orientation.
     pixels = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     if pixels is None:

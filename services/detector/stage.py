@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import hashlib
 import time
 from collections.abc import Sequence
 from concurrent.futures import Executor
@@ -43,6 +44,7 @@ REVIEW = "candidate: investigative lead, requires human confirmation"
 @dataclass(frozen=True)
 class Analysis:
     faces: list[tuple[Face, Quality, Image]]
+    sha256: str  # of the image bytes: part of every id derived from the image
     found: int
     rejected: list[str]
     seconds: float  # decode + detect + align, in the worker thread (queueing excluded)
@@ -78,7 +80,8 @@ def analyse(data: bytes, detector: FaceDetector, settings: Settings, enrol: bool
             raise EnrolmentRejected(
                 f"the dominant face fails quality gates: {'; '.join(rejected)}", reason="enrolment_low_quality"
             )
-    return Analysis(kept, len(faces), rejected, time.perf_counter() - started)
+    digest = hashlib.sha256(data).hexdigest()
+    return Analysis(kept, digest, len(faces), rejected, time.perf_counter() - started)
 
 
 def analyse_image(source: bytes | tuple[Path, str | None], settings: Settings, enrol: bool) -> Analysis:
@@ -94,7 +97,11 @@ def analyse_image(source: bytes | tuple[Path, str | None], settings: Settings, e
 
 
 def face_events(event: dict[str, Any], analysis: Analysis, trace_id: str, seconds: float) -> list[Output]:
-    base = carry(event, "image_id", "intent", "source", "captured_at", "submitted_at")
+    base = {
+        **carry(event, "image_id", "intent", "source", "captured_at", "submitted_at"),
+        "image_sha256": analysis.sha256,
+    }
+    sha = analysis.sha256
     now = now_iso()
     if not analysis.faces:
         reason = "no face found" if analysis.found == 0 else "; ".join(analysis.rejected)[:500]
@@ -105,7 +112,7 @@ def face_events(event: dict[str, Any], analysis: Analysis, trace_id: str, second
                 {
                     "schema_version": 1,
                     "event_type": "match.result",
-                    "event_id": ids.event_id("match", event["image_id"]),
+                    "event_id": ids.event_id("match", event["image_id"], None, sha),
                     "trace_id": trace_id,
                     "status": "no_face",
                     "face_index": None,
@@ -123,7 +130,7 @@ def face_events(event: dict[str, Any], analysis: Analysis, trace_id: str, second
     search = event["intent"]["kind"] == "search"
     for index, (face, q, crop) in enumerate(analysis.faces):
         if search:  # the probe face a reviewer sees through the webhook's crop link
-            outputs.append(crop_event(event["image_id"], index, crop, trace_id, now))
+            outputs.append(crop_event(event["image_id"], sha, index, crop, trace_id, now))
         outputs.append(
             Output(
                 "faces",
@@ -131,7 +138,7 @@ def face_events(event: dict[str, Any], analysis: Analysis, trace_id: str, second
                 {
                     "schema_version": 1,
                     "event_type": "face.detected",
-                    "event_id": ids.event_id("face", event["image_id"], index),
+                    "event_id": ids.event_id("face", event["image_id"], index, sha),
                     "trace_id": trace_id,
                     "face_index": index,
                     "face_count": len(analysis.faces),
@@ -154,7 +161,7 @@ def face_events(event: dict[str, Any], analysis: Analysis, trace_id: str, second
     return outputs
 
 
-def crop_event(image_id: str, index: int, crop: Any, trace_id: str, now: str) -> Output:
+def crop_event(image_id: str, sha256: str, index: int, crop: Any, trace_id: str, now: str) -> Output:
     ok, jpeg = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, 92])
     assert ok, "112x112 BGR always encodes"
     return Output(
@@ -163,7 +170,7 @@ def crop_event(image_id: str, index: int, crop: Any, trace_id: str, now: str) ->
         {
             "schema_version": 1,
             "event_type": "face.crop",
-            "event_id": ids.event_id("match", image_id, index),
+            "event_id": ids.event_id("match", image_id, index, sha256),  # the match it will produce
             "image_id": image_id,
             "trace_id": trace_id,
             "face_index": index,
@@ -186,7 +193,9 @@ class DetectorStage:
 
     async def start(self) -> None:
         if self.client is None:
-            self.client = guarded_client(self.settings.allow_private, self.settings.fetch_timeout_s)
+            self.client = guarded_client(
+                self.settings.fetch_allow_private, self.settings.fetch_timeout_s, setting="fetch_allow_private"
+            )
 
     async def stop(self) -> None:
         if self.client is not None:

@@ -116,7 +116,9 @@ class EmbedderStage:
                 {
                     "schema_version": 1,
                     "event_type": "face.embedded",
-                    "event_id": ids.event_id("embedding", event["image_id"], event["face_index"]),
+                    "event_id": ids.event_id(
+                        "embedding", event["image_id"], event["face_index"], event["image_sha256"]
+                    ),
                     "embedding": vector.astype(np.float64).round(7).tolist(),
                     "model": model,
                     "occurred_at": now,

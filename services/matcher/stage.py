@@ -34,7 +34,7 @@ def enrolment_point(event: dict[str, Any]) -> GalleryPoint:
     intent = event["intent"]
     consent = intent["consent"]
     return GalleryPoint(
-        ids.point_id(intent["subject_id"], event["image_id"], event["face_index"]),
+        ids.point_id(intent["subject_id"], event["image_id"], event["face_index"], event["image_sha256"]),
         event["embedding"],
         {
             "subject_id": intent["subject_id"],
@@ -71,7 +71,7 @@ class MatcherStage:
             {
                 "schema_version": 1,
                 "event_type": "match.result",
-                "event_id": ids.event_id("match", event["image_id"], event["face_index"]),
+                "event_id": ids.event_id("match", event["image_id"], event["face_index"], event["image_sha256"]),
                 "status": status,
                 "candidates": [],
                 "review": REVIEW,

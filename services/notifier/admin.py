@@ -9,7 +9,7 @@ import orjson
 from facestream import contracts
 from facestream.config import Settings
 from facestream.contracts.timeutil import now_iso
-from facestream.io.kafka import producer, read_topic
+from facestream.io.kafka import producer, read_topic, running
 from facestream.services.notifier.topics import dlq_topic
 
 
@@ -53,12 +53,8 @@ async def replay(settings: Settings, subscription: str, webhook_ids: set[str] | 
             letter.pop(key, None)
         now = now_iso()
         jobs[letter["webhook_id"]] = {**letter, "attempt": 0, "due_at": now, "replayed_at": now}
-    prod = producer(settings)
-    await prod.start()
-    try:
+    async with running(producer(settings)) as prod:
         for job in jobs.values():
             contracts.validate("webhook.delivery", job)
             await prod.send_and_wait(settings.topic("deliveries"), contracts.dumps(job), key=subscription.encode())
-    finally:
-        await prod.stop()
     return list(jobs.values())

@@ -19,7 +19,7 @@ T = TypeVar("T")
 
 
 async def _with_store(settings: Settings, action: Callable[[SubscriptionStore], Awaitable[T]]) -> T:
-    store = SubscriptionStore(settings, follow=False)
+    store = SubscriptionStore(settings, follow=False, create_key=False)
     await store.start()
     try:
         return await action(store)

@@ -145,7 +145,9 @@ class DeliveryEngine:
 
     async def start(self) -> None:
         if self.client is None:
-            self.client = guarded_client(self.settings.allow_private, self.settings.webhook_timeout_s)
+            self.client = guarded_client(
+                self.settings.webhook_allow_private, self.settings.webhook_timeout_s, setting="webhook_allow_private"
+            )
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=self.settings.kafka_bootstrap,
             group_id=f"{self.settings.app_id}-deliveries",
@@ -173,9 +175,12 @@ class DeliveryEngine:
         for handle in self.waiting.values():
             handle.cancel()
         if self._consumer is not None:
+            # Bounded: with the broker away these would wait for it; what is not committed is
+            # redone by whoever takes the partitions (webhook ids unchanged).
             with contextlib.suppress(Exception):
-                await self.commit()
-            await self._consumer.stop()
+                await asyncio.wait_for(self.commit(), 5)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._consumer.stop(), 10)
         if self.client is not None:
             await self.client.aclose()
 

@@ -50,7 +50,9 @@ class NotifierStage:
 
     async def process(self, records: Sequence[Record]) -> list[Outcome]:
         outcomes = [Outcome() for _ in records]
-        subscriptions = self.store.active()
+        # Disabled subscriptions get their jobs too: the engine holds them in the subscription's
+        # dead letters (reason subscription_disabled) until `enable` and `deliveries replay`.
+        subscriptions = self.store.all()
         for outcome, record in zip(outcomes, records, strict=True):
             try:
                 match = contracts.loads(record.value, "match.result")

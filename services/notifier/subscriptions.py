@@ -16,7 +16,7 @@ import secrets as _secrets
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -94,11 +94,22 @@ def new_secret() -> str:
     return "whsec_" + base64.b64encode(_secrets.token_bytes(24)).decode()
 
 
-def subscriptions_key(settings: Settings) -> str:
-    """`subscriptions_key`, or the key file under data_dir (created on first use)."""
+class KeyMismatch(ConfigError):
+    """The subscriptions topic was written with another subscriptions key."""
+
+
+def subscriptions_key(settings: Settings, create: bool = True) -> str:
+    """`subscriptions_key`, or the key file under data_dir, created on first use when `create`
+    (a notifier worker); otherwise (the command line) a missing key is an error, not a new key
+    that could never read what the workers wrote."""
     key = settings.subscriptions_key.get_secret_value()
     if not key:
         path = Path(settings.data_dir) / "subscriptions.key"
+        if not path.exists() and not create:
+            raise ConfigError(
+                f"no subscriptions key: set subscriptions_key (FACESTREAM_SUBSCRIPTIONS_KEY) to the notifiers' key, "
+                f"or run where data_dir holds it ({path.resolve()} does not exist)"
+            )
         if not path.exists():
             # Written whole, then linked into place: a process starting at the same moment
             # either wins or reads the winner's complete key, never a half-written file.
@@ -114,9 +125,9 @@ def subscriptions_key(settings: Settings) -> str:
     return key
 
 
-def secret_box(settings: Settings) -> Fernet:
+def secret_box(settings: Settings, create: bool = True) -> Fernet:
     """The cipher for secrets at rest."""
-    key = subscriptions_key(settings)
+    key = subscriptions_key(settings, create)
     try:
         return Fernet(key.encode())
     except ValueError as exc:
@@ -129,19 +140,27 @@ def encode(sub: Subscription, box: Fernet) -> bytes:
     return orjson.dumps(record)
 
 
+_FIELDS = {f.name for f in fields(Subscription)}
+_SECRET_FIELDS = {f.name for f in fields(SigningSecret)}
+
+
 def decode(raw: bytes, box: Fernet) -> Subscription:
-    record: dict[str, Any] = orjson.loads(raw)
+    """A stored subscription. Fields this version does not know (written by a newer one) are
+    left out, so one of them never makes the whole store unreadable; secrets that do not decrypt
+    raise `KeyMismatch`, anything else unreadable `ConfigError`."""
     try:
-        secrets = tuple(
-            SigningSecret(**{**s, "value": box.decrypt(s["value"].encode()).decode()}) for s in record.pop("secrets")
-        )
+        record: dict[str, Any] = orjson.loads(raw)
+        name = record.get("name")
+        values = [{k: v for k, v in s.items() if k in _SECRET_FIELDS} for s in record.pop("secrets")]
+        secrets = tuple(SigningSecret(**{**s, "value": box.decrypt(s["value"].encode()).decode()}) for s in values)
+        known = {k: v for k, v in record.items() if k in _FIELDS}
+        for key in ("watchlists", "event_types"):
+            known[key] = tuple(known.get(key, ()))
+        return Subscription(secrets=secrets, **known)
     except InvalidToken as exc:
-        raise ConfigError(
-            f"subscription {record.get('name')!r}: secrets do not decrypt with subscriptions_key"
-        ) from exc
-    for name in ("watchlists", "event_types"):
-        record[name] = tuple(record.get(name, ()))
-    return Subscription(secrets=secrets, **record)
+        raise KeyMismatch(f"subscription {name!r}: its secrets do not decrypt with this subscriptions_key") from exc
+    except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"unreadable subscription record: {type(exc).__name__}: {exc}"[:300]) from exc
 
 
 def from_seed(seed: SubscriptionSeed) -> Subscription:
@@ -184,7 +203,7 @@ async def check_destination(sub: Subscription, settings: Settings) -> None:
     except httpx.ConnectError:
         log.warning("subscription_host_unresolved", subscription=sub.name, host=host)
         return
-    policy = AddressPolicy(settings.allow_private)
+    policy = AddressPolicy(settings.webhook_allow_private, "webhook_allow_private")
     try:
         for ip in addresses:
             policy.check(host, ip)
@@ -196,11 +215,12 @@ class SubscriptionStore:
     """The subscriptions topic, read to its end on `start` and then followed; writes go to the
     topic and are applied locally once the broker has acknowledged them."""
 
-    def __init__(self, settings: Settings, follow: bool = True) -> None:
+    def __init__(self, settings: Settings, follow: bool = True, create_key: bool = True) -> None:
         self.settings = settings
         self.topic = settings.topic("subscriptions")
         self.follow = follow
-        self.box = secret_box(settings)
+        self.box = secret_box(settings, create_key)
+        self._mismatched: set[str] = set()  # names whose latest record does not decrypt
         self._subs: dict[str, Subscription] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
@@ -222,6 +242,12 @@ class SubscriptionStore:
             for records in (await self._consumer.getmany(tp, timeout_ms=500)).values():
                 for r in records:
                     self._apply(r.key, r.value)
+        if self._mismatched:
+            await self.stop()
+            raise KeyMismatch(
+                f"{len(self._mismatched)} subscription(s) in {self.topic} ({', '.join(sorted(self._mismatched)[:5])}) "
+                "were written with another subscriptions_key: start with the key that wrote them"
+            )
         if self.follow:
             self._task = asyncio.create_task(self._follow())
 
@@ -230,9 +256,12 @@ class SubscriptionStore:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        # Bounded: a producer flushing to a broker that is away would wait for it.
         if self._consumer is not None:
-            await self._consumer.stop()
-        await self.producer.stop()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._consumer.stop(), 10)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.producer.stop(), 10)
 
     async def _follow(self) -> None:
         assert self._consumer is not None
@@ -242,13 +271,18 @@ class SubscriptionStore:
         if key is None:
             return
         name = key.decode()
+        self._mismatched.discard(name)
         if value is None:
             self._subs.pop(name, None)
             sub = None
         else:
             try:
                 sub = decode(value, self.box)
-            except ConfigError as exc:
+            except KeyMismatch as exc:
+                self._mismatched.add(name)
+                log.error("subscription_unreadable", subscription=name, error=str(exc))
+                return
+            except ConfigError as exc:  # keeps the last readable state of that subscription
                 log.error("subscription_unreadable", subscription=name, error=str(exc))
                 return
             self._subs[name] = sub
