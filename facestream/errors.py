@@ -22,15 +22,20 @@ class ModelError(FacestreamError):
 
 
 class RejectedEvent(FacestreamError):
-    """An event that can never be processed. `reason` is a short, stable machine-readable code."""
+    """An event that cannot be processed. `reason` is a short, stable machine-readable code.
+    `transient`: it might succeed later (a server away, a timeout): the worker tries again a few
+    times before dead-lettering it, and `facestream dlq replay --transient` sends it again."""
 
     reason = "rejected"
+    transient = False
 
-    def __init__(self, detail: str, *, reason: str | None = None) -> None:
+    def __init__(self, detail: str, *, reason: str | None = None, transient: bool | None = None) -> None:
         super().__init__(detail)
         self.detail = detail
         if reason is not None:
             self.reason = reason
+        if transient is not None:
+            self.transient = transient
 
 
 class MalformedEvent(RejectedEvent):
@@ -55,6 +60,13 @@ class FetchFailed(ImageRejected):
     """The image URI is allowed but could not be fetched (unreachable, timeout, HTTP error)."""
 
     reason = "fetch_failed"
+
+
+class DependencyUnavailable(RejectedEvent):
+    """A server the stage needs (the gallery, Triton) did not answer: tried again later."""
+
+    reason = "dependency_unavailable"
+    transient = True
 
 
 class OutputRejected(RejectedEvent):

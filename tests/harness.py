@@ -85,7 +85,7 @@ class Pipeline:
         """One worker for `group` (empty: all four), with its own operations port."""
         key = "-".join(group) or "all"
         port = self.ops_ports.setdefault(key, free_port())
-        log = self.workdir / f"worker-{key}-{len(self.workers)}.log"
+        log = self.workdir / f"worker-{key}-{len(list(self.workdir.glob('worker-*.log')))}.log"  # one per process
         env = {"FACESTREAM_OPS_PORT": str(port), "FACESTREAM_CROPS_PORT": str(self.crops_port)}
         worker = spawn(self.config, group, log, env=env)
         self.workers.append(worker)

@@ -7,6 +7,7 @@ facestream submit ...                  submit photos for search (purpose, case, 
 facestream tail [TOPIC]                print events from matches (default) or dlq
 facestream lag [--watch] | status      consumer lag; throughput, lag and dead letters per stage
 facestream config show|check           the effective settings and where each comes from; validate a file
+facestream dlq list|replay             the pipeline's dead letters, filtered; send them through again
 and the services' own commands (the notifier's `subscriptions` and `deliveries`).
 """
 
@@ -31,6 +32,7 @@ from aiokafka import TopicPartition
 from aiokafka.errors import KafkaConnectionError
 
 from facestream import client
+from facestream.cli.dlq import add_parsers as add_dlq_parsers
 from facestream.config import Settings, describe, load_settings
 from facestream.errors import ConfigError, FacestreamError, RejectedEvent
 from facestream.io.broker import local_broker
@@ -294,6 +296,8 @@ def parser(services: Sequence[Service]) -> argparse.ArgumentParser:
     c.add_argument("action", choices=["show", "check"])
     c.add_argument("file", nargs="?", help="settings file (default: --config or $FACESTREAM_CONFIG)")
     c.set_defaults(func=_cmd_config)
+
+    add_dlq_parsers(sub)
 
     for service in services:
         if service.commands is not None:

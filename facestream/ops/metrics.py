@@ -17,6 +17,11 @@ EVENTS_PRODUCED = Counter("facestream_events_produced_total", "Events a stage pr
 MODEL_POOL_RESTARTS = Counter(
     "facestream_model_pool_restarts_total", "Model process pools replaced after a model process died"
 )
+TRANSIENT_RETRIES = Counter(
+    "facestream_transient_retries_total",
+    "Events processed again after a failure that may pass (a server away, a timeout)",
+    ["stage", "reason"],
+)
 EMIT_RETRIES = Counter(
     "facestream_emit_retries_total", "Outputs and dead letters sent again after a transient broker error", ["stage"]
 )

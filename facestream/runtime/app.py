@@ -21,7 +21,7 @@ import faust
 from facestream.config import Settings
 from facestream.io.kafka import MAX_REQUEST, TOPICS
 from facestream.ops.logs import bind_event, get_logger
-from facestream.ops.metrics import EVENTS_CONSUMED, STAGE_SECONDS
+from facestream.ops.metrics import EVENTS_CONSUMED, STAGE_SECONDS, TRANSIENT_RETRIES
 from facestream.ops.server import Health, OpsServer
 from facestream.runtime.compute import ModelPool
 from facestream.runtime.emit import Emitter
@@ -125,10 +125,7 @@ def _register(
         started = time.perf_counter()
         screened = [screen(r) for r in records]
         admitted = [r for r, problem in zip(records, screened, strict=True) if problem is None]
-        try:
-            results = iter(await stage.process(admitted) if admitted else [])
-        except Exception as exc:  # a stage fault: dead-letter the batch, keep consuming
-            results = iter([Outcome(error=exc) for _ in admitted])
+        results = iter(await _process(stage, admitted, settings) if admitted else [])
         outcomes = [Outcome(error=problem) if problem is not None else next(results) for problem in screened]
         EVENTS_CONSUMED.labels(name).inc(len(records))
         per_event = (time.perf_counter() - started) / len(records)
@@ -172,6 +169,32 @@ def _register(
             log.info("stage_stopped", stage=name)
 
     app.agent(topics[service.source], name=f"facestream.{name}")(agent)
+
+
+async def _process(stage: Stage, records: list[Record], settings: Settings) -> list[Outcome]:
+    """The stage's outcomes for `records`. Those that failed for a reason that may pass (a server
+    away, a timeout: `transient`) are processed again, `transient_retries` times with a doubling
+    pause, before they are dead-lettered; ids are deterministic, so a second try duplicates nothing."""
+
+    async def attempt(batch: list[Record]) -> list[Outcome]:
+        try:
+            return await stage.process(batch)
+        except Exception as exc:  # a stage fault: dead-letter the batch, keep consuming
+            return [Outcome(error=exc) for _ in batch]
+
+    outcomes = await attempt(records)
+    delay = settings.transient_backoff_s
+    for _ in range(settings.transient_retries):
+        again = [i for i, o in enumerate(outcomes) if getattr(o.error, "transient", False)]
+        if not again:
+            break
+        for i in again:
+            TRANSIENT_RETRIES.labels(stage.name, getattr(outcomes[i].error, "reason", "internal_error")).inc()
+        await asyncio.sleep(delay)
+        delay *= 2
+        for i, outcome in zip(again, await attempt([records[i] for i in again]), strict=True):
+            outcomes[i] = outcome
+    return outcomes
 
 
 async def _stop(stage: Stage, grace_s: float) -> None:

@@ -129,6 +129,7 @@ def dead_letter(stage: str, record: Record, error: BaseException, with_payload: 
         "offset": record.offset,
         "key": key,
         "payload_b64": base64.b64encode(payload).decode(),
+        "transient": bool(getattr(error, "transient", False)),
         "occurred_at": now_iso(),
     }
     if not isinstance(error, RejectedEvent):

@@ -79,14 +79,17 @@ async def _read_http(uri: str, settings: Settings, client: httpx.AsyncClient) ->
         async with asyncio.timeout(settings.fetch_deadline_s):
             return await _read_http_within(uri, settings, client)
     except TimeoutError as exc:
-        raise FetchFailed(f"image fetch took longer than fetch_deadline_s ({settings.fetch_deadline_s:g} s)") from exc
+        detail = f"image fetch took longer than fetch_deadline_s ({settings.fetch_deadline_s:g} s)"
+        raise FetchFailed(detail, transient=True) from exc
 
 
 async def _read_http_within(uri: str, settings: Settings, client: httpx.AsyncClient) -> bytes:
     try:
         async with client.stream("GET", uri) as response:
             if response.status_code != 200:
-                raise FetchFailed(f"HTTP {response.status_code} from image URI")
+                # The server's trouble may pass (408, 429, 5xx); a 404 or a 403 will not.
+                again = response.status_code in {408, 425, 429} or response.status_code >= 500
+                raise FetchFailed(f"HTTP {response.status_code} from image URI", transient=again)
             declared = int(response.headers.get("content-length") or 0)
             if declared > settings.max_image_bytes:
                 raise ImageRejected(f"image is {declared} bytes, limit {settings.max_image_bytes}", reason="too_large")
@@ -102,8 +105,8 @@ async def _read_http_within(uri: str, settings: Settings, client: httpx.AsyncCli
         raise FetchRejected(str(exc)) from exc
     except httpx.InvalidURL as exc:  # e.g. a host httpx will not parse ("0177.0.0.1")
         raise FetchRejected(f"invalid image URL: {exc}") from exc
-    except httpx.HTTPError as exc:
-        raise FetchFailed(f"{type(exc).__name__}: {exc}") from exc
+    except httpx.HTTPError as exc:  # unreachable, reset, timed out: may work later
+        raise FetchFailed(f"{type(exc).__name__}: {exc}", transient=True) from exc
 
 
 async def fetch(image: dict[str, Any], settings: Settings, client: httpx.AsyncClient) -> bytes:

@@ -13,6 +13,7 @@ from facestream import contracts
 from facestream.config import Settings
 from facestream.contracts import ids
 from facestream.contracts.timeutil import now_iso
+from facestream.errors import DependencyUnavailable
 from facestream.ops.logs import get_logger
 from facestream.ops.metrics import SEARCH_SECONDS
 from facestream.runtime.stage import FACE_FIELDS, Outcome, Output, Record, carry
@@ -89,9 +90,10 @@ class MatcherStage:
         try:
             await self.gallery.upsert(points)
             size = await self.gallery.count()
-        except Exception as exc:
+        except Exception as exc:  # the gallery did not answer: these enrolments are tried again
+            unavailable = DependencyUnavailable(f"gallery upsert failed: {type(exc).__name__}: {exc}"[:500])
             for i, _ in enrols:
-                outcomes[i].error = exc
+                outcomes[i].error = unavailable
             return
         seconds = (time.perf_counter() - started) / len(enrols)
         for (i, event), point in zip(enrols, points, strict=True):
@@ -136,7 +138,14 @@ class MatcherStage:
                 searches[tuple(sorted(intent.get("watchlists", ())))].append((i, event))
         if enrols:
             await self._enrol(enrols, outcomes)
-        size = await self.gallery.count() if searches else 0
+        try:
+            size = await self.gallery.count() if searches else 0
+        except Exception as exc:
+            unavailable = DependencyUnavailable(f"gallery count failed: {type(exc).__name__}: {exc}"[:500])
+            for group in searches.values():
+                for i, _ in group:
+                    outcomes[i].error = unavailable
+            return outcomes
         threshold = self.settings.threshold
         operating_point = {
             "false_positive_identification_rate": self.settings.threshold_fpir,
@@ -148,9 +157,10 @@ class MatcherStage:
                 results = await self.gallery.search(
                     [e["embedding"] for _, e in group], self.settings.top_k * 4, threshold, list(watchlists) or None
                 )
-            except Exception as exc:
+            except Exception as exc:  # the gallery did not answer: these searches are tried again
+                unavailable = DependencyUnavailable(f"gallery search failed: {type(exc).__name__}: {exc}"[:500])
                 for i, _ in group:
-                    outcomes[i].error = exc
+                    outcomes[i].error = unavailable
                 continue
             seconds = (time.perf_counter() - t0) / len(group)
             for _ in group:

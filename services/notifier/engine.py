@@ -138,6 +138,7 @@ class DeliveryEngine:
         self.lanes: dict[str, Lane] = {}
         self.waiting: dict[TopicPartition, asyncio.TimerHandle] = {}
         self.inflight: set[asyncio.Task[None]] = set()
+        self._stopping = False
         self.ensured: set[str] = set()
         self._producer = store.producer  # started and stopped with the store
         self._consumer: AIOKafkaConsumer | None = None
@@ -162,6 +163,7 @@ class DeliveryEngine:
         self._tasks = [asyncio.create_task(self._run()), asyncio.create_task(self._commit_every(1.0))]
 
     async def stop(self) -> None:
+        self._stopping = True
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -211,14 +213,29 @@ class DeliveryEngine:
         while True:
             try:
                 batch = await self._consumer.getmany(timeout_ms=200, max_records=500)
-                for tp, records in batch.items():
-                    for record in records:
-                        if tp in self.waiting or not await self._accept(tp, record):
-                            break
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the broker away: keep trying; unfinished jobs stay uncommitted
                 log.error("delivery_engine_error", error=str(exc)[:300])
+                await asyncio.sleep(1.0)
+                continue
+            failed = False
+            for tp, records in batch.items():
+                for record in records:
+                    try:
+                        if tp in self.waiting or not await self._accept(tp, record):
+                            break
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as exc:
+                        # This record and the rest of its partition's share are read again: the
+                        # consumer's position has moved past them, and skipping them would let a
+                        # later commit pass jobs nobody did.
+                        self._consumer.seek(tp, record.offset)
+                        log.error("delivery_accept_failed", topic=tp.topic, offset=record.offset, error=repr(exc)[:300])
+                        failed = True
+                        break
+            if failed:
                 await asyncio.sleep(1.0)
 
     async def _accept(self, tp: TopicPartition, record: Any) -> bool:
@@ -238,23 +255,40 @@ class DeliveryEngine:
             return False
         self.offsets.begin(tp, record.offset)
         lane = self._lane(self.store.get(job["subscription"]))
-        work = self._defer(job) if lane.pending >= self.settings.webhook_max_pending else self._deliver(lane, job)
+        deferred = lane.pending >= self.settings.webhook_max_pending
+        self._launch(tp, record.offset, lane, job, deferred, delay=0.0)
+        return True
+
+    def _launch(
+        self, tp: TopicPartition, offset: int, lane: Lane, job: dict[str, Any], deferred: bool, delay: float
+    ) -> None:
+        """Work on one job until its outcome is durable. If recording the outcome fails (the
+        broker away), the job is done again after a pause (the same webhook id, so a receiver that
+        already has it ignores it) rather than left open, which would hold its partition's commits."""
         lane.pending += 1
-        task = asyncio.create_task(work)
+
+        async def work() -> None:
+            if delay:
+                await asyncio.sleep(delay)
+            await (self._defer(job) if deferred else self._deliver(lane, job))
+
+        task = asyncio.create_task(work())
         self.inflight.add(task)
 
         def done(t: asyncio.Task[None]) -> None:
             self.inflight.discard(t)
             lane.pending -= 1
-            error = "cancelled" if t.cancelled() else t.exception()
-            if error is not None:
-                # The outcome was not recorded: leave the offset open so the job is redone.
-                log.error("delivery_outcome_not_recorded", webhook_id=job["webhook_id"], error=repr(error)[:300])
+            if t.cancelled():  # stopping: left open, redone by whoever takes the partition
                 return
-            self.offsets.finish(tp, record.offset)
+            error = t.exception()
+            if error is None:
+                self.offsets.finish(tp, offset)
+                return
+            log.error("delivery_outcome_not_recorded", webhook_id=job["webhook_id"], error=repr(error)[:300])
+            if not self._stopping and tp in self.offsets.next:  # still ours: again, waiting longer each time
+                self._launch(tp, offset, lane, job, deferred, delay=min(max(delay * 2, 1.0), 60.0))
 
         task.add_done_callback(done)
-        return True
 
     def _resume(self, tp: TopicPartition) -> None:
         self.waiting.pop(tp, None)

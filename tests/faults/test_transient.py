@@ -1,0 +1,107 @@
+"""Failures that may pass are tried again; those that cannot, are not; and what ends in the dead
+letters can be listed and sent through again once the cause is gone. Real broker, real worker,
+a real image server on loopback whose answers the test scripts."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import orjson
+import pytest
+from aiohttp import web
+
+from facestream import client
+from tests.conftest import ROOT, SAMPLES, sample
+from tests.harness import Pipeline
+from tests.helpers import Server
+
+PHOTO = sample("azure_family2_man").read_bytes()
+
+
+class Script:
+    """Answers per path: a list of statuses to give first, then 200 with the photo."""
+
+    def __init__(self) -> None:
+        self.plan: dict[str, list[int]] = {}
+        self.hits: dict[str, int] = {}
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.hits[request.path] = self.hits.get(request.path, 0) + 1
+        plan = self.plan.get(request.path, [])
+        if plan:
+            return web.Response(status=plan.pop(0))
+        return web.Response(body=PHOTO, content_type="image/jpeg")
+
+
+@pytest.fixture
+async def rig(kafka: str, tmp_path: Path) -> AsyncIterator[tuple[Pipeline, Script, Server]]:
+    script = Script()
+    async with Server({"/{name}": script.handle}) as server:
+        pipeline = Pipeline(tmp_path, [SAMPLES], extra={"transient_retries": 2, "transient_backoff_s": 0.2})
+        await pipeline.start()
+        try:
+            yield pipeline, script, server
+        finally:
+            await pipeline.stop()
+
+
+def search(image_id: str, url: str) -> dict[str, object]:
+    intent = client.search_intent("fault test", "CASE-T", "test-suite")
+    return client.submission(image_id, {"uri": url, "sha256": hashlib.sha256(PHOTO).hexdigest()}, intent, "tests")
+
+
+def cli(pipeline: Pipeline, *args: str) -> str:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FACESTREAM_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "facestream.services", "--config", str(pipeline.config), "dlq", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+async def test_transient_failures_are_retried_and_replayable(rig: tuple[Pipeline, Script, Server]) -> None:
+    pipeline, script, server = rig
+    script.plan = {"/flaky.jpg": [503, 503], "/down.jpg": [503] * 3, "/missing.jpg": [404]}
+    for name in ("flaky", "down", "missing"):
+        await pipeline.submit(name, search(name, server.url(f"/{name}.jpg")))
+
+    async def settled() -> bool:
+        done = {m["image_id"] for m in await pipeline.events("matches")}
+        letters = {orjson.loads(v)["image_id"] for _, v in await pipeline.read("dlq")}
+        return "flaky" in done and {"down", "missing"} <= letters
+
+    await pipeline.wait_for(settled, what="the flaky image through, the others dead-lettered")
+    assert script.hits["/flaky.jpg"] == 3  # two 503s, then the photo: no dead letter for it
+    assert script.hits["/down.jpg"] == 3  # the first try and two retries
+    assert script.hits["/missing.jpg"] == 1  # a 404 will not pass: not tried again
+    letters = {x["image_id"]: x for x in (orjson.loads(v) for _, v in await pipeline.read("dlq"))}
+    assert set(letters) == {"down", "missing"}
+    assert letters["down"]["transient"] is True
+    assert letters["missing"]["transient"] is False
+    assert letters["down"]["reason"] == letters["missing"]["reason"] == "fetch_failed"
+
+    listed = cli(pipeline, "list", "--transient")
+    assert "down" in listed
+    assert "missing" not in listed
+    assert "1 dead letters" in listed
+    assert "would replay 1" in cli(pipeline, "replay", "--transient", "--dry-run")
+    # The image server is back: the transient one goes through; the 404 is left where it is.
+    assert "replayed 1 dead letters" in cli(pipeline, "replay", "--transient")
+
+    async def replayed() -> bool:
+        return any(m["image_id"] == "down" for m in await pipeline.events("matches"))
+
+    await pipeline.wait_for(replayed, what="the replayed image")
+    await asyncio.sleep(0.5)
+    assert len(await pipeline.read("dlq")) == 2  # nothing new dead-lettered
