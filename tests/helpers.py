@@ -8,6 +8,7 @@ import struct
 import zlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -144,3 +145,19 @@ def match_result(
         "captured_at": "2026-01-01T00:00:00Z",
         "occurred_at": occurred_at,
     }
+
+
+def enrolment(image_id: str, path: Path, settings: Any, watchlist: str = "test-list") -> dict[str, Any]:
+    """An image.submitted enrolling the sample photo at `path` (its folder names the subject)."""
+    from facestream import client
+
+    intent = client.enroll_intent(
+        path.parent.name,
+        watchlist,
+        lawful_basis="explicit_consent",
+        consent_ref=f"consent/{path.parent.name}",
+        retain_until="2030-01-01",
+        source_attestation="sample photo (MIT), see samples/SOURCES.md",
+        enrolled_by="test-suite",
+    )
+    return client.submission(image_id, client.image_ref(path, settings), intent, "tests")

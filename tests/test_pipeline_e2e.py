@@ -23,23 +23,11 @@ import pytest
 from facestream import client, contracts
 from tests.conftest import SAMPLES
 from tests.harness import Pipeline
+from tests.helpers import enrolment
 
 GALLERY = sorted((SAMPLES / "gallery").rglob("*.jpg"))
 PROBES = sorted((SAMPLES / "probes").rglob("*.jpg"))
 NOT_ENROLLED = "azure_family1_son"
-
-
-def enrolment(image_id: str, path: Path, settings: Any) -> dict[str, Any]:
-    intent = client.enroll_intent(
-        path.parent.name,
-        "test-list",
-        lawful_basis="explicit_consent",
-        consent_ref=f"consent/{path.parent.name}",
-        retain_until="2030-01-01",
-        source_attestation="sample photo (MIT), see samples/SOURCES.md",
-        enrolled_by="test-suite",
-    )
-    return client.submission(image_id, client.image_ref(path, settings), intent, "tests")
 
 
 def search(image_id: str, path: Path, settings: Any, inline: bool | None = None) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from facestream import client
 from facestream.contracts.timeutil import parse_iso
 from tests.conftest import ROOT, SAMPLES
 from tests.harness import Pipeline
+from tests.helpers import enrolment
 
 GALLERY = sorted((SAMPLES / "gallery").rglob("*.jpg"))
 PROBES = sorted((SAMPLES / "probes").rglob("*.jpg"))
@@ -62,19 +63,6 @@ def _search(image_id: str, path: Path, settings: Any) -> dict[str, Any]:
     return client.submission(image_id, client.image_ref(path, settings), intent, "faults")
 
 
-def _enrol(image_id: str, path: Path, settings: Any) -> dict[str, Any]:
-    intent = client.enroll_intent(
-        path.parent.name,
-        "faults",
-        lawful_basis="explicit_consent",
-        consent_ref=f"consent/{path.parent.name}",
-        retain_until="2030-01-01",
-        source_attestation="sample photo (MIT), see samples/SOURCES.md",
-        enrolled_by="fault-run",
-    )
-    return client.submission(image_id, client.image_ref(path, settings), intent, "faults")
-
-
 def _broker(action: str) -> None:
     subprocess.check_call(["bash", str(ROOT / "scripts/kafka.sh"), action], stdout=subprocess.DEVNULL)
 
@@ -102,7 +90,7 @@ async def fault_run(
     counts = Counts()
     try:
         for i, path in enumerate(GALLERY):
-            await pipeline.submit(f"enrol-{i}", _enrol(f"enrol-{i}", path, pipeline.settings))
+            await pipeline.submit(f"enrol-{i}", enrolment(f"enrol-{i}", path, pipeline.settings, "faults"))
 
         async def enrolled() -> bool:
             return sum(m["status"] == "enrolled" for m in await pipeline.events("matches")) >= len(GALLERY)
