@@ -166,9 +166,12 @@ def consumer(settings: Settings, *topics: str, group_id: str | None = None, **kw
     )
 
 
-async def read_topic(settings: Settings, topic: str, group_id: str | None = None) -> list[Any]:
+async def read_topic(
+    settings: Settings, topic: str, group_id: str | None = None, since: float | None = None
+) -> list[Any]:
     """Every record of `topic` (a full name) from the group's position (the beginning without a
-    group) up to the end offsets taken at the start. With a group, commits what was read."""
+    group; the first record written at or after the epoch time `since`, when given) up to the
+    end offsets taken at the start. With a group, commits what was read."""
     cons = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap,
         group_id=group_id,
@@ -185,6 +188,10 @@ async def read_topic(settings: Settings, topic: str, group_id: str | None = None
         if group_id is None:
             await cons.seek_to_beginning(*parts)
         ends = await cons.end_offsets(parts)
+        if since is not None:
+            starts = await cons.offsets_for_times({tp: int(since * 1000) for tp in parts})
+            for tp in parts:
+                cons.seek(tp, starts[tp].offset if starts[tp] is not None else ends[tp])
         out: list[Any] = []
         while [tp for tp, end in ends.items() if await cons.position(tp) < end]:
             for tp, records in (await cons.getmany(*parts, timeout_ms=500)).items():

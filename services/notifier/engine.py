@@ -25,13 +25,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from facestream import contracts
 from facestream.config import Settings
 from facestream.contracts.timeutil import now_iso, parse_iso
 from facestream.errors import MalformedEvent
-from facestream.io.kafka import MAX_REQUEST, create_topics
+from facestream.io.kafka import MAX_REQUEST, create_topics, read_topic
 from facestream.io.net import guarded_client
 from facestream.ops.logs import get_logger
 from facestream.ops.metrics import END_TO_END_SECONDS, WEBHOOK_OUTCOMES, WEBHOOK_SECONDS, WEBHOOKS, status_class
@@ -139,6 +140,8 @@ class DeliveryEngine:
         self.waiting: dict[TopicPartition, asyncio.TimerHandle] = {}
         self.inflight: set[asyncio.Task[None]] = set()
         self._stopping = False
+        # (subscription, webhook id) -> when delivered, within the event TTL; see _load_delivered.
+        self.delivered: dict[tuple[str, str], float] = {}
         self.ensured: set[str] = set()
         self._producer = store.producer  # started and stopped with the store
         self._consumer: AIOKafkaConsumer | None = None
@@ -158,9 +161,22 @@ class DeliveryEngine:
             session_timeout_ms=int(self.settings.session_timeout_s * 1000),
             heartbeat_interval_ms=int(max(0.5, self.settings.session_timeout_s / 10) * 1000),
         )
+        await self._load_delivered()
         self._consumer.subscribe(pattern=self.sources, listener=_Rebalance(self))
         await self._consumer.start()
         self._tasks = [asyncio.create_task(self._run()), asyncio.create_task(self._commit_every(1.0))]
+
+    async def _load_delivered(self) -> None:
+        """The webhook ids the delivery log shows delivered within the event TTL (older jobs
+        expire anyway): a job for one of them (work redone after a crash, a match fanned out
+        again) is not sent a second time."""
+        since = self.clock() - self.settings.webhook_event_ttl_s
+        for record in await read_topic(self.settings, self.settings.topic("deliveries.log"), since=since):
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                entry = orjson.loads(record.value)
+                if entry["outcome"] == "delivered":
+                    at = parse_iso(entry["at"]).timestamp()
+                    self.delivered[(entry["subscription"], entry["webhook_id"])] = at
 
     async def stop(self) -> None:
         self._stopping = True
@@ -200,9 +216,19 @@ class DeliveryEngine:
                 handle.cancel()
         self.offsets.forget(revoked)
 
+    def _forget_expired(self) -> None:
+        """Delivered ids past the event TTL: their jobs are dead-lettered as expired anyway."""
+        cutoff = self.clock() - self.settings.webhook_event_ttl_s
+        for key in [k for k, at in self.delivered.items() if at < cutoff]:
+            del self.delivered[key]
+
     async def _commit_every(self, seconds: float) -> None:
+        rounds = 0
         while True:
             await asyncio.sleep(seconds)
+            rounds += 1
+            if rounds % 600 == 0:
+                self._forget_expired()
             try:
                 await self.commit()
             except Exception as exc:  # a rebalance in progress; the next round commits
@@ -321,6 +347,9 @@ class DeliveryEngine:
         if parse_iso(job["expires_at"]).timestamp() <= self.clock():
             await self._dead(job, "expired", f"not delivered before {job['expires_at']}")
             return
+        if (name, job["webhook_id"]) in self.delivered:
+            await self._log(job, "dropped", reason="already_delivered")
+            return
         async with lane.slots:
             await lane.bucket.take()
             assert self.client is not None
@@ -333,6 +362,7 @@ class DeliveryEngine:
         job = {**job, "attempt": number, "last_status": verdict.status, "last_error": verdict.error}
         if verdict.outcome == "delivered":
             await self._log(job, "delivered", verdict, latency)
+            self.delivered[(name, job["webhook_id"])] = self.clock()
             if "submitted_at" in job:
                 END_TO_END_SECONDS.observe(max(0.0, time.time() - parse_iso(job["submitted_at"]).timestamp()))
             log.info("delivered", subscription=name, webhook_id=job["webhook_id"], trace_id=job.get("trace_id"))

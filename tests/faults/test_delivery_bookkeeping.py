@@ -80,3 +80,31 @@ async def test_a_record_that_fails_to_be_taken_in_is_read_again(
             await rig.wait_for(lambda: not any(engine.offsets.open.values()), what="every job finished")
     finally:
         await receiver.stop()
+
+
+async def test_a_job_already_delivered_is_not_sent_again(tmp_path: Path, kafka: str) -> None:
+    """Work redone after a crash (or a match fanned out again) arrives as a second job with the
+    same webhook id; a notifier started afterwards knows from the delivery log that it was
+    delivered, and does not send it again."""
+    receiver = await Subscriber().start()
+    try:
+        async with notifier(tmp_path, kafka) as rig:
+            await rig.add("cases", receiver)
+            first = match(1)
+            await rig.publish(first)
+            await rig.wait_for(lambda: len(receiver.arrivals) == 1, what="the delivery")
+
+            async def logged() -> bool:
+                return any(e["outcome"] == "delivered" for e in await rig.log("cases"))
+
+            await rig.wait_for(logged, what="the delivery log entry")
+            await rig.restart()  # a new engine: nothing in memory
+            await rig.publish(first)  # the same match again: the same webhook id
+
+            async def dropped() -> bool:
+                return any(e.get("reason") == "already_delivered" for e in await rig.log("cases"))
+
+            await rig.wait_for(dropped, what="the second job dropped")
+            assert len(receiver.arrivals) == 1
+    finally:
+        await receiver.stop()
