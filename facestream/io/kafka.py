@@ -70,9 +70,7 @@ async def ensure_topics(settings: Settings, extra: Iterable[TopicSpec] = ()) -> 
 async def create_topics(settings: Settings, specs: Iterable[TopicSpec]) -> list[str]:
     """Create those of `specs` that do not exist yet (another process may race us: fine)."""
     wanted = [s.new_topic() for s in specs]
-    async with running(
-        AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=30000)
-    ) as admin:
+    async with running(admin_client(settings, 30)) as admin:
         existing = set(await admin.list_topics())
         new = [t for t in wanted if t.name not in existing]
         if new:
@@ -118,9 +116,7 @@ async def topic_partitions(
     """Partition numbers of each existing topic in `names` (missing topics are left out);
     uses `admin` when the caller has one open."""
     if admin is None:
-        async with running(
-            AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10000)
-        ) as admin:
+        async with running(admin_client(settings)) as admin:
             return await topic_partitions(settings, names, admin)
     described = await admin.describe_topics(names)
     return {
@@ -141,6 +137,10 @@ async def running(client: Client) -> AsyncIterator[Client]:
         yield client
     finally:
         await close()
+
+
+def admin_client(settings: Settings, timeout_s: float = 10.0) -> AIOKafkaAdminClient:
+    return AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=int(timeout_s * 1000))
 
 
 def producer(settings: Settings, **kwargs: Any) -> AIOKafkaProducer:
@@ -206,7 +206,7 @@ async def read_topic(
 async def delete_topics(settings: Settings) -> list[str]:
     """Delete every topic of this topic prefix, and the app's own (faust's leader topics), so demo
     and test runs clean up after themselves."""
-    async with running(AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)) as admin:
+    async with running(admin_client(settings)) as admin:
         mine = (f"{settings.topic_prefix}.", f"{settings.app_id}-")
         names = [t for t in await admin.list_topics() if t.startswith(mine)]
         if names:

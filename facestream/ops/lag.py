@@ -6,11 +6,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka import TopicPartition
 
 from facestream.config import Settings
-from facestream.io.kafka import running, topic_partitions
+from facestream.io.kafka import admin_client, consumer, running, topic_partitions
 
 
 @dataclass(frozen=True)
@@ -30,9 +29,7 @@ async def consumer_lag(settings: Settings, groups: Mapping[str, Sequence[str]]) 
     """Lag of each consumer group in `groups` (group id: the full names of the topics it reads) on
     those topics and any other of the pipeline's it has committed on, sorted by group, topic and
     partition. A group that has not committed on a topic yet still lags on it from the start."""
-    admin_client = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10000)
-    ends_client = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
-    async with running(admin_client) as admin, running(ends_client) as ends_consumer:
+    async with running(admin_client(settings)) as admin, running(consumer(settings)) as ends_consumer:
         prefix = f"{settings.topic_prefix}."
         rows: list[Lag] = []
         for group, reads in groups.items():
@@ -55,9 +52,7 @@ async def consumer_lag(settings: Settings, groups: Mapping[str, Sequence[str]]) 
 
 async def pipeline_groups(settings: Settings) -> list[str]:
     """Every consumer group on the broker whose id is the app id or starts with it."""
-    async with running(
-        AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=10000)
-    ) as admin:
+    async with running(admin_client(settings)) as admin:
         listed = await admin.list_consumer_groups()
     app_id = settings.app_id
     return sorted(g[0] for g in listed if g[0] == app_id or g[0].startswith(f"{app_id}-"))
