@@ -105,6 +105,11 @@ async def test_dashboard_shows_every_stage_live(kafka: str, tmp_path: Path, brow
             row = browser.find_element(By.CSS_SELECTOR, '#webhooks tr[data-subscription="test-receiver"]')  # type: ignore[attr-defined]
             return {c.get_attribute("class").split()[0]: c.text for c in row.find_elements(By.TAG_NAME, "td")}
 
+        async def all_delivered() -> bool:
+            # The page's webhook table refreshes on its own clock too: wait for its next refresh.
+            return int(float((await asyncio.to_thread(webhook_row))["delivered"])) >= 9
+
+        await pipeline.wait_for(all_delivered, what="the webhook table to show every delivery")
         webhooks = await asyncio.to_thread(webhook_row)
         assert int(float(webhooks["delivered"])) >= 9
         assert int(float(webhooks["dead_lettered"])) == 0
