@@ -260,12 +260,18 @@ class Settings(BaseSettings):
     # Every stage's stream
     batch_max: int = Field(32, ge=1, le=10_000, description="most events a stage takes at once")
     batch_within_s: Delay = Field(0.02, description="longest wait to fill a batch")
+    records_in_flight: int = Field(
+        64,
+        ge=1,
+        le=10_000,
+        description="records the detector works on at once, each on its own (a slow image source holds one)",
+    )
     transient_retries: int = Field(
         3, ge=0, le=20, description="times an event that failed for a passing reason is tried again before the dlq"
     )
     transient_backoff_s: Delay = Field(1.0, description="pause before the first such retry (doubling after)")
     shutdown_grace_s: Seconds = Field(
-        20.0, description="how long a stopping worker lets a batch in flight finish before it exits without it"
+        20.0, description="how long a stopping worker lets work in flight finish (the rest is redelivered)"
     )
     workers: int = Field(default_factory=lambda: os.cpu_count() or 2, ge=1, description="threads for model work")
     model_processes: int = Field(

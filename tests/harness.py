@@ -47,6 +47,9 @@ class Pipeline:
         self.receiver = WebhookReceiver(self.secret)
         self.workers: list[subprocess.Popen[bytes]] = []
         self.ops_ports: dict[str, int] = {}
+        self.other_ports: dict[str, int] = {}  # crop servers of the second and later notifier workers
+        self.slots: dict[int, subprocess.Popen[bytes]] = {}  # the workers of `services`, by position
+        self.log_of: dict[int, Path] = {}  # each worker's log file, by pid
         self.crops_port = free_port()  # crop links point here (one notifier worker per pipeline)
         self.settings: Settings
 
@@ -78,17 +81,37 @@ class Pipeline:
         await self.producer.start()
 
     def spawn_workers(self) -> None:
-        for group in self.services:
-            self.spawn_worker(group)
+        for slot in range(len(self.services)):
+            self.spawn_slot(slot)
+
+    def _key(self, slot: int) -> str:
+        """The name of worker `slot`'s ports and logs: its services, and its number among the
+        workers that run the same services (from the second on)."""
+        group = self.services[slot]
+        key = "-".join(group) or "all"
+        twin = [i for i, g in enumerate(self.services) if tuple(g) == tuple(group)].index(slot)
+        return key if twin == 0 else f"{key}-{twin + 1}"
+
+    def spawn_slot(self, slot: int) -> subprocess.Popen[bytes]:
+        """Start worker `slot` (of `services`) again, with the same ports as before."""
+        key = self._key(slot)
+        worker = self._spawn(self.services[slot], key, twin=key.rsplit("-", 1)[-1].isdigit())
+        self.slots[slot] = worker
+        return worker
 
     def spawn_worker(self, group: Sequence[str]) -> subprocess.Popen[bytes]:
         """One worker for `group` (empty: all four), with its own operations port."""
-        key = "-".join(group) or "all"
+        return self._spawn(group, "-".join(group) or "all")
+
+    def _spawn(self, group: Sequence[str], key: str, twin: bool = False) -> subprocess.Popen[bytes]:
         port = self.ops_ports.setdefault(key, free_port())
+        # One crop server per notifier worker: the first serves the links the tests follow.
+        crops = self.other_ports.setdefault(key, free_port()) if twin else self.crops_port
         log = self.workdir / f"worker-{key}-{len(list(self.workdir.glob('worker-*.log')))}.log"  # one per process
-        env = {"FACESTREAM_OPS_PORT": str(port), "FACESTREAM_CROPS_PORT": str(self.crops_port)}
+        env = {"FACESTREAM_OPS_PORT": str(port), "FACESTREAM_CROPS_PORT": str(crops)}
         worker = spawn(self.config, group, log, env=env)
         self.workers.append(worker)
+        self.log_of[worker.pid] = log
         return worker
 
     def kill_workers(self) -> None:
@@ -97,6 +120,20 @@ class Pipeline:
             worker.kill()
             worker.wait()
         self.workers.clear()
+        self.slots.clear()
+
+    def kill_slot(self, slot: int) -> None:
+        """SIGKILL worker `slot` alone: the others of its group take its partitions over."""
+        worker = self.slots.pop(slot)
+        worker.kill()
+        worker.wait()
+        self.workers.remove(worker)
+
+    def stop_slot(self, slot: int) -> None:
+        """Stop worker `slot` gracefully (SIGTERM: it finishes its work and commits)."""
+        worker = self.slots.pop(slot)
+        terminate([worker])
+        self.workers.remove(worker)
 
     async def stop(self) -> None:
         await self.producer.stop()

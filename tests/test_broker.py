@@ -8,14 +8,26 @@ import os
 import subprocess
 import sys
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin import AIOKafkaAdminClient, NewPartitions
 
 from facestream.config import load_settings
 from facestream.errors import ConfigError
 from facestream.io.broker import broker_env
+from facestream.io.kafka import (
+    METADATA_MAX_AGE_MS,
+    TopicSpec,
+    admin_client,
+    consumer,
+    create_topics,
+    delete_topics,
+    running,
+)
+from facestream.runtime.app import create_app
+from facestream.services.main import SERVICES
 from tests.conftest import ROOT
 from tests.harness import free_port
 
@@ -58,3 +70,36 @@ async def test_kafka_up_on_other_ports(kafka: str, tmp_path: Path) -> None:
     finally:
         down = await asyncio.to_thread(cli, "down")
         assert down.returncode == 0, down.stdout + down.stderr
+
+
+async def test_partitions_unseen_at_a_rebalance_are_assigned_soon_after(kafka: str) -> None:
+    """A rebalance assigns only the partitions the members' view of the topic holds: after a broker
+    restart (leaders not yet elected) that can be none of a topic; after partitions are added,
+    not the new ones. The group must take them up at the next metadata refresh, seconds later,
+    not the clients' default five minutes. Shown here with partitions added to a topic the
+    group already reads."""
+    settings = load_settings(topic_prefix=f"t{uuid.uuid4().hex[:10]}", environment=False)
+    topic = settings.topic("images")
+    await create_topics(settings, [TopicSpec(topic, 1)])
+    cons = consumer(settings, "images", group_id=f"{settings.topic_prefix}-late")
+    await cons.start()
+    try:
+        while not cons.assignment():
+            await cons.getmany(timeout_ms=200)
+        assert {tp.partition for tp in cons.assignment()} == {0}
+        async with running(admin_client(settings)) as admin:
+            await admin.create_partitions({topic: NewPartitions(3)})
+        deadline = asyncio.get_running_loop().time() + 3 * METADATA_MAX_AGE_MS / 1000
+        while len(cons.assignment()) < 3 and asyncio.get_running_loop().time() < deadline:
+            await cons.getmany(timeout_ms=500)
+        assert {tp.partition for tp in cons.assignment()} == {0, 1, 2}
+    finally:
+        await cons.stop()
+        await delete_topics(settings)
+
+
+def test_the_faust_app_refreshes_metadata_as_often() -> None:
+    settings = load_settings(ops_port=-1, environment=False)
+    with ThreadPoolExecutor(1) as executor:
+        app = create_app(settings, SERVICES, SERVICES, executor)
+    assert app.conf.consumer_metadata_max_age_ms == METADATA_MAX_AGE_MS

@@ -222,7 +222,8 @@ async def test_a_trickling_server_is_cut_off_at_the_deadline() -> None:
 
 
 async def test_only_regular_files_are_read(tmp_path: Path) -> None:
-    """A FIFO under an image root would block a reader forever; it is refused at once."""
+    """A FIFO under an image root would block a reader forever; it is refused at once, as are
+    devices and folders."""
     fifo = tmp_path / "wait.jpg"
     os.mkfifo(fifo)
     settings = Settings(image_roots=(tmp_path,))
@@ -234,4 +235,6 @@ async def test_only_regular_files_are_read(tmp_path: Path) -> None:
             await fetch(
                 {"uri": Path("/dev/zero").as_uri(), "sha256": "0" * 64}, Settings(image_roots=(Path("/dev"),)), client
             )
+        with pytest.raises(FetchRejected, match="not a regular file"):  # was an internal error
+            await fetch({"uri": tmp_path.as_uri(), "sha256": "0" * 64}, settings, client)
     assert time.monotonic() - started < 5

@@ -154,6 +154,13 @@ def producer(settings: Settings, **kwargs: Any) -> AIOKafkaProducer:
     )
 
 
+# How old a group member's view of the topics may get. A rebalance that runs while a broker is
+# still electing leaders (just restarted) sees some topics without partitions and assigns none of
+# them; the group's leader rebalances again once a refresh shows them. With the clients' default
+# (5 minutes) a topic would go unread that long.
+METADATA_MAX_AGE_MS = 10_000
+
+
 def consumer(settings: Settings, *topics: str, group_id: str | None = None, **kwargs: Any) -> AIOKafkaConsumer:
     return AIOKafkaConsumer(
         *(settings.topic(t) for t in topics),
@@ -162,6 +169,7 @@ def consumer(settings: Settings, *topics: str, group_id: str | None = None, **kw
         auto_offset_reset="earliest",
         enable_auto_commit=group_id is not None,
         max_partition_fetch_bytes=MAX_REQUEST,
+        metadata_max_age_ms=METADATA_MAX_AGE_MS,
         **kwargs,
     )
 

@@ -2,7 +2,7 @@
 
 Each agent takes a batch from its stream, hands it to the service's stage (plain logic, no
 Kafka), produces the outputs and dead letters, and waits until the broker has acknowledged all
-of them. Only then does the batch count as processed, so offsets are committed after the outputs
+of them. Only then does a record count as processed, so offsets are committed after the outputs
 exist (at-least-once; downstream ids are deterministic, so redelivery duplicates nothing).
 """
 
@@ -19,10 +19,11 @@ from typing import Any
 import faust
 
 from facestream.config import Settings
-from facestream.io.kafka import MAX_REQUEST, TOPICS
+from facestream.io.kafka import MAX_REQUEST, METADATA_MAX_AGE_MS, TOPICS
 from facestream.ops.logs import bind_event, get_logger
 from facestream.ops.metrics import EVENTS_CONSUMED, STAGE_SECONDS, TRANSIENT_RETRIES
 from facestream.ops.server import Health, OpsServer
+from facestream.runtime.acks import InOrderAcks, Ticket
 from facestream.runtime.compute import ModelPool
 from facestream.runtime.emit import Emitter
 from facestream.runtime.service import Service, own_topics
@@ -87,6 +88,7 @@ def create_app(
         producer_acks=-1,
         producer_max_request_size=MAX_REQUEST,
         consumer_max_fetch_size=MAX_REQUEST,
+        consumer_metadata_max_age_ms=METADATA_MAX_AGE_MS,  # see there: a topic unassigned after a broker restart
         datadir=str(settings.data_dir / "faust" / app_id),
     )
     topics = {
@@ -146,8 +148,35 @@ def _register(
             os._exit(78)  # EX_CONFIG
         health.set(name, True)
         log.info("stage_started", stage=name)
+        # Nothing is acknowledged by faust: a record is acknowledged here once its outputs or its
+        # dead letter are on the broker, and only after every record before it in its partition
+        # (see facestream.runtime.acks), so a commit never passes work that is not done.
+        acks = InOrderAcks(stream.ack, lambda event: event.message.tp)
+        slots = asyncio.Semaphore(settings.records_in_flight if service.independent else 1)
+        running: set[asyncio.Task[None]] = set()
+
+        async def work(tickets: list[Ticket], records: list[Record]) -> None:
+            try:
+                await handle(stage, records)
+            except Exception as exc:
+                # Unacknowledged, the record would hold its partition's commits for good: end the
+                # worker instead; the restart redelivers it (deterministic ids: nothing doubles).
+                log.critical("batch_failed", stage=name, error=repr(exc)[:500])
+                os._exit(70)  # EX_SOFTWARE
+            await acks.done(tickets)
+
+        def start(tickets: list[Ticket], records: list[Record]) -> None:
+            task = asyncio.ensure_future(work(tickets, records))
+            running.add(task)
+            task.add_done_callback(finished)
+
+        def finished(task: asyncio.Task[None]) -> None:
+            running.discard(task)
+            slots.release()
+
         try:
-            async for events in stream.take_events(settings.batch_max, within=settings.batch_within_s):
+            async for events in stream.noack_take(settings.batch_max, within=settings.batch_within_s):
+                tickets = acks.track(events)
                 records = [
                     Record(
                         e.message.value,
@@ -159,11 +188,18 @@ def _register(
                     )
                     for e in events
                 ]
-                # faust acknowledges the batch as soon as this loop body is left, also by an
-                # exception or a cancellation (worker shutdown), so the work is shielded: it ends
-                # with every record's outputs or dead letter written, or the process ends first.
-                await _finish(asyncio.ensure_future(handle(stage, records)), name, settings.shutdown_grace_s)
+                # Independent records are worked on one by one, so one slow record holds only
+                # itself; otherwise the batch is one piece of work, one batch at a time.
+                units = (
+                    [([t], [r]) for t, r in zip(tickets, records, strict=True)]
+                    if service.independent
+                    else [(tickets, records)]
+                )
+                for unit in units:
+                    await slots.acquire()
+                    start(*unit)
         finally:
+            await _drain(running, name, settings.shutdown_grace_s)
             health.set(name, False)
             await _stop(stage, settings.shutdown_grace_s)
             log.info("stage_stopped", stage=name)
@@ -215,21 +251,20 @@ async def _stop(stage: Stage, grace_s: float) -> None:
         log.error("stage_stop_failed", stage=stage.name, error=repr(stopping.exception())[:500])
 
 
-async def _finish(work: asyncio.Future[None], stage: str, grace_s: float) -> None:
-    """Wait for a batch's work. If the agent is cancelled meanwhile, give the work `grace_s` to
-    finish; if it cannot, or if it fails, end the process at once: faust would otherwise
-    acknowledge (and later commit) a batch whose outputs do not exist. Redelivery after the
-    restart repeats the batch; its ids are deterministic, so nothing is duplicated downstream."""
-    try:
-        await asyncio.shield(work)
-        return
-    except asyncio.CancelledError:
-        done, _ = await asyncio.wait({work}, timeout=grace_s)
-        if done and not work.cancelled() and work.exception() is None:
-            raise
-        reason = "batch_unfinished_at_shutdown"
-    except Exception:
-        reason = "batch_failed"
-    problem = None if not work.done() or work.cancelled() else work.exception()
-    log.critical(reason, stage=stage, error=repr(problem)[:500] if problem else None)
-    os._exit(70)  # EX_SOFTWARE; nothing after this may run, or faust acknowledges the batch
+async def _drain(running: set[asyncio.Task[None]], stage: str, grace_s: float) -> None:
+    """At shutdown, give the work in flight `grace_s` to finish (even while the worker's shutdown
+    cancels the agent again); cancel what is left. Cancelled work was never acknowledged, so
+    the restart redelivers it; its ids are deterministic, so nothing is duplicated downstream."""
+    deadline = asyncio.get_running_loop().time() + grace_s
+    while running:
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            break
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait(set(running), timeout=remaining)
+    if running:
+        log.warning("work_unfinished_at_shutdown", stage=stage, records_or_batches=len(running))
+        for task in list(running):
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait(set(running), timeout=1.0)

@@ -50,6 +50,9 @@ class Service:
     # Consumer groups the service runs besides its agent's, with the full names of the topics each
     # reads: their lag is watched too.
     groups: Callable[[Settings], dict[str, list[str]]] = _no_groups
+    # Its records are independent of one another (no order among them matters): the agent works
+    # on up to `records_in_flight` of them at once, each on its own, instead of a batch at a time.
+    independent: bool = False
     # Adds the service's own commands to the `facestream` parser's subcommands.
     commands: Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None] | None = None
     # Lines for `facestream status`.

@@ -56,10 +56,11 @@ def read_local(path: Path, settings: Settings, sha256: str | None) -> bytes:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as exc:
         raise FetchFailed(f"cannot read file: {exc.strerror}") from exc
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # before fdopen, which refuses a directory itself
+        os.close(fd)
+        raise FetchRejected("not a regular file")
     with os.fdopen(fd, "rb") as fh:
         info = os.fstat(fh.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise FetchRejected("not a regular file")
         if info.st_size > settings.max_image_bytes:
             raise ImageRejected(f"image is {info.st_size} bytes, limit {settings.max_image_bytes}", reason="too_large")
         try:

@@ -20,4 +20,5 @@ def _models(settings: Settings) -> ModelLoader:
     return functools.partial(detector_for, min(0.5, settings.det_score_threshold))
 
 
-SERVICE = Service("detector", "images", _stage, model_loader=_models)
+# Images are independent: one from a slow source must not hold the images behind it.
+SERVICE = Service("detector", "images", _stage, model_loader=_models, independent=True)

@@ -1,12 +1,15 @@
-"""A fault run: a real pipeline (broker, worker process, verifying receiver) takes a stream of
-searches while its worker is killed with SIGKILL, its receiver goes away for a while and,
-optionally, the broker restarts; then every submitted image and every match is accounted for.
+"""A fault run: a real pipeline (broker, one or more worker processes in one group, verifying
+receiver) takes a stream of searches while its workers or their model processes are killed with
+SIGKILL, its receiver goes away for a while and the broker restarts; then every submitted image
+and every match is accounted for.
 `tests/faults/test_kills.py` runs a short one in the suite, `bench/faults.py` longer ones."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -36,8 +39,11 @@ class Counts:
     lost_webhooks: int = 0  # must be 0
     duplicates: int = 0  # requests for a webhook id already received (retries after a kill)
     gallery_sizes: set[int] = field(default_factory=set)  # as matches report it: one value, no doubles
+    workers: int = 1
     kills: int = 0
-    recovery_s: list[float] = field(default_factory=list)
+    model_kills: int = 0
+    broker_restarts: int = 0
+    recovery_s: list[tuple[str, float]] = field(default_factory=list)  # fault, seconds to the next result
     seconds: float = 0.0
 
     def table(self) -> str:
@@ -51,8 +57,11 @@ class Counts:
             ("  lost (must be 0)", self.lost_webhooks),
             ("  requests for an id already received", self.duplicates),
             ("gallery size seen in matches", ", ".join(map(str, sorted(self.gallery_sizes)))),
+            ("workers in the group", self.workers),
             ("worker kills (SIGKILL)", self.kills),
-            ("first result after a restart, s", ", ".join(f"{s:.1f}" for s in self.recovery_s)),
+            ("model process kills (SIGKILL)", self.model_kills),
+            ("broker restarts", self.broker_restarts),
+            ("next result after each fault, s", ", ".join(f"{a} {s:.1f}" for a, s in self.recovery_s)),
             ("run time, s", f"{self.seconds:.1f}"),
         ]
         return "\n".join(f"{name:42s} {value}" for name, value in rows)
@@ -71,6 +80,22 @@ async def _results(pipeline: Pipeline) -> list[dict[str, Any]]:
     return [m for m in await pipeline.events("matches") if m["status"] != "enrolled"]
 
 
+def _model_process(pipeline: Pipeline, rng: random.Random) -> int | None:
+    """A model process of a live worker, chosen at random (None if none is up just now)."""
+    found = []
+    for worker in pipeline.workers:
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                if parent == worker.pid and b"spawn_main" in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except (OSError, ValueError, IndexError):
+                continue
+    return rng.choice(found) if found else None
+
+
 async def fault_run(
     workdir: Path,
     images: int,
@@ -80,14 +105,24 @@ async def fault_run(
     seed: int = 7,
     limit_s: float = 600,
     rate: float = 10.0,
+    workers: int = 1,
+    model_kills: int = 0,
 ) -> Counts:
+    """`kills` SIGKILLs, `model_kills` SIGKILLs of a model process, a broker restart and a
+    receiver outage, each at a random moment of a stream of `images` searches sent at `rate` per
+    second. With one worker (all four services), a kill kills it; with `workers` > 1, that many
+    workers share the detector and embedder group (the matcher and notifier run in one more: the
+    embedded gallery is one process's) and a kill kills one of these workers, brought back once
+    the others have taken its partitions over."""
     rng = random.Random(seed)
     started = time.monotonic()
     # Retries spread over 15 s: a receiver away for less than that gets every webhook late, not never.
     extra = {"transient_backoff_s": 0.5, "webhook_schedule_s": [0, 1, 2, 4, 8]}
-    pipeline = Pipeline(workdir, [SAMPLES], extra=extra)
+    scaled = ("detector", "embedder")
+    services = [()] if workers == 1 else [scaled] * workers + [("matcher", "notifier")]
+    pipeline = Pipeline(workdir, [SAMPLES], services=services, extra=extra)
     await pipeline.start()
-    counts = Counts()
+    counts = Counts(workers=workers)
     try:
         for i, path in enumerate(GALLERY):
             await pipeline.submit(f"enrol-{i}", enrolment(f"enrol-{i}", path, pipeline.settings, "faults"))
@@ -105,31 +140,47 @@ async def fault_run(
 
         feeder = asyncio.create_task(feed())
         counts.submitted = len(ids)
-        receiver_down_at = rng.randrange(kills + 1) if receiver_down_s else -1
-        for k in range(kills + 1):
-            if k == receiver_down_at:
+        actions = ["kill"] * kills + ["model"] * model_kills
+        actions += ["broker"] * broker_restart + ["receiver"] * (receiver_down_s > 0)
+        rng.shuffle(actions)
+        for action in actions:
+            await asyncio.sleep(rng.uniform(0.5, images / rate / (len(actions) + 1)))  # a random moment mid-stream
+            if action == "kill" and workers > 1:
+                slot = rng.randrange(len(services))  # any worker: one of the group, or the matcher's
+                pipeline.kill_slot(slot)
+                counts.kills += 1
+                await asyncio.sleep(pipeline.settings.session_timeout_s)  # the others take its partitions over
+                pipeline.spawn_slot(slot)
+            elif action == "kill":
+                pipeline.kill_workers()
+                counts.kills += 1
+                pipeline.spawn_workers()
+            elif action == "model":
+                for _ in range(50):
+                    pid = _model_process(pipeline, rng)
+                    if pid is not None:
+                        os.kill(pid, signal.SIGKILL)
+                        counts.model_kills += 1
+                        break
+                    await asyncio.sleep(0.2)
+            elif action == "broker":
+                for step in ("down", "up"):
+                    await asyncio.to_thread(_broker, step)
+                counts.broker_restarts += 1
+            else:
                 await pipeline.receiver.stop()
                 await asyncio.sleep(receiver_down_s)
                 await pipeline.receiver.start()  # the same port: the retries find it again
-            if k == kills:
-                break
-            await asyncio.sleep(rng.uniform(0.5, images / rate / (kills + 1)))  # a random moment mid-stream
-            pipeline.kill_workers()
-            counts.kills += 1
-            if broker_restart and k == 0:
-                for action in ("down", "up"):
-                    await asyncio.to_thread(_broker, action)
-            respawned = time.time()
-            pipeline.spawn_workers()
+            after = time.time()
 
-            async def recovered(since: float = respawned) -> bool:
+            async def recovered(since: float = after) -> bool:
                 results = await _results(pipeline)
                 if len({m["image_id"] for m in results}) >= len(ids):
-                    return True  # nothing left to do for the new worker
+                    return True  # nothing left to do
                 return any(parse_iso(m["occurred_at"]).timestamp() > since for m in results)
 
-            await pipeline.wait_for(recovered, limit_s=limit_s, what="the first result after the kill")
-            counts.recovery_s.append(time.time() - respawned)
+            await pipeline.wait_for(recovered, limit_s=limit_s, what=f"the first result after: {action}")
+            counts.recovery_s.append((action, time.time() - after))
         await feeder
 
         async def accounted() -> bool:

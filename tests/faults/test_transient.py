@@ -17,6 +17,7 @@ import pytest
 from aiohttp import web
 
 from facestream import client
+from facestream.ops.lag import consumer_lag
 from tests.conftest import ROOT, SAMPLES, sample
 from tests.harness import Pipeline
 from tests.helpers import Server
@@ -30,9 +31,12 @@ class Script:
     def __init__(self) -> None:
         self.plan: dict[str, list[int]] = {}
         self.hits: dict[str, int] = {}
+        self.hold: dict[str, asyncio.Event] = {}  # paths that answer only once their event is set
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         self.hits[request.path] = self.hits.get(request.path, 0) + 1
+        if request.path in self.hold:
+            await self.hold[request.path].wait()
         plan = self.plan.get(request.path, [])
         if plan:
             return web.Response(status=plan.pop(0))
@@ -105,3 +109,50 @@ async def test_transient_failures_are_retried_and_replayable(rig: tuple[Pipeline
     await pipeline.wait_for(replayed, what="the replayed image")
     await asyncio.sleep(0.5)
     assert len(await pipeline.read("dlq")) == 2  # nothing new dead-lettered
+
+
+async def test_a_slow_source_holds_its_own_image_not_the_ones_behind_it(
+    rig: tuple[Pipeline, Script, Server],
+) -> None:
+    """One image's server does not answer; six images published behind it, in the same partition,
+    get their results meanwhile. The slow one holds only its partition's committed offset (a
+    restart would redeliver it); once its server answers, it is done and the commits catch up."""
+    pipeline, script, server = rig
+    script.hold["/slow.jpg"] = release = asyncio.Event()
+    topic = pipeline.settings.topic("images")
+
+    async def publish(image_id: str) -> int:
+        raw = orjson.dumps(search(image_id, server.url(f"/{image_id}.jpg")))
+        meta = await pipeline.producer.send_and_wait(topic, raw, key=image_id.encode(), partition=0)
+        return int(meta.offset)
+
+    slow_offset = await publish("slow")
+    await pipeline.wait_for(lambda: script.hits.get("/slow.jpg", 0) > 0, what="the slow fetch to start")
+    fast = [f"fast-{i}" for i in range(6)]
+    for image_id in fast:
+        await publish(image_id)
+        await asyncio.sleep(0.1)  # separate batches
+
+    async def results() -> set[str]:
+        return {m["image_id"] for m in await pipeline.events("matches")}
+
+    async def fast_done() -> bool:
+        return set(fast) <= await results()
+
+    await pipeline.wait_for(fast_done, limit_s=60, what="the images behind the slow one")
+    assert "slow" not in await results()
+    assert not release.is_set()
+
+    async def committed() -> int:
+        rows = await consumer_lag(pipeline.settings, {pipeline.settings.app_id: [topic]})
+        return next(r.committed for r in rows if r.topic == topic and r.partition == 0)
+
+    await asyncio.sleep(pipeline.settings.session_timeout_s / 2)  # a commit interval or more
+    assert await committed() <= slow_offset  # not past the image still in work
+
+    release.set()
+
+    async def all_committed() -> bool:
+        return "slow" in await results() and await committed() == slow_offset + 1 + len(fast)
+
+    await pipeline.wait_for(all_committed, limit_s=60, what="the slow image done and its partition committed")
