@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import datetime
 import secrets
 import subprocess
 import sys
@@ -37,7 +38,7 @@ from facestream.services.notifier.subscriptions import new_secret
 
 SAMPLES = ROOT / "samples"
 SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
-RETAIN = "2027-12-31"
+RETAIN = (datetime.date.today() + datetime.timedelta(days=365)).isoformat()  # within the 3-year maximum
 
 
 def _images(folder: Path) -> list[Path]:

@@ -233,6 +233,12 @@ class Settings(BaseSettings):
     )
     qdrant_url: str = Field("", description="Qdrant server URL (http://HOST:6333) when gallery_backend = qdrant")
     gallery_name: KafkaName = Field("faces", description="the gallery's collection name")
+    transit_retention_hours: float = Field(
+        12.0, gt=0, description="how long images, faces and embeddings stay in their topics (they hold biometric data)"
+    )
+    max_retention_days: int = Field(
+        3 * 365, ge=1, description="longest retention term an enrolment may ask for (3 years: BIPA's outer limit)"
+    )
     top_k: int = Field(5, ge=1, le=100, description="most candidates per face")
     threshold: float = Field(DEFAULT_THRESHOLD, ge=-1, le=1, description="lowest cosine similarity of a candidate")
     threshold_fpir: Fraction = Field(DEFAULT_THRESHOLD_FPIR, description="false-match rate the threshold was set for")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime
 import struct
 import zlib
 from collections.abc import Awaitable, Callable
@@ -15,6 +16,9 @@ from aiohttp import web
 
 # The digest test events claim for their image (any valid sha256 will do).
 SHA = "5" * 64
+
+# A retention term inside the allowed maximum (3 years), whatever day the suite runs.
+RETAIN = (datetime.date.today() + datetime.timedelta(days=365)).isoformat()
 
 
 def face_detected(image_id: str, crop: Any, intent: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -156,7 +160,7 @@ def enrolment(image_id: str, path: Path, settings: Any, watchlist: str = "test-l
         watchlist,
         lawful_basis="explicit_consent",
         consent_ref=f"consent/{path.parent.name}",
-        retain_until="2030-01-01",
+        retain_until=RETAIN,
         source_attestation="sample photo (MIT), see samples/SOURCES.md",
         enrolled_by="test-suite",
     )

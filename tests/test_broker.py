@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from facestream.config import load_settings
 from facestream.errors import ConfigError
@@ -24,6 +25,7 @@ from facestream.io.kafka import (
     consumer,
     create_topics,
     delete_topics,
+    ensure_topics,
     running,
 )
 from facestream.runtime.app import create_app
@@ -103,3 +105,22 @@ def test_the_faust_app_refreshes_metadata_as_often() -> None:
     with ThreadPoolExecutor(1) as executor:
         app = create_app(settings, SERVICES, SERVICES, executor)
     assert app.conf.consumer_metadata_max_age_ms == METADATA_MAX_AGE_MS
+
+
+async def test_transit_topics_keep_biometric_data_for_hours(kafka: str) -> None:
+    """Images, faces and embeddings (photos, face pixels, embeddings) are kept
+    `transit_retention_hours`; matches and dead letters (ids, scores, reasons) longer."""
+    settings = load_settings(topic_prefix=f"t{uuid.uuid4().hex[:10]}", transit_retention_hours=2, environment=False)
+    await ensure_topics(settings)
+    try:
+        async with running(admin_client(settings)) as admin:
+            names = [settings.topic(n) for n in ("images", "faces", "embeddings", "matches", "dlq")]
+            described = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, n) for n in names])
+        retention = {}
+        for response in described:
+            for _, _, _, name, entries in response.resources:
+                retention[name] = next(int(e[1]) for e in entries if e[0] == "retention.ms")
+        hours = {name.rsplit(".", 1)[1]: ms / 3_600_000 for name, ms in retention.items()}
+        assert hours == {"images": 2, "faces": 2, "embeddings": 2, "matches": 720, "dlq": 720}
+    finally:
+        await delete_topics(settings)

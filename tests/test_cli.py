@@ -12,6 +12,7 @@ import orjson
 
 from tests.conftest import ROOT, SAMPLES
 from tests.harness import Pipeline
+from tests.helpers import RETAIN
 
 
 async def cli(config: Path, *args: str) -> str:
@@ -46,7 +47,7 @@ async def test_enroll_submit_tail(kafka: str, tmp_path: Path) -> None:
             "--consent-ref",
             "c/9",
             "--retain-until",
-            "2030-01-01",
+            RETAIN,
             "--source-attestation",
             "badge photo, given in person",
             "--enrolled-by",
@@ -102,8 +103,10 @@ def test_mistakes_get_messages_not_tracebacks(tmp_path: Path) -> None:
         ),
         (["lag"], {"FACESTREAM_KAFKA_BOOTSTRAP": "127.0.0.1:1"}, "cannot reach Kafka", "kafka_bootstrap"),
         ([*enrol, "--retain-until", "2030-02-30", str(SAMPLES)], {}, "is not a date (YYYY-MM-DD)", "--retain-until"),
-        ([*enrol, "--retain-until", "2030-01-01", str(tmp_path / "missing.jpg")], {}, "no such file", "missing.jpg"),
-        ([*enrol, "--retain-until", "2030-01-01", str(tmp_path)], {}, "no images", str(tmp_path)),
+        ([*enrol, "--retain-until", RETAIN, str(tmp_path / "missing.jpg")], {}, "no such file", "missing.jpg"),
+        ([*enrol, "--retain-until", RETAIN, str(tmp_path)], {}, "no images", str(tmp_path)),
+        ([*enrol, "--retain-until", "2020-01-01", str(SAMPLES)], {}, "cannot enrol", "2020-01-01 has passed"),
+        ([*enrol, "--retain-until", "2099-01-01", str(SAMPLES)], {}, "cannot enrol", "beyond the longest term"),
     ]
     for args, env, message, detail in cases:
         result = _run(*args, env=env)

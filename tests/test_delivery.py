@@ -243,6 +243,11 @@ async def test_a_notifier_restarted_mid_retry_resumes_the_pending_retry(tmp_path
         await rig.restart(between=receiver.start)
         try:
             await rig.wait_for(lambda: len(receiver.delivered()) == 1, what="the retry after the restart")
+
+            async def logged() -> bool:  # the log entry is written after the request is answered
+                return len(await rig.log("down")) >= 2
+
+            await rig.wait_for(logged, what="the delivery's log entry")
         finally:
             await receiver.stop()
         log = await rig.log("down")

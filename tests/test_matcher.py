@@ -18,7 +18,7 @@ from facestream.runtime.stage import Record
 from facestream.services.matcher.gallery import EdgeGallery, Gallery, GalleryPoint, Hit, QdrantGallery
 from facestream.services.matcher.logic import candidates
 from facestream.services.matcher.stage import MatcherStage
-from tests.helpers import SHA
+from tests.helpers import RETAIN, SHA
 
 
 def unit(*values: float) -> list[float]:
@@ -110,15 +110,17 @@ def embedded(image_id: str, vector: list[float], intent: dict[str, object]) -> d
 
 
 async def test_stage_enrols_then_searches(tmp_path: Path) -> None:
+    """The stage's logic without a broker (follow=False): the replica's log-following is tested
+    in tests/test_gallery_log.py."""
     settings = Settings(data_dir=tmp_path, threshold=0.5)
-    stage = MatcherStage(settings)
+    stage = MatcherStage(settings, follow=False)
     await stage.start()
     enrol = client.enroll_intent(
         "alice",
         "w1",
         lawful_basis="explicit_consent",
         consent_ref="c/1",
-        retain_until="2030-01-01",
+        retain_until=RETAIN,
         source_attestation="provided in person",
         enrolled_by="clerk",
     )
@@ -127,7 +129,12 @@ async def test_stage_enrols_then_searches(tmp_path: Path) -> None:
         e = embedded("enrol-1", unit(1, 0), enrol)
         r = [Record(contracts.dumps(e), b"enrol-1", "t", 0, 0), Record(contracts.dumps(e), b"enrol-1", "t", 0, 1)]
         outcomes = await stage.process(r)
-        assert [o.outputs[0].value["status"] for o in outcomes] == ["enrolled", "enrolled"]
+        assert [[o.topic for o in outcome.outputs] for outcome in outcomes] == [["gallery", "matches"]] * 2
+        assert [o.outputs[1].value["status"] for o in outcomes] == ["enrolled", "enrolled"]
+        record = outcomes[0].outputs[0]
+        contracts.validate("gallery.point", record.value)  # the system of record gets the point
+        assert record.key == record.value["point_id"] == outcomes[1].outputs[0].key  # redelivery: the same key
+        assert record.value["subject_id"] == "alice"
         assert await stage.gallery.count() == 1  # the redelivered enrolment added nothing
         probes = [embedded("p1", unit(1, 0.3), search), embedded("p2", unit(0, 1), search)]
         outcomes = await stage.process([Record(contracts.dumps(p), b"p", "t", 0, i) for i, p in enumerate(probes)])

@@ -41,6 +41,8 @@ deps = {Path(p).resolve() for p in sys.argv[2].split(os.pathsep)}
 settings_file, enrol_photo, search_photo = (Path(a) for a in sys.argv[3:6])
 site = Path(sysconfig.get_paths()["purelib"]).resolve()
 
+import datetime
+
 import facestream
 from facestream import client, contracts
 from facestream.config import load_settings
@@ -92,7 +94,9 @@ async def submit(stages, event):
 async def main():
     settings = load_settings(settings_file)
     with ThreadPoolExecutor(settings.workers) as pool:
-        stages = (DetectorStage(settings, pool), EmbedderStage(settings, executor=pool), MatcherStage(settings))
+        # The stages alone: the matcher without its replica's log-following (no broker here).
+        matcher = MatcherStage(settings, follow=False)
+        stages = (DetectorStage(settings, pool), EmbedderStage(settings, executor=pool), matcher)
         for stage in stages:
             await stage.start()
         try:
@@ -101,7 +105,7 @@ async def main():
                 "wheel-test",
                 lawful_basis="explicit_consent",
                 consent_ref="consent/wheel-test",
-                retain_until="2030-01-01",
+                retain_until=(datetime.date.today() + datetime.timedelta(days=365)).isoformat(),
                 source_attestation="sample photo (MIT), see samples/SOURCES.md",
                 enrolled_by="test-suite",
             )

@@ -34,6 +34,7 @@ from aiokafka.errors import KafkaConnectionError
 from facestream import client
 from facestream.cli.dlq import add_parsers as add_dlq_parsers
 from facestream.config import Settings, describe, load_settings
+from facestream.contracts.consent import consent_problem
 from facestream.errors import ConfigError, FacestreamError, RejectedEvent
 from facestream.io.broker import local_broker
 from facestream.io.kafka import TOPICS, consumer, ensure_topics, producer, running, topic_partitions
@@ -87,6 +88,9 @@ def _cmd_enroll(args: argparse.Namespace) -> int:
         source_attestation=args.source_attestation,
         enrolled_by=args.enrolled_by,
     )
+    problem = consent_problem(intent["consent"], settings.max_retention_days)
+    if problem is not None:
+        raise UsageError(f"cannot enrol: {problem}")
     events = [
         client.submission(f"enrol-{uuid.uuid4().hex[:12]}", client.image_ref(p, settings), intent, args.source)
         for p in _images(args.images)

@@ -1,22 +1,24 @@
 """`facestream dlq list|replay`: the pipeline's dead letters, and sending them through again.
 
-A replay publishes the original record (its value, key and trace id, kept in the letter) to the
-topic it came from, so the stage that refused it tries again; ids are deterministic, so whatever
-the first try already produced is not duplicated downstream. Letters without their payload (a
-tombstone, or a letter that had to be sent without it) cannot be replayed and are counted."""
+A letter names the record it is about (topic, partition, offset), never carries its value (images,
+face pixels and embeddings stay out of the dead letters). A replay reads the original record back
+from that topic and publishes it there again (value, key and headers), so the stage that refused it
+tries again; ids are deterministic, so whatever the first try already produced is not duplicated
+downstream. A record the topic no longer holds (its transit retention passed) or a tombstone
+cannot be replayed; those are counted."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 from typing import Any
 
 import orjson
+from aiokafka import TopicPartition
 
 from facestream.config import Settings, load_settings
 from facestream.contracts.timeutil import parse_iso
-from facestream.io.kafka import producer, read_topic, running
+from facestream.io.kafka import consumer, producer, read_topic, running
 
 
 def add_parsers(sub: Any) -> None:
@@ -47,18 +49,46 @@ async def dead_letters(settings: Settings, args: argparse.Namespace) -> list[dic
     return sorted((x for x in letters if _matches(x, args)), key=lambda x: x["occurred_at"])
 
 
+async def originals(settings: Settings, letters: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each letter's original record (by the letter's event id), read back from its source topic
+    at its offset; missing from the result when the topic no longer holds it (its retention has
+    passed, or it was compacted away)."""
+    wanted: dict[TopicPartition, dict[int, str]] = {}
+    for letter in letters:
+        tp = TopicPartition(letter["source_topic"], letter["partition"])
+        wanted.setdefault(tp, {})[letter["offset"]] = letter["event_id"]
+    found: dict[str, Any] = {}
+    if not wanted:
+        return found
+    async with running(consumer(settings)) as cons:
+        cons.assign(list(wanted))
+        starts = await cons.beginning_offsets(list(wanted))
+        ends = await cons.end_offsets(list(wanted))
+        for tp, by_offset in wanted.items():
+            for offset in sorted(by_offset):
+                if not starts[tp] <= offset < ends[tp]:
+                    continue
+                cons.seek(tp, offset)
+                records: list[Any] = []
+                for _ in range(20):  # a fetch may come back empty while the broker reads the segment
+                    records = (await cons.getmany(tp, timeout_ms=500, max_records=1)).get(tp, [])
+                    if records:
+                        break
+                if records and records[0].offset == offset:
+                    found[by_offset[offset]] = records[0]
+    return found
+
+
 async def replay(settings: Settings, letters: list[dict[str, Any]], dry_run: bool) -> tuple[int, int]:
-    """Publish each letter's original record to its source topic; (replayed, without payload)."""
+    """Publish each letter's original record (value, key and headers, read back from its source
+    topic) to that topic again; (replayed, no longer held or not ours)."""
     mine = f"{settings.topic_prefix}."
-    sendable = [x for x in letters if x["payload_b64"] and x["source_topic"].startswith(mine)]
+    ours = [x for x in letters if x["source_topic"].startswith(mine)]
+    held = await originals(settings, ours)
+    sendable = [held[x["event_id"]] for x in ours if x["event_id"] in held and held[x["event_id"]].value is not None]
     if not dry_run and sendable:
         async with running(producer(settings)) as prod:
-            futures = []
-            for letter in sendable:
-                headers = [("trace-id", letter["trace_id"].encode())] if letter.get("trace_id") else []
-                key = letter["key"].encode() if letter.get("key") is not None else None
-                value = base64.b64decode(letter["payload_b64"])
-                futures.append(await prod.send(letter["source_topic"], value, key=key, headers=headers))
+            futures = [await prod.send(r.topic, r.value, key=r.key, headers=list(r.headers or ())) for r in sendable]
             await asyncio.gather(*futures)
     return len(sendable), len(letters) - len(sendable)
 
@@ -78,5 +108,5 @@ def _cmd_dlq(args: argparse.Namespace) -> int:
         return 0
     sent, unsendable = asyncio.run(replay(settings, letters, args.dry_run))
     verb = "would replay" if args.dry_run else "replayed"
-    print(f"{verb} {sent} dead letters to their source topics; {unsendable} without a payload to replay")
+    print(f"{verb} {sent} dead letters to their source topics; {unsendable} no longer held there (or tombstones)")
     return 0

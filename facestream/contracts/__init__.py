@@ -28,6 +28,7 @@ EVENT_TYPES = (
     "webhook.delivery",
     "delivery.attempt",
     "face.crop",
+    "gallery.point",
 )
 _BASE = "https://facestream.dev/contracts/"
 _UUID = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"

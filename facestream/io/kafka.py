@@ -21,15 +21,17 @@ log = get_logger(__name__)
 MiB = 1024 * 1024
 DAY_MS = 24 * 3600 * 1000
 # The pipeline's topics, name: (max.message.bytes, retention.ms). Images may carry inline bytes up
-# to the configured limit (base64); dead letters carry the original record, so they get the most
-# room. Services add topics of their own (see facestream.runtime.service).
+# to the configured limit (base64). The transit topics hold photos, face pixels and embeddings:
+# they are kept `transit_retention_hours` only (see pipeline_topics), whatever is written here.
+# Services add topics of their own (see facestream.runtime.service).
 TOPICS: dict[str, tuple[int, int]] = {
-    "images": (4 * MiB, 7 * DAY_MS),
+    "images": (4 * MiB, 1 * DAY_MS),
     "faces": (1 * MiB, 1 * DAY_MS),
     "embeddings": (1 * MiB, 1 * DAY_MS),
     "matches": (1 * MiB, 30 * DAY_MS),
-    "dlq": (8 * MiB, 30 * DAY_MS),
+    "dlq": (1 * MiB, 30 * DAY_MS),
 }
+TRANSIT = ("images", "faces", "embeddings")
 MAX_REQUEST = 8 * MiB + 64 * 1024
 
 
@@ -55,7 +57,11 @@ class TopicSpec:
 def pipeline_topics(settings: Settings) -> list[TopicSpec]:
     """The topics between the stages, and `crops` (probe faces the detector publishes for
     review links), which lives only as long as a match may still be delivered."""
-    specs = [TopicSpec(settings.topic(n), settings.partitions, size, ret) for n, (size, ret) in TOPICS.items()]
+    transit_ms = int(settings.transit_retention_hours * 3600 * 1000)
+    specs = [
+        TopicSpec(settings.topic(n), settings.partitions, size, transit_ms if n in TRANSIT else ret)
+        for n, (size, ret) in TOPICS.items()
+    ]
     ttl_ms = int(settings.webhook_event_ttl_s * 1000)
     specs.append(TopicSpec(settings.topic("crops"), settings.partitions, 1 * MiB, ttl_ms))
     return specs

@@ -8,8 +8,8 @@ dead letter:
   dead letter (reason `output_rejected`), and only that record: its batch-mates go on;
 - anything else (broker away, timeouts, leadership changes) is retried with backoff, for as long
   as it takes: an output that never arrives must never be acknowledged as processed;
-- a dead letter the broker refuses is sent again without the original payload (its size was
-  the problem), which always fits.
+- dead letters are small (a reference to the record and the reason, never its value), so the
+  broker always takes them.
 """
 
 from __future__ import annotations
@@ -61,7 +61,6 @@ class _Plan:
     record: Record
     messages: list[_Message]
     letter: dict[str, Any] | None = None
-    stripped: bool = False  # the dead letter is already without its payload
     produced: list[str] = field(default_factory=list)
 
 
@@ -72,10 +71,10 @@ class Emitter:
         self.retry_initial_s = retry_initial_s
         self.retry_max_s = retry_max_s
 
-    def _dead(self, plan: _Plan, error: BaseException, *, strip: bool = False) -> None:
-        letter = dead_letter(self.stage, plan.record, error, with_payload=not strip)
+    def _dead(self, plan: _Plan, error: BaseException) -> None:
+        letter = dead_letter(self.stage, plan.record, error)
         headers = safe_trace_header(plan.record)
-        plan.letter, plan.stripped = letter, strip
+        plan.letter = letter
         plan.messages = [_Message("dlq", plan.record.key_bounded, contracts.dumps(letter), headers)]
 
     def _plan(self, record: Record, outcome: Outcome) -> _Plan:
@@ -126,10 +125,8 @@ class Emitter:
                     transient += [e for _, e in problems]
                 elif plan.letter is None:  # its outputs cannot be written: a dead letter instead
                     self._dead(plan, OutputRejected(f"{type(refused).__name__}: {refused}"[:500]))
-                elif not plan.stripped:  # the dead letter itself is refused: without the payload
-                    self._dead(plan, OutputRejected(f"dead letter refused: {type(refused).__name__}"), strip=True)
                 else:
-                    raise RuntimeError(f"the broker refuses even a bare dead letter: {refused}")
+                    raise RuntimeError(f"the broker refuses a dead letter: {refused}")
             if transient:
                 EMIT_RETRIES.labels(self.stage).inc(len(transient))
                 log.warning("emit_retry", stage=self.stage, messages=len(transient), error=str(transient[0])[:200])

@@ -7,7 +7,6 @@ produces its outputs, so the logic is tested without a broker and the agents sta
 
 from __future__ import annotations
 
-import base64
 import re
 import traceback
 from collections.abc import Sequence
@@ -106,15 +105,13 @@ def reason_of(error: BaseException) -> str:
     return getattr(error, "reason", "internal_error")
 
 
-def dead_letter(stage: str, record: Record, error: BaseException, with_payload: bool = True) -> dict[str, Any]:
-    """The dead.letter event for `record`, with the original bytes so it can be replayed (unless
-    `with_payload` is false: the letter is then small whatever the record was)."""
+def dead_letter(stage: str, record: Record, error: BaseException) -> dict[str, Any]:
+    """The dead.letter event for `record`: where the record is (topic, partition, offset) and why it
+    was refused, never its value: images, face pixels and embeddings stay out of the dead letters,
+    which outlive the transit topics. A replay reads the original while its topic still holds it."""
     detail = error.detail if isinstance(error, RejectedEvent) else f"{type(error).__name__}: {error}"
-    if not with_payload:
-        detail = f"{detail} (sent without the original payload)"
     bounded = record.key_bounded
     key = bounded.decode(errors="replace")[:MAX_KEY_BYTES] if bounded is not None else None
-    payload = record.value if with_payload and record.value is not None else b""
     event: dict[str, Any] = {
         "schema_version": 1,
         "event_type": "dead.letter",
@@ -128,7 +125,6 @@ def dead_letter(stage: str, record: Record, error: BaseException, with_payload: 
         "partition": record.partition,
         "offset": record.offset,
         "key": key,
-        "payload_b64": base64.b64encode(payload).decode(),
         "transient": bool(getattr(error, "transient", False)),
         "occurred_at": now_iso(),
     }

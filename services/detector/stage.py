@@ -19,6 +19,7 @@ import httpx
 from facestream import contracts
 from facestream.config import Settings
 from facestream.contracts import ids
+from facestream.contracts.consent import consent_problem
 from facestream.contracts.timeutil import now_iso
 from facestream.errors import EnrolmentRejected
 from facestream.io.net import guarded_client
@@ -207,6 +208,10 @@ class DetectorStage:
             event = contracts.loads(record.value, "image.submitted")
             trace_id = event.get("trace_id") or record.trace_id or ids.event_id("trace", event["image_id"])
             bind_event(image_id=event["image_id"], trace_id=trace_id)  # this record's own task
+            if event["intent"]["kind"] == "enroll":  # before any work is spent on the photo
+                problem = consent_problem(event["intent"]["consent"], self.settings.max_retention_days)
+                if problem is not None:
+                    raise EnrolmentRejected(problem, reason="enrolment_rejected")
             fetch_started = time.perf_counter()
             image = event["image"]
             source: bytes | tuple[Path, str | None]

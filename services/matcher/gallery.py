@@ -46,6 +46,7 @@ class Gallery(Protocol):
         self, vectors: list[list[float]], limit: int, threshold: float, watchlists: list[str] | None = None
     ) -> list[list[Hit]]: ...
     async def delete_subject(self, subject_id: str) -> None: ...
+    async def delete_points(self, point_ids: list[str]) -> None: ...
     async def count(self) -> int: ...
 
 
@@ -129,6 +130,9 @@ class EdgeGallery:
         flt = qe.Filter(must=[qe.FieldCondition(key="subject_id", match=qe.MatchValue(subject_id))])
         await asyncio.to_thread(self._update_and_flush, qe.UpdateOperation.delete_points_by_filter(flt))
 
+    async def delete_points(self, point_ids: list[str]) -> None:
+        await asyncio.to_thread(self._update_and_flush, self._qe.UpdateOperation.delete_points(list[Any](point_ids)))
+
     async def count(self) -> int:
         def run() -> int:
             with self._lock:
@@ -182,6 +186,9 @@ class QdrantGallery:
     async def delete_subject(self, subject_id: str) -> None:
         flt = models.Filter(must=[models.FieldCondition(key="subject_id", match=models.MatchValue(value=subject_id))])
         await self.client.delete(self.name, points_selector=models.FilterSelector(filter=flt), wait=True)
+
+    async def delete_points(self, point_ids: list[str]) -> None:
+        await self.client.delete(self.name, points_selector=models.PointIdsList(points=list(point_ids)), wait=True)
 
     async def count(self) -> int:
         return (await self.client.count(self.name, exact=True)).count

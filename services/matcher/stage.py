@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections import defaultdict
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from qdrant_client import AsyncQdrantClient
@@ -17,54 +19,84 @@ from facestream.errors import DependencyUnavailable
 from facestream.ops.logs import get_logger
 from facestream.ops.metrics import SEARCH_SECONDS
 from facestream.runtime.stage import FACE_FIELDS, Outcome, Output, Record, carry
-from facestream.services.matcher.gallery import EdgeGallery, Gallery, GalleryPoint, QdrantGallery
+from facestream.services.matcher.gallery import EdgeGallery, Gallery, QdrantGallery
 from facestream.services.matcher.logic import candidates
+from facestream.services.matcher.replica import Replica, claim_directory, point_of
 
 log = get_logger(__name__)
 REVIEW = "candidate: investigative lead, requires human confirmation"
 EMBEDDING_DIM = 128
 
 
-def make_gallery(settings: Settings) -> Gallery:
-    if settings.gallery_backend == "qdrant":
-        return QdrantGallery(AsyncQdrantClient(url=settings.qdrant_url), EMBEDDING_DIM, settings.gallery_name)
-    return EdgeGallery(settings.gallery_path, EMBEDDING_DIM, settings.gallery_name)
-
-
-def enrolment_point(event: dict[str, Any]) -> GalleryPoint:
+def gallery_record(event: dict[str, Any]) -> dict[str, Any]:
+    """The `gallery.point` record an enrolment's face becomes (see services/matcher/replica.py)."""
     intent = event["intent"]
-    consent = intent["consent"]
-    return GalleryPoint(
-        ids.point_id(intent["subject_id"], event["image_id"], event["face_index"], event["image_sha256"]),
-        event["embedding"],
-        {
-            "subject_id": intent["subject_id"],
-            "watchlist": intent["watchlist"],
-            "image_id": event["image_id"],
-            "source": event["source"],
-            "model": f"{event['model']['name']}/{event['model']['version']}",
-            "lawful_basis": consent["lawful_basis"],
-            "consent_ref": consent["consent_ref"],
-            "retain_until": consent["retain_until"],
-            "source_attestation": consent["source_attestation"],
-            "enrolled_by": consent["enrolled_by"],
-            "enrolled_at": now_iso(),
-        },
-    )
+    record = {
+        "schema_version": 1,
+        "event_type": "gallery.point",
+        "point_id": ids.point_id(intent["subject_id"], event["image_id"], event["face_index"], event["image_sha256"]),
+        "subject_id": intent["subject_id"],
+        "watchlist": intent["watchlist"],
+        "image_id": event["image_id"],
+        "image_sha256": event["image_sha256"],
+        "face_index": event["face_index"],
+        "model": event["model"],
+        "consent": intent["consent"],
+        "source": event["source"],
+        "embedding": event["embedding"],
+        "enrolled_at": now_iso(),
+        "trace_id": event["trace_id"],
+    }
+    if "submitted_at" in event:
+        record["submitted_at"] = event["submitted_at"]
+    return record
 
 
 class MatcherStage:
+    """Searches and enrolments against this replica's view of the gallery. Enrolments are written
+    to the gallery topic, the system of record, and applied to this replica's index at once (the
+    replica applies them again from the topic: upserts by point id change nothing)."""
+
     name = "matcher"
 
-    def __init__(self, settings: Settings, gallery: Gallery | None = None) -> None:
+    def __init__(self, settings: Settings, gallery: Gallery | None = None, follow: bool = True) -> None:
         self.settings = settings
-        self.gallery = gallery or make_gallery(settings)
+        self._given = gallery
+        self._gallery = gallery
+        self.follow = follow
+        self.replica: Replica | None = None
+        self._lock_fd: int | None = None
+
+    @property
+    def gallery(self) -> Gallery:
+        if self._gallery is None:
+            raise RuntimeError("the matcher stage is not started")
+        return self._gallery
 
     async def start(self) -> None:
-        await self.gallery.open()
+        folder: Path | None = None
+        if self._given is None and self.settings.gallery_backend == "qdrant":
+            client = AsyncQdrantClient(url=self.settings.qdrant_url)
+            self._gallery = QdrantGallery(client, EMBEDDING_DIM, self.settings.gallery_name)
+        elif self._given is None:
+            folder, self._lock_fd = claim_directory(self.settings.gallery_path)
+            self._gallery = EdgeGallery(folder / "index", EMBEDDING_DIM, self.settings.gallery_name)
+        if not self.follow:  # the stage's logic alone (tests without a broker)
+            await self.gallery.open()
+            return
+        self.replica = Replica(self.settings, self.gallery, folder)
+        await self.replica.start()
 
     async def stop(self) -> None:
-        await self.gallery.close()
+        try:
+            if self.replica is not None:
+                await self.replica.stop()
+            else:
+                await self.gallery.close()
+        finally:
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
 
     def _result(self, event: dict[str, Any], status: str, seconds: float, size: int, **extra: Any) -> Output:
         out = carry(event, *FACE_FIELDS, "model")
@@ -86,9 +118,9 @@ class MatcherStage:
 
     async def _enrol(self, enrols: list[tuple[int, dict[str, Any]]], outcomes: list[Outcome]) -> None:
         started = time.perf_counter()
-        points = [enrolment_point(e) for _, e in enrols]
+        records = [gallery_record(e) for _, e in enrols]
         try:
-            await self.gallery.upsert(points)
+            await self.gallery.upsert([point_of(r) for r in records])
             size = await self.gallery.count()
         except Exception as exc:  # the gallery did not answer: these enrolments are tried again
             unavailable = DependencyUnavailable(f"gallery upsert failed: {type(exc).__name__}: {exc}"[:500])
@@ -96,8 +128,9 @@ class MatcherStage:
                 outcomes[i].error = unavailable
             return
         seconds = (time.perf_counter() - started) / len(enrols)
-        for (i, event), point in zip(enrols, points, strict=True):
+        for (i, event), record in zip(enrols, records, strict=True):
             intent = event["intent"]
+            point = point_of(record)
             # Audit line: who enrolled whom, under which consent record (reference only).
             log.info(
                 "enrolled",
@@ -107,6 +140,8 @@ class MatcherStage:
                 watchlist=intent["watchlist"],
                 enrolled_by=intent["consent"]["enrolled_by"],
             )
+            # The system of record first: the emitter writes outputs in order, all before the ack.
+            outcomes[i].outputs.append(Output("gallery", point.point_id, record))
             outcomes[i].outputs.append(
                 self._result(
                     event,

@@ -31,6 +31,7 @@ from facestream.errors import ConfigError, UnsafeDestination
 from facestream.io.kafka import follow, producer
 from facestream.io.net import AddressPolicy, resolve
 from facestream.ops.logs import get_logger
+from facestream.runtime.tasks import cancel
 
 log = get_logger(__name__)
 
@@ -252,10 +253,7 @@ class SubscriptionStore:
             self._task = asyncio.create_task(self._follow())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel(self._task)
         # Bounded: a producer flushing to a broker that is away would wait for it.
         if self._consumer is not None:
             with contextlib.suppress(Exception):

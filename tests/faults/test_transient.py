@@ -15,8 +15,11 @@ from pathlib import Path
 import orjson
 import pytest
 from aiohttp import web
+from aiokafka import TopicPartition
+from aiokafka.admin import RecordsToDelete
 
 from facestream import client
+from facestream.io.kafka import admin_client, consumer, running
 from facestream.ops.lag import consumer_lag
 from tests.conftest import ROOT, SAMPLES, sample
 from tests.harness import Pipeline
@@ -109,6 +112,19 @@ async def test_transient_failures_are_retried_and_replayable(rig: tuple[Pipeline
     await pipeline.wait_for(replayed, what="the replayed image")
     await asyncio.sleep(0.5)
     assert len(await pipeline.read("dlq")) == 2  # nothing new dead-lettered
+
+    # Letters never hold the record itself: once its topic no longer does (transit retention,
+    # here forced by deleting the records), there is nothing to replay, and the command says so.
+    assert "would replay 2 dead letters" in cli(pipeline, "replay", "--dry-run")
+    images = pipeline.settings.topic("images")
+    async with running(admin_client(pipeline.settings)) as admin:
+        parts = [TopicPartition(images, p) for p in range(pipeline.settings.partitions)]
+        async with running(consumer(pipeline.settings)) as cons:
+            ends = await cons.end_offsets(parts)
+        await admin.delete_records({tp: RecordsToDelete(end) for tp, end in ends.items()})
+    gone = cli(pipeline, "replay", "--dry-run")
+    assert "would replay 0 dead letters" in gone
+    assert "2 no longer held there" in gone
 
 
 async def test_a_slow_source_holds_its_own_image_not_the_ones_behind_it(

@@ -1,0 +1,191 @@
+"""The gallery is a log; a matcher's index is a view of it.
+
+The compacted topic `gallery` (one partition: every reader applies the same records in the same
+order) is the system of record: one `gallery.point` record per enrolled face, keyed by point id,
+and a tombstone under that key when the point is removed. The matcher writes enrolments there;
+every matcher replica applies the topic, in order, to an index:
+
+- with the embedded engine (the default), each replica owns an index on its local disk, in a
+  directory it holds a lock on (so two workers on one machine take two directories), next to the
+  offset it has applied up to. After a restart it resumes from that offset; with an empty disk
+  (or an index without its offset) it builds the index from the beginning of the topic;
+- with the Qdrant server, the collection is the one index all replicas share: one consumer group
+  (`<app_id>-gallery-indexer`) applies the topic to it and commits its offsets in Kafka.
+
+A replica is ready (`caught_up`) once it has applied everything that was in the topic when it
+started; the matcher answers no search before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from facestream import contracts
+from facestream.config import Settings
+from facestream.io.kafka import consumer
+from facestream.ops.logs import get_logger
+from facestream.runtime.tasks import cancel
+from facestream.services.matcher.gallery import Gallery, GalleryPoint
+
+log = get_logger(__name__)
+OFFSETS = "applied.json"
+MAX_REPLICAS = 64
+
+
+def claim_directory(base: Path) -> tuple[Path, int]:
+    """The first of `base`/replica-0, replica-1, … that no other process holds; the returned
+    descriptor holds its lock until it is closed (or the process ends, however it ends)."""
+    base.mkdir(parents=True, exist_ok=True)
+    for n in range(MAX_REPLICAS):
+        folder = base / f"replica-{n}"
+        folder.mkdir(exist_ok=True)
+        fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        return folder, fd
+    raise RuntimeError(f"all {MAX_REPLICAS} gallery replica directories under {base} are in use")
+
+
+def point_of(record: dict[str, Any]) -> GalleryPoint:
+    """The index entry of a `gallery.point` record: its vector and what a search returns or filters on."""
+    payload = {k: record[k] for k in ("subject_id", "watchlist", "image_id", "source", "enrolled_at")}
+    payload["model"] = f"{record['model']['name']}/{record['model']['version']}"
+    payload.update({k: record["consent"][k] for k in ("lawful_basis", "consent_ref", "retain_until", "enrolled_by")})
+    return GalleryPoint(record["point_id"], record["embedding"], payload)
+
+
+class Replica:
+    """Applies the gallery topic to `gallery`. `folder` (embedded engine): the index's directory,
+    where the applied offset is kept; None (Qdrant server): offsets are the indexer group's."""
+
+    def __init__(self, settings: Settings, gallery: Gallery, folder: Path | None) -> None:
+        self.settings = settings
+        self.gallery = gallery
+        self.folder = folder
+        self.tp = TopicPartition(settings.topic("gallery"), 0)
+        self.position = 0  # the next offset to apply
+        self.caught_up = False
+        self.applied = 0  # records applied since start
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def group(self) -> str | None:
+        return None if self.folder is not None else f"{self.settings.app_id}-gallery-indexer"
+
+    def _load_offset(self) -> int | None:
+        assert self.folder is not None
+        try:
+            saved = orjson.loads((self.folder / OFFSETS).read_bytes())
+        except (OSError, orjson.JSONDecodeError):
+            return None
+        return int(saved["offset"]) if saved.get("topic") == self.tp.topic else None
+
+    def _save_offset(self) -> None:
+        assert self.folder is not None
+        tmp = self.folder / f"{OFFSETS}.tmp"
+        tmp.write_bytes(orjson.dumps({"topic": self.tp.topic, "offset": self.position}))
+        os.replace(tmp, self.folder / OFFSETS)  # atomic: the offset on disk is always a whole one
+
+    async def start(self) -> None:
+        """Open the index, position the reader, and apply the topic up to its end as it is now."""
+        if self.folder is not None:
+            saved = self._load_offset()
+            index = self.folder / "index"
+            if saved is not None and not index.exists():
+                saved = None  # an offset without its index: the index is built again from the log
+            if saved is None and index.exists():
+                # An index without its offset cannot say what it holds (removals may be missed):
+                # it is built again from the log.
+                log.warning("gallery_index_rebuilt", reason="no applied offset beside the index")
+                shutil.rmtree(index)
+            self.position = saved or 0
+        await self.gallery.open()
+        if self.group is None:
+            self._consumer = consumer(self.settings)
+            await self._consumer.start()
+            self._consumer.assign([self.tp])
+            self._consumer.seek(self.tp, self.position)
+        else:
+            self._consumer = consumer(self.settings, "gallery", group_id=self.group, enable_auto_commit=False)
+            await self._consumer.start()
+        end = (await self._consumer.end_offsets([self.tp]))[self.tp]
+        where = str(self.folder) if self.folder is not None else None
+        log.info("gallery_replica_catching_up", start=self.position, end=end, folder=where, group=self.group)
+        while not await self._reached(end):
+            await self._poll()
+        self.caught_up = True
+        log.info("gallery_replica_ready", applied=self.applied, position=self.position)
+        self._task = asyncio.create_task(self._follow())
+
+    async def _reached(self, end: int) -> bool:
+        if self.group is None:
+            return self.position >= end
+        assert self._consumer is not None
+        committed = await self._consumer.committed(self.tp)  # by whichever member indexes
+        return (committed or 0) >= end
+
+    async def _follow(self) -> None:
+        while True:
+            try:
+                await self._poll()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the index or the broker failed: try again, never stop following
+                log.error("gallery_apply_failed", error=f"{type(exc).__name__}: {exc}"[:500])
+                await asyncio.sleep(1.0)
+
+    async def _poll(self) -> None:
+        assert self._consumer is not None
+        batches = await self._consumer.getmany(timeout_ms=200, max_records=1000)
+        records = batches.get(self.tp, [])
+        if not records:
+            return
+        await self.apply(records)
+        self.position = records[-1].offset + 1
+        if self.group is None:
+            self._save_offset()  # after the index is flushed: the offset never runs ahead of it
+        else:
+            await self._consumer.commit({self.tp: self.position})
+
+    async def apply(self, records: list[Any]) -> None:
+        """Apply records in order: runs of upserts and removals, each run in one call."""
+        run: list[GalleryPoint] = []
+        removed: list[str] = []
+        for record in records:
+            key = record.key.decode() if record.key else ""
+            if record.value is None:
+                if run:
+                    await self.gallery.upsert(run)
+                    run = []
+                removed.append(key)
+                continue
+            if removed:
+                await self.gallery.delete_points(removed)
+                removed = []
+            try:
+                run.append(point_of(contracts.loads(record.value, "gallery.point")))
+            except Exception as exc:  # only the matcher writes here; a bad record is a bug, not input
+                log.error("gallery_record_invalid", offset=record.offset, error=str(exc)[:300])
+        if run:
+            await self.gallery.upsert(run)
+        if removed:
+            await self.gallery.delete_points(removed)
+        self.applied += len(records)
+
+    async def stop(self) -> None:
+        await cancel(self._task)
+        if self._consumer is not None:
+            await self._consumer.stop()
+        await self.gallery.close()
