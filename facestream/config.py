@@ -30,6 +30,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -233,6 +234,11 @@ class Settings(BaseSettings):
     )
     qdrant_url: str = Field("", description="Qdrant server URL (http://HOST:6333) when gallery_backend = qdrant")
     gallery_name: KafkaName = Field("faces", description="the gallery's collection name")
+    gallery_keys: SecretStr = Field(
+        SecretStr(""),
+        description="Fernet key(s) wrapping each subject's data key, comma-separated: the first wraps new keys, "
+        "every one unwraps (rotation); empty: a key file under data_dir (one machine)",
+    )
     transit_retention_hours: float = Field(
         12.0, gt=0, description="how long images, faces and embeddings stay in their topics (they hold biometric data)"
     )
@@ -323,16 +329,18 @@ class Settings(BaseSettings):
             parse_allowed(item)
         return value
 
-    @field_validator("subscriptions_key")
+    @field_validator("subscriptions_key", "gallery_keys")
     @classmethod
-    def _check_key(cls, value: SecretStr) -> SecretStr:
-        key = value.get_secret_value()
+    def _check_key(cls, value: SecretStr, info: ValidationInfo) -> SecretStr:
+        raw = value.get_secret_value()
+        keys = [k.strip() for k in raw.split(",")] if info.field_name == "gallery_keys" and raw else [raw]
         try:
-            ok = not key or len(base64.urlsafe_b64decode(key.encode())) == 32
+            ok = all(not k or len(base64.urlsafe_b64decode(k.encode())) == 32 for k in keys)
         except (binascii.Error, ValueError):
             ok = False
         if not ok:
-            raise ValueError("must be empty or a Fernet key: 32 bytes, url-safe base64 (44 characters)")
+            several = ", comma-separated" if info.field_name == "gallery_keys" else ""
+            raise ValueError(f"must be empty or a Fernet key: 32 bytes, url-safe base64 (44 characters){several}")
         return value
 
     @field_validator("webhook_schedule_s")

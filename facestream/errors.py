@@ -17,6 +17,10 @@ class ConfigError(FacestreamError):
     """The configuration is invalid or incomplete."""
 
 
+class UsageError(FacestreamError):
+    """A command given something it cannot use (a missing file, an unknown subject)."""
+
+
 class ModelError(FacestreamError):
     """A model file is missing, altered, or does not have the expected inputs and outputs."""
 

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import socket
 import subprocess
 import time
@@ -190,3 +192,33 @@ class Pipeline:
 
     async def events(self, topic: str) -> list[dict[str, Any]]:
         return [orjson.loads(v) for _, v in await self.read(topic)]
+
+
+def held(folder: Path) -> bool:
+    """Whether a worker holds this replica directory (its lock is taken)."""
+    fd = os.open(folder / ".lock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def log_lines(pipeline: Pipeline, worker: subprocess.Popen[bytes], event: str) -> list[dict[str, Any]]:
+    lines = pipeline.log_of[worker.pid].read_text(errors="replace").splitlines()
+    return [orjson.loads(line) for line in lines if f'"{event}' in line]
+
+
+def searched_by(pipeline: Pipeline, worker: subprocess.Popen[bytes]) -> set[str]:
+    """Image ids the worker's log says it searched."""
+    return {line["image_id"] for line in log_lines(pipeline, worker, "searched")}
+
+
+async def ready(pipeline: Pipeline, worker: subprocess.Popen[bytes]) -> None:
+    """Wait until the replica has caught up and the group has given it partitions again."""
+    await pipeline.wait_for(
+        lambda: bool(log_lines(pipeline, worker, "gallery_replica_ready")), what="the replica to catch up"
+    )
+    await asyncio.sleep(pipeline.settings.session_timeout_s)  # the rebalance that gives it partitions

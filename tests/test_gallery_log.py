@@ -6,8 +6,6 @@ builds its index again from the beginning of the topic and answers the same."""
 
 from __future__ import annotations
 
-import asyncio
-import fcntl
 import io
 import os
 import re
@@ -17,12 +15,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import orjson
 from PIL import Image, ImageOps
 
 from facestream import client
 from tests.conftest import ROOT, SAMPLES
-from tests.harness import Pipeline
+from tests.harness import Pipeline, held, log_lines, ready, searched_by
 from tests.helpers import enrolment
 
 SERVICES = [("detector", "embedder"), ("matcher",), ("matcher",), ("notifier",)]
@@ -53,36 +50,6 @@ def enrol(subject: str, path: Path, pipeline: Pipeline) -> dict[str, Any]:
 def search(image_id: str, path: Path, pipeline: Pipeline) -> dict[str, Any]:
     intent = client.search_intent("replica test", "CASE-REPLICAS", "test-suite")
     return client.submission(image_id, client.image_ref(path, pipeline.settings), intent, "tests")
-
-
-def held(folder: Path) -> bool:
-    """Whether a worker holds this replica directory (its lock is taken)."""
-    fd = os.open(folder / ".lock", os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
-
-
-def log_lines(pipeline: Pipeline, worker: subprocess.Popen[bytes], event: str) -> list[dict[str, Any]]:
-    lines = pipeline.log_of[worker.pid].read_text(errors="replace").splitlines()
-    return [orjson.loads(line) for line in lines if f'"{event}' in line]
-
-
-def searched_by(pipeline: Pipeline, worker: subprocess.Popen[bytes]) -> set[str]:
-    """Image ids the worker's log says it searched."""
-    return {line["image_id"] for line in log_lines(pipeline, worker, "searched")}
-
-
-async def ready(pipeline: Pipeline, worker: subprocess.Popen[bytes]) -> None:
-    """Wait until the replica has caught up and the group has given it partitions again."""
-    await pipeline.wait_for(
-        lambda: bool(log_lines(pipeline, worker, "gallery_replica_ready")), what="the replica to catch up"
-    )
-    await asyncio.sleep(pipeline.settings.session_timeout_s)  # the rebalance that gives it partitions
 
 
 async def enrol_all(pipeline: Pipeline, people: dict[str, Path]) -> None:

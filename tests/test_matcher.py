@@ -129,11 +129,15 @@ async def test_stage_enrols_then_searches(tmp_path: Path) -> None:
         e = embedded("enrol-1", unit(1, 0), enrol)
         r = [Record(contracts.dumps(e), b"enrol-1", "t", 0, 0), Record(contracts.dumps(e), b"enrol-1", "t", 0, 1)]
         outcomes = await stage.process(r)
-        assert [[o.topic for o in outcome.outputs] for outcome in outcomes] == [["gallery", "matches"]] * 2
-        assert [o.outputs[1].value["status"] for o in outcomes] == ["enrolled", "enrolled"]
-        record = outcomes[0].outputs[0]
+        # A new subject: its data key, then the point (embedding encrypted with it), then the result.
+        topics = [[o.topic for o in outcome.outputs] for outcome in outcomes]
+        assert topics == [["gallery.keys", "gallery", "matches"], ["gallery", "matches"]]
+        assert [o.outputs[-1].value["status"] for o in outcomes] == ["enrolled", "enrolled"]
+        key, record = outcomes[0].outputs[:2]
         contracts.validate("gallery.point", record.value)  # the system of record gets the point
         assert record.key == record.value["point_id"] == outcomes[1].outputs[0].key  # redelivery: the same key
+        assert key.key == f"alice/{record.value['embedding_enc']['key_id']}"
+        assert "embedding" not in record.value  # only sealed with the subject's key
         assert record.value["subject_id"] == "alice"
         assert await stage.gallery.count() == 1  # the redelivered enrolment added nothing
         probes = [embedded("p1", unit(1, 0.3), search), embedded("p2", unit(0, 1), search)]

@@ -35,7 +35,7 @@ from facestream import client
 from facestream.cli.dlq import add_parsers as add_dlq_parsers
 from facestream.config import Settings, describe, load_settings
 from facestream.contracts.consent import consent_problem
-from facestream.errors import ConfigError, FacestreamError, RejectedEvent
+from facestream.errors import ConfigError, RejectedEvent, UsageError
 from facestream.io.broker import local_broker
 from facestream.io.kafka import TOPICS, consumer, ensure_topics, producer, running, topic_partitions
 from facestream.ops.lag import consumer_lag, pipeline_groups, table
@@ -44,10 +44,6 @@ from facestream.runtime.service import Service, own_topics
 from facestream.runtime.worker import run
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
-
-
-class UsageError(FacestreamError):
-    """A command given something it cannot use (a missing file, a folder without images)."""
 
 
 def _images(paths: list[str]) -> list[Path]:

@@ -29,6 +29,10 @@ EVENT_TYPES = (
     "delivery.attempt",
     "face.crop",
     "gallery.point",
+    "gallery.key",
+    "gallery.erasure",
+    "subject.erasure_requested",
+    "subject.erased",
 )
 _BASE = "https://facestream.dev/contracts/"
 _UUID = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"

@@ -168,15 +168,15 @@ METADATA_MAX_AGE_MS = 10_000
 
 
 def consumer(settings: Settings, *topics: str, group_id: str | None = None, **kwargs: Any) -> AIOKafkaConsumer:
+    options: dict[str, Any] = {
+        "auto_offset_reset": "earliest",
+        "enable_auto_commit": group_id is not None,
+        "max_partition_fetch_bytes": MAX_REQUEST,
+        "metadata_max_age_ms": METADATA_MAX_AGE_MS,
+        **kwargs,  # the caller's choice wins
+    }
     return AIOKafkaConsumer(
-        *(settings.topic(t) for t in topics),
-        bootstrap_servers=settings.kafka_bootstrap,
-        group_id=group_id,
-        auto_offset_reset="earliest",
-        enable_auto_commit=group_id is not None,
-        max_partition_fetch_bytes=MAX_REQUEST,
-        metadata_max_age_ms=METADATA_MAX_AGE_MS,
-        **kwargs,
+        *(settings.topic(t) for t in topics), bootstrap_servers=settings.kafka_bootstrap, group_id=group_id, **options
     )
 
 

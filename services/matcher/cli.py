@@ -1,30 +1,45 @@
 """`facestream gallery ...`: what the gallery holds, read from its system of record (the gallery
-topic), never from one replica's index. Vectors are never printed."""
+topic), never from one replica's index (vectors are never printed); erasure and its receipts."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import time
+import uuid
 from collections import Counter, defaultdict
 from typing import Any
 
 import orjson
 
+from facestream import contracts
 from facestream.config import Settings, load_settings
-from facestream.io.kafka import read_topic
+from facestream.contracts.timeutil import now_iso, parse_iso
+from facestream.errors import UsageError
+from facestream.io.kafka import producer, read_topic, running
+from facestream.services.matcher.eraser import receipts, verify
+from facestream.services.matcher.keys import gallery_keys
 
 
 async def points(settings: Settings) -> dict[str, dict[str, Any]]:
-    """The gallery's points now, by point id: the topic applied in order (tombstones remove)."""
+    """The gallery's points now, by point id: the topic applied in order (tombstones and erasures
+    remove), without their (encrypted) embeddings."""
     held: dict[str, dict[str, Any]] = {}
     for record in await read_topic(settings, settings.topic("gallery")):
         key = record.key.decode() if record.key else ""
         if record.value is None:
             held.pop(key, None)
-        else:
-            point = orjson.loads(record.value)
-            point.pop("embedding", None)  # biometric data: never shown
-            held[key] = point
+            continue
+        event = orjson.loads(record.value)
+        if event.get("event_type") == "gallery.erasure":
+            erased = parse_iso(event["requested_at"])
+            for point_id, point in list(held.items()):
+                submitted = parse_iso(point.get("submitted_at") or point["enrolled_at"])
+                if point["subject_id"] == event["subject_id"] and submitted <= erased:
+                    del held[point_id]
+            continue
+        event.pop("embedding_enc", None)  # biometric data, even encrypted: never shown
+        held[key] = event
     return held
 
 
@@ -49,7 +64,7 @@ def _list(held: dict[str, dict[str, Any]], watchlist: str | None) -> str:
 def _show(held: dict[str, dict[str, Any]], subject: str) -> str:
     pts = by_subject(held).get(subject)
     if not pts:
-        raise SystemExit(f"facestream gallery show: no subject {subject!r} in the gallery")
+        raise UsageError(f"no subject {subject!r} in the gallery")
     lines = [f"subject {subject}: {len(pts)} points"]
     for p in sorted(pts, key=lambda p: p["enrolled_at"]):
         consent = p["consent"]
@@ -71,14 +86,63 @@ def _stats(held: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _show_receipt(receipt: dict[str, Any], settings: Settings) -> str:
+    valid = verify(receipt, gallery_keys(settings, create=False))
+    state = "valid" if valid else "INVALID (changed since it was signed, or signed with another gallery key)"
+    return orjson.dumps(receipt, option=orjson.OPT_INDENT_2).decode() + f"\nsignature: {state}"
+
+
+async def _erase(settings: Settings, args: argparse.Namespace) -> str:
+    held = by_subject(await points(settings))
+    done = (await receipts(settings)).get(args.subject)
+    if args.subject not in held:
+        if done is not None:  # erasing twice: the same receipt
+            return "already erased:\n" + _show_receipt(done, settings)
+        raise UsageError(f"no subject {args.subject!r} in the gallery (nothing to erase)")
+    request = {
+        "schema_version": 1,
+        "event_type": "subject.erasure_requested",
+        "request_id": uuid.uuid4().hex,
+        "subject_id": args.subject,
+        "reason": args.reason,
+        "requested_by": args.requested_by,
+        "requested_at": now_iso(),
+    }
+    contracts.validate("subject.erasure_requested", request)
+    async with running(producer(settings)) as prod:
+        topic = settings.topic("gallery.requests")
+        await prod.send_and_wait(topic, contracts.dumps(request), key=args.subject.encode())
+    deadline = time.monotonic() + args.wait
+    while time.monotonic() < deadline:
+        receipt = (await receipts(settings)).get(args.subject)
+        if receipt is not None and receipt["request_id"] == request["request_id"]:
+            return _show_receipt(receipt, settings)
+        await asyncio.sleep(0.5)
+    raise UsageError(
+        f"erasure {request['request_id']} requested; no receipt within {args.wait:.0f} s (is a matcher running?): "
+        f"`facestream gallery receipt {args.subject}` shows it when it is done"
+    )
+
+
 def _cmd_gallery(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
+    if args.action in ("show", "erase", "receipt") and not args.subject:
+        raise UsageError(f"facestream gallery {args.action}: SUBJECT is required")
+    if args.action == "erase":
+        if not args.reason or not args.requested_by:
+            raise UsageError("facestream gallery erase: --reason and --requested-by are required")
+        print(asyncio.run(_erase(settings, args)))
+        return 0
+    if args.action == "receipt":
+        receipt = asyncio.run(receipts(settings)).get(args.subject)
+        if receipt is None:
+            raise UsageError(f"no erasure receipt for {args.subject!r}")
+        print(_show_receipt(receipt, settings))
+        return 0
     held = asyncio.run(points(settings))
     if args.action == "list":
         print(_list(held, args.watchlist))
     elif args.action == "show":
-        if not args.subject:
-            raise SystemExit("facestream gallery show: SUBJECT is required")
         print(_show(held, args.subject))
     else:
         print(_stats(held))
@@ -88,7 +152,10 @@ def _cmd_gallery(args: argparse.Namespace) -> int:
 def add_parsers(sub: Any) -> None:
     """Register the `gallery` command on the main parser."""
     g = sub.add_parser("gallery", help="the enrolled subjects (read from the gallery topic)")
-    g.add_argument("action", choices=["list", "show", "stats"])
+    g.add_argument("action", choices=["list", "show", "stats", "erase", "receipt"])
     g.add_argument("subject", nargs="?")
     g.add_argument("--watchlist", help="list: only subjects on this watchlist")
+    g.add_argument("--reason", help="erase: why (an access request, consent withdrawn, ...)")
+    g.add_argument("--requested-by", help="erase: who asks")
+    g.add_argument("--wait", type=float, default=60.0, help="erase: seconds to wait for the receipt")
     g.set_defaults(func=_cmd_gallery)

@@ -47,6 +47,7 @@ class Gallery(Protocol):
     ) -> list[list[Hit]]: ...
     async def delete_subject(self, subject_id: str) -> None: ...
     async def delete_points(self, point_ids: list[str]) -> None: ...
+    async def point_ids(self, subject_id: str) -> list[str]: ...
     async def count(self) -> int: ...
 
 
@@ -133,6 +134,23 @@ class EdgeGallery:
     async def delete_points(self, point_ids: list[str]) -> None:
         await asyncio.to_thread(self._update_and_flush, self._qe.UpdateOperation.delete_points(list[Any](point_ids)))
 
+    async def point_ids(self, subject_id: str) -> list[str]:
+        qe = self._qe
+        flt = qe.Filter(must=[qe.FieldCondition(key="subject_id", match=qe.MatchValue(subject_id))])
+
+        def run() -> list[str]:
+            found: list[str] = []
+            offset: Any = None
+            with self._lock:
+                while True:
+                    request = qe.ScrollRequest(offset=offset, limit=256, filter=flt, with_payload=False)
+                    records, offset = self._shard.scroll(request)
+                    found += [str(r.id) for r in records]
+                    if offset is None:
+                        return found
+
+        return await asyncio.to_thread(run)
+
     async def count(self) -> int:
         def run() -> int:
             with self._lock:
@@ -189,6 +207,16 @@ class QdrantGallery:
 
     async def delete_points(self, point_ids: list[str]) -> None:
         await self.client.delete(self.name, points_selector=models.PointIdsList(points=list(point_ids)), wait=True)
+
+    async def point_ids(self, subject_id: str) -> list[str]:
+        flt = models.Filter(must=[models.FieldCondition(key="subject_id", match=models.MatchValue(value=subject_id))])
+        found: list[str] = []
+        offset: Any = None
+        while True:
+            records, offset = await self.client.scroll(self.name, scroll_filter=flt, limit=256, offset=offset)
+            found += [str(r.id) for r in records]
+            if offset is None:
+                return found
 
     async def count(self) -> int:
         return (await self.client.count(self.name, exact=True)).count

@@ -1,9 +1,10 @@
 """The gallery is a log; a matcher's index is a view of it.
 
 The compacted topic `gallery` (one partition: every reader applies the same records in the same
-order) is the system of record: one `gallery.point` record per enrolled face, keyed by point id,
-and a tombstone under that key when the point is removed. The matcher writes enrolments there;
-every matcher replica applies the topic, in order, to an index:
+order) is the system of record: one `gallery.point` record per enrolled face, keyed by point id
+(its embedding encrypted with the subject's data key, see services/matcher/keys.py), a tombstone
+under that key when the point is removed, and a `gallery.erasure` record per erased subject. The
+matcher writes enrolments there; every matcher replica applies the topic, in order, to an index:
 
 - with the embedded engine (the default), each replica owns an index on its local disk, in a
   directory it holds a lock on (so two workers on one machine take two directories), next to the
@@ -30,10 +31,12 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from facestream import contracts
 from facestream.config import Settings
+from facestream.contracts.timeutil import parse_iso
 from facestream.io.kafka import consumer
 from facestream.ops.logs import get_logger
 from facestream.runtime.tasks import cancel
 from facestream.services.matcher.gallery import Gallery, GalleryPoint
+from facestream.services.matcher.keys import KeyRing
 
 log = get_logger(__name__)
 OFFSETS = "applied.json"
@@ -57,28 +60,35 @@ def claim_directory(base: Path) -> tuple[Path, int]:
     raise RuntimeError(f"all {MAX_REPLICAS} gallery replica directories under {base} are in use")
 
 
-def point_of(record: dict[str, Any]) -> GalleryPoint:
+def point_of(record: dict[str, Any], vector: list[float]) -> GalleryPoint:
     """The index entry of a `gallery.point` record: its vector and what a search returns or filters on."""
     payload = {k: record[k] for k in ("subject_id", "watchlist", "image_id", "source", "enrolled_at")}
     payload["model"] = f"{record['model']['name']}/{record['model']['version']}"
     payload.update({k: record["consent"][k] for k in ("lawful_basis", "consent_ref", "retain_until", "enrolled_by")})
-    return GalleryPoint(record["point_id"], record["embedding"], payload)
+    return GalleryPoint(record["point_id"], vector, payload)
 
 
 class Replica:
-    """Applies the gallery topic to `gallery`. `folder` (embedded engine): the index's directory,
-    where the applied offset is kept; None (Qdrant server): offsets are the indexer group's."""
+    """Applies the gallery topic to `gallery`, with the data keys from the keys topic. `folder`
+    (embedded engine): the index's directory, where the applied offset is kept; None (Qdrant
+    server): offsets are the indexer group's."""
 
-    def __init__(self, settings: Settings, gallery: Gallery, folder: Path | None) -> None:
+    def __init__(self, settings: Settings, gallery: Gallery, folder: Path | None, ring: KeyRing) -> None:
         self.settings = settings
         self.gallery = gallery
         self.folder = folder
+        self.ring = ring
         self.tp = TopicPartition(settings.topic("gallery"), 0)
-        self.position = 0  # the next offset to apply
+        self.keys_tp = TopicPartition(settings.topic("gallery.keys"), 0)
+        self.position = 0  # the next offset of the gallery topic to apply
         self.caught_up = False
-        self.applied = 0  # records applied since start
+        self.applied = 0  # gallery records applied since start
+        self.erased: dict[str, str] = {}  # subject: requested_at of its latest erasure
+        self._parked: dict[str, dict[str, Any]] = {}  # points whose data key has not been read yet
+        self._keys: AIOKafkaConsumer | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()  # one applier at a time (the follow loop, or a sync)
 
     @property
     def group(self) -> str | None:
@@ -90,21 +100,26 @@ class Replica:
             saved = orjson.loads((self.folder / OFFSETS).read_bytes())
         except (OSError, orjson.JSONDecodeError):
             return None
-        return int(saved["offset"]) if saved.get("topic") == self.tp.topic else None
+        if saved.get("topic") != self.tp.topic:
+            return None
+        self.erased = dict(saved.get("erased", {}))
+        return int(saved["offset"])
 
     def _save_offset(self) -> None:
         assert self.folder is not None
         tmp = self.folder / f"{OFFSETS}.tmp"
-        tmp.write_bytes(orjson.dumps({"topic": self.tp.topic, "offset": self.position}))
+        tmp.write_bytes(orjson.dumps({"topic": self.tp.topic, "offset": self.position, "erased": self.erased}))
         os.replace(tmp, self.folder / OFFSETS)  # atomic: the offset on disk is always a whole one
 
     async def start(self) -> None:
-        """Open the index, position the reader, and apply the topic up to its end as it is now."""
+        """Open the index, read every data key, position the reader, and apply the gallery topic
+        up to its end as it is now."""
         if self.folder is not None:
             saved = self._load_offset()
             index = self.folder / "index"
             if saved is not None and not index.exists():
                 saved = None  # an offset without its index: the index is built again from the log
+                self.erased = {}
             if saved is None and index.exists():
                 # An index without its offset cannot say what it holds (removals may be missed):
                 # it is built again from the log.
@@ -112,6 +127,11 @@ class Replica:
                 shutil.rmtree(index)
             self.position = saved or 0
         await self.gallery.open()
+        self._keys = consumer(self.settings)
+        await self._keys.start()
+        self._keys.assign([self.keys_tp])
+        await self._keys.seek_to_beginning(self.keys_tp)
+        await self.sync_keys()
         if self.group is None:
             self._consumer = consumer(self.settings)
             await self._consumer.start()
@@ -126,8 +146,23 @@ class Replica:
         while not await self._reached(end):
             await self._poll()
         self.caught_up = True
-        log.info("gallery_replica_ready", applied=self.applied, position=self.position)
+        log.info("gallery_replica_ready", applied=self.applied, position=self.position, parked=len(self._parked))
         self._task = asyncio.create_task(self._follow())
+
+    async def sync_keys(self) -> None:
+        """Read the keys topic up to its end as it is now."""
+        assert self._keys is not None
+        end = (await self._keys.end_offsets([self.keys_tp]))[self.keys_tp]
+        while await self._keys.position(self.keys_tp) < end:
+            for record in (await self._keys.getmany(self.keys_tp, timeout_ms=500)).get(self.keys_tp, []):
+                self.ring.apply(record.key.decode() if record.key else "", record.value)
+
+    async def sync(self) -> None:
+        """Apply the gallery topic (and read the keys) up to their ends as they are now."""
+        assert self._consumer is not None
+        end = (await self._consumer.end_offsets([self.tp]))[self.tp]
+        while not await self._reached(end):
+            await self._poll()
 
     async def _reached(self, end: int) -> bool:
         if self.group is None:
@@ -148,44 +183,105 @@ class Replica:
 
     async def _poll(self) -> None:
         assert self._consumer is not None
-        batches = await self._consumer.getmany(timeout_ms=200, max_records=1000)
-        records = batches.get(self.tp, [])
-        if not records:
-            return
-        await self.apply(records)
-        self.position = records[-1].offset + 1
-        if self.group is None:
-            self._save_offset()  # after the index is flushed: the offset never runs ahead of it
-        else:
-            await self._consumer.commit({self.tp: self.position})
+        async with self._lock:
+            batches = await self._consumer.getmany(self.tp, timeout_ms=200, max_records=1000)
+            records = batches.get(self.tp, [])
+            if not records and not self._parked:
+                return
+            await self.sync_keys()  # every key written before these records is known now
+            await self._retry_parked()
+            if not records:
+                return
+            await self.apply(records)
+            self.position = records[-1].offset + 1
+            if self.group is None:
+                self._save_offset()  # after the index is flushed: the offset never runs ahead of it
+            else:
+                await self._consumer.commit({self.tp: self.position})
+
+    def _stale(self, record: dict[str, Any]) -> bool:
+        """An enrolment submitted at or before the subject's latest erasure: it does not survive it."""
+        erased_at = self.erased.get(record["subject_id"])
+        submitted = record.get("submitted_at") or record["enrolled_at"]
+        return erased_at is not None and parse_iso(submitted) <= parse_iso(erased_at)
+
+    def _vector(self, record: dict[str, Any]) -> list[float] | None:
+        sealed = record["embedding_enc"]
+        return self.ring.decrypt(sealed["key_id"], sealed["token"])
+
+    async def _retry_parked(self) -> None:
+        ready = []
+        for point_id, record in list(self._parked.items()):
+            if self._stale(record):
+                del self._parked[point_id]
+            elif record["embedding_enc"]["key_id"] in self.ring:
+                del self._parked[point_id]
+                vector = self._vector(record)
+                if vector is not None:
+                    ready.append(point_of(record, vector))
+        if ready:
+            await self.gallery.upsert(ready)
 
     async def apply(self, records: list[Any]) -> None:
         """Apply records in order: runs of upserts and removals, each run in one call."""
         run: list[GalleryPoint] = []
         removed: list[str] = []
+
+        async def flush() -> None:
+            nonlocal run, removed
+            if run:
+                await self.gallery.upsert(run)
+            if removed:
+                await self.gallery.delete_points(removed)
+            run, removed = [], []
+
         for record in records:
             key = record.key.decode() if record.key else ""
             if record.value is None:
                 if run:
-                    await self.gallery.upsert(run)
-                    run = []
+                    await flush()
                 removed.append(key)
+                self._parked.pop(key, None)
                 continue
             if removed:
-                await self.gallery.delete_points(removed)
-                removed = []
+                await flush()
             try:
-                run.append(point_of(contracts.loads(record.value, "gallery.point")))
+                event = orjson.loads(record.value)
+                if event.get("event_type") == "gallery.erasure":
+                    contracts.validate("gallery.erasure", event)
+                    await flush()
+                    await self._erase(event)
+                    continue
+                contracts.validate("gallery.point", event)
             except Exception as exc:  # only the matcher writes here; a bad record is a bug, not input
                 log.error("gallery_record_invalid", offset=record.offset, error=str(exc)[:300])
-        if run:
-            await self.gallery.upsert(run)
-        if removed:
-            await self.gallery.delete_points(removed)
+                continue
+            if self._stale(event):
+                continue
+            vector = self._vector(event)
+            if vector is not None:
+                run.append(point_of(event, vector))
+            elif event["embedding_enc"]["key_id"] not in self.ring:
+                # Its key may still be on its way (written beside it), or destroyed by an erasure
+                # this replica has yet to read: kept aside until one or the other is known.
+                self._parked[event["point_id"]] = event
+        await flush()
         self.applied += len(records)
+
+    async def _erase(self, erasure: dict[str, Any]) -> None:
+        subject = erasure["subject_id"]
+        previous = self.erased.get(subject)
+        if previous is None or parse_iso(erasure["requested_at"]) > parse_iso(previous):
+            self.erased[subject] = erasure["requested_at"]
+        await self.gallery.delete_subject(subject)
+        for point_id, record in list(self._parked.items()):
+            if record["subject_id"] == subject:
+                del self._parked[point_id]
+        log.info("gallery_subject_erased", request_id=erasure["request_id"])
 
     async def stop(self) -> None:
         await cancel(self._task)
-        if self._consumer is not None:
-            await self._consumer.stop()
+        for cons in (self._consumer, self._keys):
+            if cons is not None:
+                await cons.stop()
         await self.gallery.close()

@@ -6,7 +6,7 @@ from __future__ import annotations
 from concurrent.futures import Executor
 
 from facestream.config import Settings
-from facestream.io.kafka import MiB, TopicSpec
+from facestream.io.kafka import DAY_MS, MiB, TopicSpec
 from facestream.runtime.service import Service
 from facestream.services.matcher.cli import add_parsers
 from facestream.services.matcher.stage import MatcherStage
@@ -17,14 +17,22 @@ def _stage(settings: Settings, executor: Executor) -> MatcherStage:
 
 
 def _topics(settings: Settings) -> list[TopicSpec]:
-    # Compacted (the latest record per point, tombstones remove), one partition (one order for all).
-    return [TopicSpec(settings.topic("gallery"), 1, 1 * MiB, compact=True)]
+    # The gallery and its data keys: compacted (the latest record per key, tombstones remove), one
+    # partition each (one order for every reader). Erasure requests: kept 30 days, like matches.
+    # Receipts: compacted, the latest per subject.
+    return [
+        TopicSpec(settings.topic("gallery"), 1, 1 * MiB, compact=True),
+        TopicSpec(settings.topic("gallery.keys"), 1, 64 * 1024, compact=True),
+        TopicSpec(settings.topic("gallery.requests"), settings.partitions, 64 * 1024, 30 * DAY_MS),
+        TopicSpec(settings.topic("gallery.receipts"), 1, 64 * 1024, compact=True),
+    ]
 
 
 def _groups(settings: Settings) -> dict[str, list[str]]:
-    if settings.gallery_backend != "qdrant":
-        return {}  # each replica keeps its own offset beside its index
-    return {f"{settings.app_id}-gallery-indexer": [settings.topic("gallery")]}
+    groups = {f"{settings.app_id}-gallery-eraser": [settings.topic("gallery.requests")]}
+    if settings.gallery_backend == "qdrant":  # with the embedded engine, each replica keeps its own offset
+        groups[f"{settings.app_id}-gallery-indexer"] = [settings.topic("gallery")]
+    return groups
 
 
 SERVICE = Service("matcher", "embeddings", _stage, topics=_topics, groups=_groups, commands=add_parsers)

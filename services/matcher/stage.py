@@ -14,12 +14,14 @@ from qdrant_client import AsyncQdrantClient
 from facestream import contracts
 from facestream.config import Settings
 from facestream.contracts import ids
-from facestream.contracts.timeutil import now_iso
-from facestream.errors import DependencyUnavailable
+from facestream.contracts.timeutil import now_iso, parse_iso
+from facestream.errors import ConfigError, DependencyUnavailable, EnrolmentRejected
 from facestream.ops.logs import get_logger
 from facestream.ops.metrics import SEARCH_SECONDS
 from facestream.runtime.stage import FACE_FIELDS, Outcome, Output, Record, carry
+from facestream.services.matcher.eraser import Eraser
 from facestream.services.matcher.gallery import EdgeGallery, Gallery, QdrantGallery
+from facestream.services.matcher.keys import KeyRing, gallery_keys
 from facestream.services.matcher.logic import candidates
 from facestream.services.matcher.replica import Replica, claim_directory, point_of
 
@@ -28,8 +30,9 @@ REVIEW = "candidate: investigative lead, requires human confirmation"
 EMBEDDING_DIM = 128
 
 
-def gallery_record(event: dict[str, Any]) -> dict[str, Any]:
-    """The `gallery.point` record an enrolment's face becomes (see services/matcher/replica.py)."""
+def gallery_record(event: dict[str, Any], key_id: str, ring: KeyRing) -> dict[str, Any]:
+    """The `gallery.point` record an enrolment's face becomes (see services/matcher/replica.py),
+    its embedding encrypted with the subject's data key `key_id` (see services/matcher/keys.py)."""
     intent = event["intent"]
     record = {
         "schema_version": 1,
@@ -43,7 +46,7 @@ def gallery_record(event: dict[str, Any]) -> dict[str, Any]:
         "model": event["model"],
         "consent": intent["consent"],
         "source": event["source"],
-        "embedding": event["embedding"],
+        "embedding_enc": {"key_id": key_id, "token": ring.encrypt(key_id, event["embedding"])},
         "enrolled_at": now_iso(),
         "trace_id": event["trace_id"],
     }
@@ -65,7 +68,10 @@ class MatcherStage:
         self._gallery = gallery
         self.follow = follow
         self.replica: Replica | None = None
+        self.eraser: Eraser | None = None
         self._lock_fd: int | None = None
+        self.keys = gallery_keys(settings)
+        self.ring = KeyRing(self.keys.wrapper)
 
     @property
     def gallery(self) -> Gallery:
@@ -84,11 +90,20 @@ class MatcherStage:
         if not self.follow:  # the stage's logic alone (tests without a broker)
             await self.gallery.open()
             return
-        self.replica = Replica(self.settings, self.gallery, folder)
+        self.replica = Replica(self.settings, self.gallery, folder, self.ring)
         await self.replica.start()
+        if self.ring.unreadable:
+            raise ConfigError(
+                f"{self.ring.unreadable} data key(s) in {self.settings.topic('gallery.keys')} do not unwrap with "
+                "this gallery key: start with the gallery_keys that wrote them (the new one first, the old after it)"
+            )
+        self.eraser = Eraser(self.settings, self.replica, self.keys)
+        await self.eraser.start()
 
     async def stop(self) -> None:
         try:
+            if self.eraser is not None:
+                await self.eraser.stop()
             if self.replica is not None:
                 await self.replica.stop()
             else:
@@ -118,19 +133,37 @@ class MatcherStage:
 
     async def _enrol(self, enrols: list[tuple[int, dict[str, Any]]], outcomes: list[Outcome]) -> None:
         started = time.perf_counter()
-        records = [gallery_record(e) for _, e in enrols]
+        prepared: list[tuple[int, dict[str, Any], dict[str, Any], dict[str, Any] | None]] = []
+        for i, event in enrols:
+            subject = event["intent"]["subject_id"]
+            erased_at = self.replica.erased.get(subject) if self.replica is not None else None
+            submitted = event.get("submitted_at") or event["occurred_at"]
+            if erased_at is not None and parse_iso(submitted) <= parse_iso(erased_at):
+                outcomes[i].error = EnrolmentRejected(
+                    f"the subject was erased at {erased_at}, after this enrolment was submitted ({submitted})",
+                    reason="enrolment_rejected",
+                )
+                continue
+            key_id, key_record = self.ring.key_for(subject)
+            prepared.append((i, event, gallery_record(event, key_id, self.ring), key_record))
+        if not prepared:
+            return
         try:
-            await self.gallery.upsert([point_of(r) for r in records])
+            await self.gallery.upsert([point_of(r, e["embedding"]) for _, e, r, _ in prepared])
             size = await self.gallery.count()
         except Exception as exc:  # the gallery did not answer: these enrolments are tried again
             unavailable = DependencyUnavailable(f"gallery upsert failed: {type(exc).__name__}: {exc}"[:500])
-            for i, _ in enrols:
+            for i, *_ in prepared:
                 outcomes[i].error = unavailable
             return
-        seconds = (time.perf_counter() - started) / len(enrols)
-        for (i, event), record in zip(enrols, records, strict=True):
+        seconds = (time.perf_counter() - started) / len(prepared)
+        for i, event, record, key_record in prepared:
             intent = event["intent"]
-            point = point_of(record)
+            point = point_of(record, event["embedding"])
+            if key_record is not None:  # a new data key: on the broker with the point that needs it
+                outcomes[i].outputs.append(
+                    Output("gallery.keys", f"{record['subject_id']}/{key_record['key_id']}", key_record)
+                )
             # Audit line: who enrolled whom, under which consent record (reference only).
             log.info(
                 "enrolled",

@@ -10,14 +10,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import os
 import re
 import secrets as _secrets
 import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, fields, replace
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -30,6 +28,7 @@ from facestream.config import WEBHOOK_EVENT_TYPES, Settings, SubscriptionSeed
 from facestream.errors import ConfigError, UnsafeDestination
 from facestream.io.kafka import follow, producer
 from facestream.io.net import AddressPolicy, resolve
+from facestream.keys import configured_key
 from facestream.ops.logs import get_logger
 from facestream.runtime.tasks import cancel
 
@@ -101,29 +100,9 @@ class KeyMismatch(ConfigError):
 
 def subscriptions_key(settings: Settings, create: bool = True) -> str:
     """`subscriptions_key`, or the key file under data_dir, created on first use when `create`
-    (a notifier worker); otherwise (the command line) a missing key is an error, not a new key
-    that could never read what the workers wrote."""
-    key = settings.subscriptions_key.get_secret_value()
-    if not key:
-        path = Path(settings.data_dir) / "subscriptions.key"
-        if not path.exists() and not create:
-            raise ConfigError(
-                f"no subscriptions key: set subscriptions_key (FACESTREAM_SUBSCRIPTIONS_KEY) to the notifiers' key, "
-                f"or run where data_dir holds it ({path.resolve()} does not exist)"
-            )
-        if not path.exists():
-            # Written whole, then linked into place: a process starting at the same moment
-            # either wins or reads the winner's complete key, never a half-written file.
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(Fernet.generate_key())
-            with contextlib.suppress(FileExistsError):
-                os.link(tmp, path)
-            tmp.unlink()
-        key = path.read_text().strip()
-    return key
+    (a notifier worker); otherwise (the command line) a missing key is an error."""
+    configured = settings.subscriptions_key.get_secret_value()
+    return configured_key(configured, settings.data_dir, "subscriptions.key", "subscriptions_key", create)
 
 
 def secret_box(settings: Settings, create: bool = True) -> Fernet:

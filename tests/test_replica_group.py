@@ -1,0 +1,90 @@
+"""With the Qdrant server backend the collection is one index shared by every matcher, fed from the
+gallery topic by one indexer group that commits its offsets in Kafka: one replica applies, and a
+replica of the same group counts as caught up once the group's committed offset reaches the end.
+Real broker; the shared collection is qdrant-client's in-process mode, standing in for the server
+(the real server's tests belong to the cluster work)."""
+
+from __future__ import annotations
+
+import uuid
+
+from cryptography.fernet import Fernet
+from pydantic import SecretStr
+from qdrant_client import AsyncQdrantClient
+
+from facestream import contracts
+from facestream.config import Settings
+from facestream.contracts import ids
+from facestream.io.kafka import create_topics, delete_topics, producer, running
+from facestream.services.matcher.gallery import QdrantGallery
+from facestream.services.matcher.keys import KeyRing, gallery_keys
+from facestream.services.matcher.replica import Replica
+from facestream.services.matcher.service import SERVICE
+from tests.helpers import RETAIN
+
+
+def point(subject: str, key_id: str, ring: KeyRing) -> dict[str, object]:
+    vector = [1.0] + [0.0] * 127
+    record = {
+        "schema_version": 1,
+        "event_type": "gallery.point",
+        "point_id": ids.point_id(subject, f"img-{subject}", 0),
+        "subject_id": subject,
+        "watchlist": "w",
+        "image_id": f"img-{subject}",
+        "image_sha256": "5" * 64,
+        "face_index": 0,
+        "model": {"name": "sface", "version": "2021dec"},
+        "consent": {
+            "lawful_basis": "explicit_consent",
+            "consent_ref": "c/1",
+            "retain_until": RETAIN,
+            "source_attestation": "given in person",
+            "enrolled_by": "clerk",
+        },
+        "source": "test",
+        "embedding_enc": {"key_id": key_id, "token": ring.encrypt(key_id, vector)},
+        "enrolled_at": "2026-12-01T00:00:00.000Z",
+    }
+    contracts.validate("gallery.point", record)
+    return record
+
+
+async def test_one_indexer_group_feeds_the_shared_collection(kafka: str) -> None:
+    prefix = f"g{uuid.uuid4().hex[:8]}"
+    settings = Settings(
+        topic_prefix=prefix,
+        app_id=prefix,
+        gallery_backend="qdrant",
+        qdrant_url="http://127.0.0.1:1",
+        gallery_keys=SecretStr(Fernet.generate_key().decode()),
+    )
+    await create_topics(settings, SERVICE.topics(settings))
+    ring = KeyRing(gallery_keys(settings).wrapper)
+    shared = AsyncQdrantClient(location=":memory:")
+    first = Replica(settings, QdrantGallery(shared, 128), None, KeyRing(ring.wrapper))
+    try:
+        async with running(producer(settings)) as prod:
+            for subject in ("alice", "bob", "carol"):
+                key_id, key_record = ring.key_for(subject)
+                assert key_record is not None
+                await prod.send_and_wait(
+                    settings.topic("gallery.keys"), contracts.dumps(key_record), key=f"{subject}/{key_id}".encode()
+                )
+                record = point(subject, key_id, ring)
+                await prod.send_and_wait(
+                    settings.topic("gallery"), contracts.dumps(record), key=str(record["point_id"]).encode()
+                )
+        await first.start()
+        assert first.caught_up
+        assert await first.gallery.count() == 3
+        assert first.group == f"{prefix}-gallery-indexer"
+        # A second member of the group: it has nothing to apply, the group has; it is caught up.
+        second = Replica(settings, QdrantGallery(shared, 128), None, KeyRing(ring.wrapper))
+        await second.start()
+        assert second.caught_up
+        assert await second.gallery.count() == 3
+        await second.stop()
+    finally:
+        await first.stop()
+        await delete_topics(settings)
