@@ -150,14 +150,14 @@ def admin_client(settings: Settings, timeout_s: float = 10.0) -> AIOKafkaAdminCl
 
 
 def producer(settings: Settings, **kwargs: Any) -> AIOKafkaProducer:
-    return AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap,
-        acks="all",
-        enable_idempotence=True,
-        max_request_size=MAX_REQUEST,
-        linger_ms=5,
-        **kwargs,
-    )
+    options: dict[str, Any] = {
+        "acks": "all",
+        "enable_idempotence": True,
+        "max_request_size": MAX_REQUEST,
+        "linger_ms": 5,
+        **kwargs,  # the caller's choice wins
+    }
+    return AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, **options)
 
 
 # How old a group member's view of the topics may get. A rebalance that runs while a broker is

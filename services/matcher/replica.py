@@ -40,6 +40,9 @@ from facestream.services.matcher.keys import KeyRing
 
 log = get_logger(__name__)
 OFFSETS = "applied.json"
+# The gallery is written rarely; a reader waiting for "up to the end" must not sit out the
+# broker's default long poll (500 ms) on every empty fetch.
+FETCH_WAIT_MS = 20
 MAX_REPLICAS = 64
 
 
@@ -127,18 +130,20 @@ class Replica:
                 shutil.rmtree(index)
             self.position = saved or 0
         await self.gallery.open()
-        self._keys = consumer(self.settings)
+        self._keys = consumer(self.settings, fetch_max_wait_ms=FETCH_WAIT_MS)
         await self._keys.start()
         self._keys.assign([self.keys_tp])
         await self._keys.seek_to_beginning(self.keys_tp)
         await self.sync_keys()
         if self.group is None:
-            self._consumer = consumer(self.settings)
+            self._consumer = consumer(self.settings, fetch_max_wait_ms=FETCH_WAIT_MS)
             await self._consumer.start()
             self._consumer.assign([self.tp])
             self._consumer.seek(self.tp, self.position)
         else:
-            self._consumer = consumer(self.settings, "gallery", group_id=self.group, enable_auto_commit=False)
+            self._consumer = consumer(
+                self.settings, "gallery", group_id=self.group, enable_auto_commit=False, fetch_max_wait_ms=FETCH_WAIT_MS
+            )
             await self._consumer.start()
         end = (await self._consumer.end_offsets([self.tp]))[self.tp]
         where = str(self.folder) if self.folder is not None else None
