@@ -70,7 +70,14 @@ async def test_the_dynamic_batcher_forms_batches(triton_server: LocalTritonServe
         before = (await client.get_inference_statistics("sface", as_json=True))["model_stats"][0]
         singles = [crops[i % len(crops)] for i in range(64)]
         await asyncio.gather(*(backend.embed([c]) for c in singles))
-        after = (await client.get_inference_statistics("sface", as_json=True))["model_stats"][0]
+        # The server counts an execution after it has answered: the last ones may show a moment late.
+        deadline = asyncio.get_running_loop().time() + 10
+        while True:
+            after = (await client.get_inference_statistics("sface", as_json=True))["model_stats"][0]
+            done = int(after.get("inference_count", 0)) - int(before.get("inference_count", 0))
+            if done >= 64 or asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(0.1)
     finally:
         await backend.close()
         await client.close()

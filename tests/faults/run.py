@@ -116,8 +116,12 @@ async def fault_run(
     the others have taken its partitions over."""
     rng = random.Random(seed)
     started = time.monotonic()
-    # Retries spread over 15 s: a receiver away for less than that gets every webhook late, not never.
-    extra = {"transient_backoff_s": 0.5, "webhook_schedule_s": [0, 1, 2, 4, 8]}
+    # Retries doubling from 1 s until they span the receiver's absence and 10 s more: a receiver
+    # away gets every webhook late, not never (production schedules span days).
+    schedule = [0.0, 1.0]
+    while sum(schedule) < receiver_down_s + 10:
+        schedule.append(schedule[-1] * 2)
+    extra = {"transient_backoff_s": 0.5, "webhook_schedule_s": schedule}
     scaled = ("detector", "embedder")
     services = [()] if workers == 1 else [scaled] * workers + [("matcher", "notifier")]
     pipeline = Pipeline(workdir, [SAMPLES], services=services, extra=extra)
