@@ -63,6 +63,8 @@ class Pipeline:
             to_toml(
                 {
                     "topic_prefix": prefix,
+                    # The broker these tests use, also for commands run with this file alone.
+                    "kafka_bootstrap": load_settings().kafka_bootstrap,
                     "app_id": prefix,
                     "data_dir": str(self.workdir / "state"),
                     "image_roots": [str(r) for r in self.roots],

@@ -1,9 +1,10 @@
 """Erasure (services/matcher/eraser.py) on a real broker with real workers: two matcher replicas,
 a subject erased with `facestream gallery erase` while an enrolment of that subject is still in
-flight. Afterwards no replica returns the subject, the gallery topic's records of the subject can
-no longer be decrypted, the in-flight enrolment does not survive, the receipt validates against
-its schema and its signature verifies; erasing twice gives the same receipt; an unknown subject
-is an error; a replica rebuilt from the topic does not bring the subject back."""
+flight, behind two malformed erasure requests (dead-lettered). Afterwards no replica returns the
+subject, the gallery topic's records of the subject can no longer be decrypted, the in-flight
+enrolment does not survive, the receipt validates against its schema and its signature verifies;
+erasing twice gives the same receipt; an unknown subject is an error; a replica rebuilt from the
+topic does not bring the subject back; a matcher given another gallery key refuses to start."""
 
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from cryptography.fernet import Fernet
 
+from devtools.workers import spawn
 from facestream import client, contracts
 from facestream.config import Settings
 from facestream.services.matcher.eraser import verify
@@ -99,6 +102,13 @@ async def run(pipeline: Pipeline, server: Server, photo: bytes, release: asyncio
     await pipeline.submit("enrol-late", late)
     await asyncio.sleep(1.0)
 
+    # Malformed erasure requests (any publisher can send them) are dead-lettered with their reason;
+    # the eraser goes on to the real one behind them.
+    requests = settings.topic("gallery.requests")
+    bad = {b"{not json": "not JSON", orjson.dumps({"event_type": "subject.erasure_requested"}): "invalid"}
+    for value in bad:
+        await pipeline.producer.send_and_wait(requests, value, key=TARGET.encode())
+
     erased = await asyncio.to_thread(
         gallery_cli, pipeline, "erase", TARGET, "--reason", "consent withdrawn", "--requested-by", "dpo@example"
     )
@@ -116,6 +126,11 @@ async def run(pipeline: Pipeline, server: Server, photo: bytes, release: asyncio
     keys = gallery_keys(Settings(data_dir=settings.data_dir))
     assert verify(receipt, keys)
     assert not verify({**receipt, "points_removed": 0}, keys), "a changed receipt does not verify"
+
+    letters = [orjson.loads(v) for _, v in await pipeline.read("dlq")]
+    refused = [x for x in letters if x["source_topic"] == requests]
+    assert [(x["stage"], x["reason"]) for x in refused] == [("matcher", "malformed_event")] * 2
+    assert all(any(word in x["detail"] for word in bad.values()) for x in refused)
 
     # No replica returns the subject.
     after = await searches(pipeline, "after")
@@ -170,3 +185,10 @@ async def run(pipeline: Pipeline, server: Server, photo: bytes, release: asyncio
     final = await searches(pipeline, "rebuilt")
     assert TARGET not in found(final)
     assert searched_by(pipeline, rebuilt) & {m["image_id"] for m in final}
+
+    # A matcher started with another gallery key cannot read the data keys: it refuses to start.
+    log = pipeline.workdir / "wrong-key.log"
+    env = {"FACESTREAM_GALLERY_KEYS": Fernet.generate_key().decode(), "FACESTREAM_OPS_PORT": "-1"}
+    wrong = spawn(pipeline.config, ["matcher"], log, env={**env, "FACESTREAM_CROPS_PORT": "-1"})
+    assert await asyncio.to_thread(wrong.wait, 120) == 78  # EX_CONFIG
+    assert "do not unwrap with this gallery key" in log.read_text()

@@ -31,8 +31,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from facestream import contracts
 from facestream.config import Settings
 from facestream.contracts.timeutil import now_iso, parse_iso
+from facestream.errors import RejectedEvent
 from facestream.io.kafka import consumer, producer, read_topic
 from facestream.ops.logs import get_logger
+from facestream.runtime.stage import Record, dead_letter
 from facestream.runtime.tasks import cancel
 from facestream.services.matcher.keys import GalleryKeys
 from facestream.services.matcher.replica import Replica
@@ -97,7 +99,7 @@ class Eraser:
                 batches = await self._consumer.getmany(timeout_ms=500)
                 for tp, records in batches.items():
                     for record in records:
-                        await self._handle(record.value)
+                        await self._handle(record)
                         await self._consumer.commit({tp: record.offset + 1})
             except asyncio.CancelledError:
                 raise
@@ -115,11 +117,16 @@ class Eraser:
             if committed is not None:
                 self._consumer.seek(tp, committed)
 
-    async def _handle(self, raw: bytes | None) -> None:
+    async def _handle(self, record: Any) -> None:
         try:
-            request = contracts.loads(raw, "subject.erasure_requested")
-        except Exception as exc:  # not ours to fix: logged and skipped, the command line validates first
-            log.error("erasure_request_invalid", error=str(exc)[:300])
+            request = contracts.loads(record.value, "subject.erasure_requested")
+        except RejectedEvent as exc:  # a malformed request: to the dead letters with its reason
+            assert self._producer is not None
+            refused = Record(record.value, record.key, record.topic, record.partition, record.offset)
+            letter = dead_letter("matcher", refused, exc)
+            key = refused.key_bounded
+            await self._producer.send_and_wait(self.settings.topic("dlq"), contracts.dumps(letter), key=key)
+            log.warning("erasure_request_refused", reason=letter["reason"], detail=letter["detail"][:300])
             return
         receipt = await self.erase(request)
         if receipt is not None:

@@ -32,6 +32,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from facestream import contracts
 from facestream.config import Settings
 from facestream.contracts.timeutil import parse_iso
+from facestream.errors import ConfigError
 from facestream.io.kafka import consumer
 from facestream.ops.logs import get_logger
 from facestream.runtime.tasks import cancel
@@ -135,6 +136,13 @@ class Replica:
         self._keys.assign([self.keys_tp])
         await self._keys.seek_to_beginning(self.keys_tp)
         await self.sync_keys()
+        if self.ring.unreadable:
+            # Before anything is applied: points parked for want of their keys would leave an index
+            # that its saved offset says is complete.
+            raise ConfigError(
+                f"{self.ring.unreadable} data key(s) in {self.keys_tp.topic} do not unwrap with this gallery key: "
+                "start with the gallery_keys that wrote them (the new one first, the old after it)"
+            )
         if self.group is None:
             self._consumer = consumer(self.settings, fetch_max_wait_ms=FETCH_WAIT_MS)
             await self._consumer.start()

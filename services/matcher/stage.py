@@ -15,7 +15,7 @@ from facestream import contracts
 from facestream.config import Settings
 from facestream.contracts import ids
 from facestream.contracts.timeutil import now_iso, parse_iso
-from facestream.errors import ConfigError, DependencyUnavailable, EnrolmentRejected
+from facestream.errors import DependencyUnavailable, EnrolmentRejected
 from facestream.ops.logs import get_logger
 from facestream.ops.metrics import SEARCH_SECONDS
 from facestream.runtime.stage import FACE_FIELDS, Outcome, Output, Record, carry
@@ -91,12 +91,7 @@ class MatcherStage:
             await self.gallery.open()
             return
         self.replica = Replica(self.settings, self.gallery, folder, self.ring)
-        await self.replica.start()
-        if self.ring.unreadable:
-            raise ConfigError(
-                f"{self.ring.unreadable} data key(s) in {self.settings.topic('gallery.keys')} do not unwrap with "
-                "this gallery key: start with the gallery_keys that wrote them (the new one first, the old after it)"
-            )
+        await self.replica.start()  # refuses a gallery key that cannot unwrap the stored data keys
         self.eraser = Eraser(self.settings, self.replica, self.keys)
         await self.eraser.start()
 
