@@ -29,7 +29,7 @@ from PIL import Image
 
 from facestream import client
 from tests.conftest import SAMPLES
-from tests.faults.run import GALLERY, PROBES
+from tests.faults.run import GALLERY, PROBES, proc_parents
 from tests.harness import Pipeline, free_port
 from tests.helpers import Server, enrolment, png_header_only, respond
 
@@ -296,14 +296,7 @@ class Corpus:
 
 def tree_rss_mb(pid: int) -> float:
     """Resident memory of `pid` and its descendants (the model processes), from /proc."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    parents = proc_parents()
     family, frontier = {pid}, [pid]
     while frontier:
         frontier = [p for p, parent in parents.items() if parent in frontier and p not in family]

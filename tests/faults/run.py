@@ -80,19 +80,28 @@ async def _results(pipeline: Pipeline) -> list[dict[str, Any]]:
     return [m for m in await pipeline.events("matches") if m["status"] != "enrolled"]
 
 
+def proc_parents() -> dict[int, int]:
+    """Every live process's parent, from /proc: {pid: parent pid}."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue  # gone meanwhile
+    return parents
+
+
 def _model_process(pipeline: Pipeline, rng: random.Random) -> int | None:
     """A model process of a live worker, chosen at random (None if none is up just now)."""
+    workers = {w.pid for w in pipeline.workers}
     found = []
-    for worker in pipeline.workers:
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                if parent == worker.pid and b"spawn_main" in (entry / "cmdline").read_bytes():
-                    found.append(int(entry.name))
-            except (OSError, ValueError, IndexError):
-                continue
+    for pid, parent in proc_parents().items():
+        try:
+            if parent in workers and b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+        except OSError:
+            continue
     return rng.choice(found) if found else None
 
 
