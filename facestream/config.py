@@ -53,7 +53,9 @@ ENV_PREFIX = "FACESTREAM_"
 DEFAULT_THRESHOLD = 0.44
 DEFAULT_THRESHOLD_FPIR = 0.01
 # Webhook event types a subscription can ask for (see services/notifier/logic.py).
-WEBHOOK_EVENT_TYPES = ("face.match.candidates",)
+# Match candidates; and the erasure of a subject that earlier matches named (sent to whoever got
+# those, whatever their event types: they hold copies to purge).
+WEBHOOK_EVENT_TYPES = ("face.match.candidates", "face.subject.erased")
 # Standard Webhooks' suggested schedule: the delay before each attempt (the first is immediate).
 DEFAULT_WEBHOOK_SCHEDULE = (0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 50400.0, 72000.0, 86400.0)
 
@@ -244,6 +246,15 @@ class Settings(BaseSettings):
     )
     max_retention_days: int = Field(
         3 * 365, ge=1, description="longest retention term an enrolment may ask for (3 years: BIPA's outer limit)"
+    )
+    retention_sweep_s: Seconds = Field(
+        3600.0, description="how often the retention sweeper looks for consent terms that have passed"
+    )
+    replica_heartbeat_s: Seconds = Field(
+        2.0, description="how often a matcher replica reports its applied offset (erasures wait for the live ones)"
+    )
+    erasure_ack_timeout_s: Seconds = Field(
+        30.0, description="longest an erasure waits for each live replica's acknowledgement before its receipt"
     )
     top_k: int = Field(5, ge=1, le=100, description="most candidates per face")
     threshold: float = Field(DEFAULT_THRESHOLD, ge=-1, le=1, description="lowest cosine similarity of a candidate")

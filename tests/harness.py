@@ -223,4 +223,10 @@ async def ready(pipeline: Pipeline, worker: subprocess.Popen[bytes]) -> None:
     await pipeline.wait_for(
         lambda: bool(log_lines(pipeline, worker, "gallery_replica_ready")), what="the replica to catch up"
     )
-    await asyncio.sleep(pipeline.settings.session_timeout_s)  # the rebalance that gives it partitions
+    source = pipeline.settings.topic("embeddings")
+
+    def serving() -> bool:
+        assignments = log_lines(pipeline, worker, "partitions_assigned")
+        return bool(assignments) and any(p.startswith(f"{source}/") for p in assignments[-1]["partitions"])
+
+    await pipeline.wait_for(serving, what="the group to give the replica partitions")

@@ -151,7 +151,9 @@ def match_result(
     }
 
 
-def enrolment(image_id: str, path: Path, settings: Any, watchlist: str = "test-list") -> dict[str, Any]:
+def enrolment(
+    image_id: str, path: Path, settings: Any, watchlist: str = "test-list", retain_until: str = RETAIN
+) -> dict[str, Any]:
     """An image.submitted enrolling the sample photo at `path` (its folder names the subject)."""
     from facestream import client
 
@@ -160,7 +162,7 @@ def enrolment(image_id: str, path: Path, settings: Any, watchlist: str = "test-l
         watchlist,
         lawful_basis="explicit_consent",
         consent_ref=f"consent/{path.parent.name}",
-        retain_until=RETAIN,
+        retain_until=retain_until,
         source_attestation="sample photo (MIT), see samples/SOURCES.md",
         enrolled_by="test-suite",
     )

@@ -8,11 +8,11 @@ import datetime as dt
 
 from facestream import client, contracts
 from facestream.config import Settings
-from facestream.contracts.consent import consent_problem
+from facestream.contracts.consent import consent_problem, retention_ends
 from facestream.runtime.stage import Record
 from facestream.services.detector.stage import DetectorStage
 
-TODAY = dt.date(2026, 12, 2)
+NOW = dt.datetime(2026, 12, 2, 12, 0, tzinfo=dt.UTC)
 GOOD = {
     "lawful_basis": "explicit_consent",
     "consent_ref": "consent/17",
@@ -23,19 +23,24 @@ GOOD = {
 
 
 def test_the_consent_record_is_checked() -> None:
-    assert consent_problem(GOOD, 1095, TODAY) is None
-    assert consent_problem({**GOOD, "retain_until": "2029-12-01"}, 1095, TODAY) is None  # the last allowed day
+    assert consent_problem(GOOD, 1095, NOW) is None
+    assert consent_problem({**GOOD, "retain_until": "2029-12-01"}, 1095, NOW) is None  # the last allowed day
     cases = {
         "consent_ref": ("   ", "consent.consent_ref is blank"),
         "enrolled_by": ("\t", "consent.enrolled_by is blank"),
         "retain_until": ("2026-12-02", "has passed"),
     }
     for field, (value, message) in cases.items():
-        assert message in (consent_problem({**GOOD, field: value}, 1095, TODAY) or ""), field
-    assert "has passed" in (consent_problem({**GOOD, "retain_until": "2020-01-01"}, 1095, TODAY) or "")
-    beyond = consent_problem({**GOOD, "retain_until": "2029-12-02"}, 1095, TODAY) or ""
+        assert message in (consent_problem({**GOOD, field: value}, 1095, NOW) or ""), field
+    assert "has passed" in (consent_problem({**GOOD, "retain_until": "2020-01-01"}, 1095, NOW) or "")
+    beyond = consent_problem({**GOOD, "retain_until": "2029-12-02"}, 1095, NOW) or ""
     assert "beyond the longest term allowed (1095 days: 2029-12-01)" in beyond
-    assert "beyond" in (consent_problem(GOOD, 30, TODAY) or "")  # a tighter configured maximum
+    assert "beyond" in (consent_problem(GOOD, 30, NOW) or "")  # a tighter configured maximum
+    # A term may also end at a time: a short one is allowed, one without its UTC offset is not.
+    assert consent_problem({**GOOD, "retain_until": "2026-12-02T12:05:00Z"}, 1095, NOW) is None
+    assert "has passed" in (consent_problem({**GOOD, "retain_until": "2026-12-02T11:59:00+00:00"}, 1095, NOW) or "")
+    assert "UTC offset" in (consent_problem({**GOOD, "retain_until": "2026-12-02T12:05:00"}, 1095, NOW) or "")
+    assert retention_ends("2027-01-31") == dt.datetime(2027, 1, 31, tzinfo=dt.UTC)  # erased as the day begins
 
 
 async def test_the_detector_refuses_before_fetching(settings: Settings) -> None:

@@ -2,13 +2,19 @@
 a subject erased with `facestream gallery erase` while an enrolment of that subject is still in
 flight, behind two malformed erasure requests (dead-lettered). Afterwards no replica returns the
 subject, the gallery topic's records of the subject can no longer be decrypted, the in-flight
-enrolment does not survive, the receipt validates against its schema and its signature verifies;
-erasing twice gives the same receipt; an unknown subject is an error; a replica rebuilt from the
-topic does not bring the subject back; a matcher given another gallery key refuses to start."""
+enrolment does not survive, the receipt validates against its schema, names both replicas'
+acknowledgements and its signature verifies; the subscriber that was sent matches naming the
+subject gets a signed `face.subject.erased` webhook; `gallery export` shows what is held before and
+after; erasing twice gives the same receipt; an unknown subject is an error on the command line
+and a receipt saying so from the topic; the retention sweeper erases a subject whose term has
+passed (with a receipt) and removes a point whose own term has passed while its subject stays; a
+replica rebuilt from the topic, and one killed and restarted, do not bring the subject back; a
+matcher given another gallery key refuses to start."""
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import hashlib
 import os
 import shutil
@@ -24,7 +30,8 @@ from cryptography.fernet import Fernet
 from devtools.workers import spawn
 from facestream import client, contracts
 from facestream.config import Settings
-from facestream.services.matcher.eraser import verify
+from facestream.contracts.timeutil import now_iso
+from facestream.services.matcher.eraser import receipts, verify
 from facestream.services.matcher.keys import KeyRing, gallery_keys
 from tests.conftest import ROOT, SAMPLES
 from tests.harness import Pipeline, held, ready, searched_by
@@ -34,6 +41,10 @@ SERVICES = [("detector", "embedder"), ("matcher",), ("matcher",), ("notifier",)]
 GALLERY = sorted((SAMPLES / "gallery").rglob("*.jpg"))
 TARGET = GALLERY[0].parent.name  # the subject erased
 SECOND = sorted((SAMPLES / "probes" / TARGET).glob("*.jpg"))[0]  # another photo of them
+SHORT = sorted((SAMPLES / "probes" / "azure_family1_son").glob("*.jpg"))[0]  # a subject on a short term
+KEEPS = GALLERY[1].parent.name  # a subject with a second photo on a short term
+KEEPS_SHORT = sorted((SAMPLES / "probes" / KEEPS).glob("*.jpg"))[0]
+TERM_S = 60  # the short term, from the start of the test
 
 
 def gallery_cli(pipeline: Pipeline, *args: str) -> subprocess.CompletedProcess[str]:
@@ -76,7 +87,7 @@ async def test_an_erased_subject_is_gone_everywhere(kafka: str, tmp_path: Path) 
         return web.Response(body=photo, content_type="image/jpeg")
 
     async with Server({"/late.jpg": slow}) as server:
-        pipeline = Pipeline(tmp_path, [SAMPLES], services=SERVICES)
+        pipeline = Pipeline(tmp_path, [SAMPLES], services=SERVICES, extra={"retention_sweep_s": 1})
         await pipeline.start()
         try:
             await run(pipeline, server, photo, release)
@@ -87,14 +98,31 @@ async def test_an_erased_subject_is_gone_everywhere(kafka: str, tmp_path: Path) 
 
 async def run(pipeline: Pipeline, server: Server, photo: bytes, release: asyncio.Event) -> None:
     settings = pipeline.settings
+    term = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=TERM_S)).isoformat().replace("+00:00", "Z")
     for i, path in enumerate(GALLERY):
         await pipeline.submit(f"enrol-{i}", enrolment(f"enrol-{i}", path, settings))
+    await pipeline.submit("enrol-short", enrolment("enrol-short", SHORT, settings, retain_until=term))
+    await pipeline.submit("enrol-keeps", enrolment("enrol-keeps", KEEPS_SHORT, settings, retain_until=term))
 
     async def enrolled() -> bool:
-        return sum(m["status"] == "enrolled" for m in await pipeline.events("matches")) >= len(GALLERY)
+        return sum(m["status"] == "enrolled" for m in await pipeline.events("matches")) >= len(GALLERY) + 2
 
     await pipeline.wait_for(enrolled, what="the gallery")
     assert TARGET in found(await searches(pipeline, "before"))
+    notices = [d.event for d in pipeline.receiver.deliveries if d.event["type"] == "face.match.candidates"]
+    assert any(c["subject_id"] == TARGET for n in notices for c in n["candidates"]), "the subscriber was sent them"
+
+    # What is held about the subject, for an access request: never the template itself.
+    exported = gallery_cli(pipeline, "export", TARGET)
+    assert exported.returncode == 0, exported.stderr
+    held_before = orjson.loads(exported.stdout)
+    assert [p["image_id"] for p in held_before["points"]] == ["enrol-0"]
+    assert held_before["points"][0]["consent"]["consent_ref"] == f"consent/{TARGET}"
+    assert "not exported" in held_before["points"][0]["embedding"]
+    assert "embedding_enc" not in exported.stdout
+    assert "token" not in exported.stdout
+    assert len(held_before["data_keys"]) == 1
+    assert [e["subscription"] for e in held_before["subscribers_sent_matches"]] == ["test-receiver"]
 
     # An enrolment of the subject, submitted before the erasure, still in flight during it.
     late = enrolment("enrol-late", SECOND, settings)
@@ -123,6 +151,10 @@ async def run(pipeline: Pipeline, server: Server, photo: bytes, release: asyncio
     )
     assert receipt["points_removed"] == 1
     assert receipt["data_keys_destroyed"] == 1
+    assert receipt["subject_was_held"] is True
+    # Both live replicas acknowledged it, each past the erasure's offset.
+    assert sorted(a["replica_id"].rpartition("/")[2] for a in receipt["replicas"]) == ["replica-0", "replica-1"]
+    assert receipt["replicas_pending"] == []
     keys = gallery_keys(Settings(data_dir=settings.data_dir))
     assert verify(receipt, keys)
     assert not verify({**receipt, "points_removed": 0}, keys), "a changed receipt does not verify"
@@ -151,6 +183,22 @@ async def run(pipeline: Pipeline, server: Server, photo: bytes, release: asyncio
         len(ring.decrypt(p["embedding_enc"]["key_id"], p["embedding_enc"]["token"]) or []) == 128 for p in others
     )
 
+    # The subscriber sent matches naming the subject is told, in a signed webhook (the receiver
+    # verifies every signature); the note of who was sent whom goes with it.
+    def told() -> list[dict[str, Any]]:
+        return [d.event for d in pipeline.receiver.deliveries if d.event["type"] == "face.subject.erased"]
+
+    await pipeline.wait_for(lambda: bool(told()), what="the erasure notice")
+    [notice] = told()
+    assert (notice["subject_id"], notice["erasure_request_id"]) == (TARGET, receipt["request_id"])
+    assert "consent withdrawn" not in orjson.dumps(notice).decode(), "the notice does not carry the reason"
+    contracts.validate("webhook.delivery", {**_job_shell(), "payload": notice})
+    held_after = orjson.loads(gallery_cli(pipeline, "export", TARGET).stdout)
+    assert held_after["points"] == []
+    assert held_after["data_keys"] == []
+    assert held_after["erasure_receipt"] == receipt
+    assert held_after["subscribers_sent_matches"] == []
+
     # The enrolment that was in flight does not survive the erasure.
     release.set()
 
@@ -162,7 +210,7 @@ async def run(pipeline: Pipeline, server: Server, photo: bytes, release: asyncio
     assert TARGET not in found(await searches(pipeline, "later"))
     listed = gallery_cli(pipeline, "list")
     assert TARGET not in listed.stdout
-    assert len(listed.stdout.splitlines()) == len(GALLERY) - 1
+    assert {path.parent.name for path in GALLERY[1:]} <= {line.split()[0] for line in listed.stdout.splitlines()}
 
     # Erasing twice: the same receipt. An unknown subject: an error saying so.
     again = await asyncio.to_thread(gallery_cli, pipeline, "erase", TARGET, "--reason", "again", "--requested-by", "x")
@@ -172,19 +220,64 @@ async def run(pipeline: Pipeline, server: Server, photo: bytes, release: asyncio
     unknown = gallery_cli(pipeline, "erase", "nobody", "--reason", "r", "--requested-by", "x")
     assert unknown.returncode == 2
     assert "no subject 'nobody' in the gallery" in unknown.stderr
+    # From the topic (an upstream system), an unknown subject is erased all the same (an enrolment
+    # of it may be in flight) and its receipt says the gallery held nothing.
+    request = {
+        "schema_version": 1,
+        "event_type": "subject.erasure_requested",
+        "request_id": "upstream-nobody",
+        "subject_id": "nobody",
+        "reason": "access request",
+        "requested_by": "upstream",
+        "requested_at": now_iso(),
+    }
+    await pipeline.producer.send_and_wait(requests, contracts.dumps(request), key=b"nobody")
+
+    async def nobody() -> bool:
+        return "nobody" in await receipts(settings)
+
+    await pipeline.wait_for(nobody, what="the unknown subject's receipt")
+    none_held = (await receipts(settings))["nobody"]
+    assert (none_held["subject_was_held"], none_held["points_removed"]) == (False, 0)
     shown = gallery_cli(pipeline, "receipt", TARGET)
     assert receipt_of(shown.stdout) == receipt
     assert "signature: valid" in shown.stdout
 
-    # A replica rebuilt from the beginning of the topic does not bring the subject back.
+    # Retention: the subject whose only term has passed is erased by the sweeper, with a receipt;
+    # the other keeps its first photo and loses the one whose term has passed.
+    short = SHORT.parent.name
+
+    async def swept() -> bool:
+        return short in await receipts(settings)
+
+    await pipeline.wait_for(swept, limit_s=TERM_S + 90, what="the retention sweeper's erasure")
+    expired = (await receipts(settings))[short]
+    assert (expired["reason"], expired["requested_by"], expired["points_removed"]) == (
+        "retention_expired",
+        "retention-sweeper",
+        1,
+    )
+    assert verify(expired, keys)
+    kept = gallery_cli(pipeline, "show", KEEPS)
+    assert kept.returncode == 0, kept.stderr
+    assert "1 points" in kept.stdout
+    assert "enrol-keeps" not in kept.stdout
+    assert short not in gallery_cli(pipeline, "list").stdout
+
+    # A replica rebuilt from the beginning of the topic, and one killed and restarted on its own
+    # disk, do not bring the subject back.
     pipeline.stop_slot(2)
     [free] = [folder for folder in settings.gallery_path.glob("replica-*") if not held(folder)]
     shutil.rmtree(free)
     rebuilt = pipeline.spawn_slot(2)
     await ready(pipeline, rebuilt)
-    final = await searches(pipeline, "rebuilt")
+    pipeline.kill_slot(1)
+    restarted = pipeline.spawn_slot(1)
+    await ready(pipeline, restarted)
+    final = await searches(pipeline, "restarted")
     assert TARGET not in found(final)
     assert searched_by(pipeline, rebuilt) & {m["image_id"] for m in final}
+    assert searched_by(pipeline, restarted) & {m["image_id"] for m in final}
 
     # A matcher started with another gallery key cannot read the data keys: it refuses to start.
     log = pipeline.workdir / "wrong-key.log"
@@ -192,3 +285,18 @@ async def run(pipeline: Pipeline, server: Server, photo: bytes, release: asyncio
     wrong = spawn(pipeline.config, ["matcher"], log, env={**env, "FACESTREAM_CROPS_PORT": "-1"})
     assert await asyncio.to_thread(wrong.wait, 120) == 78  # EX_CONFIG
     assert "do not unwrap with this gallery key" in log.read_text()
+
+
+def _job_shell() -> dict[str, Any]:
+    """A delivery job's fields around a payload, to check a payload received against the contract."""
+    return {
+        "schema_version": 1,
+        "event_type": "webhook.delivery",
+        "webhook_id": "msg_" + "0" * 32,
+        "subscription": "test-receiver",
+        "event_id": "00000000-0000-0000-0000-000000000000",
+        "attempt": 0,
+        "due_at": now_iso(),
+        "expires_at": now_iso(),
+        "created_at": now_iso(),
+    }

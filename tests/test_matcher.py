@@ -3,6 +3,7 @@ candidate ranking and the threshold decision, and the matcher stage end to end w
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,7 +17,7 @@ from facestream.config import Settings
 from facestream.contracts import ids
 from facestream.runtime.stage import Record
 from facestream.services.matcher.gallery import EdgeGallery, Gallery, GalleryPoint, Hit, QdrantGallery
-from facestream.services.matcher.logic import candidates
+from facestream.services.matcher.logic import candidates, retention_due
 from facestream.services.matcher.stage import MatcherStage
 from tests.helpers import RETAIN, SHA
 
@@ -130,12 +131,15 @@ async def test_stage_enrols_then_searches(tmp_path: Path) -> None:
         r = [Record(contracts.dumps(e), b"enrol-1", "t", 0, 0), Record(contracts.dumps(e), b"enrol-1", "t", 0, 1)]
         outcomes = await stage.process(r)
         # A new subject: its data key, then the point (embedding encrypted with it), then the result.
+        # The key goes out again with each point until the keys topic gives it back (the stage
+        # reads nothing here): a point never depends on a key record that failed to be written.
         topics = [[o.topic for o in outcome.outputs] for outcome in outcomes]
-        assert topics == [["gallery.keys", "gallery", "matches"], ["gallery", "matches"]]
+        assert topics == [["gallery.keys", "gallery", "matches"]] * 2
         assert [o.outputs[-1].value["status"] for o in outcomes] == ["enrolled", "enrolled"]
         key, record = outcomes[0].outputs[:2]
+        assert outcomes[1].outputs[0].value == key.value  # the same key record, not a second key
         contracts.validate("gallery.point", record.value)  # the system of record gets the point
-        assert record.key == record.value["point_id"] == outcomes[1].outputs[0].key  # redelivery: the same key
+        assert record.key == record.value["point_id"] == outcomes[1].outputs[1].key  # redelivery: the same key
         assert key.key == f"alice/{record.value['embedding_enc']['key_id']}"
         assert "embedding" not in record.value  # only sealed with the subject's key
         assert record.value["subject_id"] == "alice"
@@ -155,3 +159,41 @@ async def test_stage_enrols_then_searches(tmp_path: Path) -> None:
     assert hit["candidates"][0]["rank"] == 1
     assert miss["status"] == "no_match"
     assert miss["candidates"] == []
+
+
+def test_retention_due_takes_a_subject_whose_terms_have_all_passed() -> None:
+    now = dt.datetime(2026, 12, 2, 12, 0, tzinfo=dt.UTC)
+    terms = {
+        "p1": ("gone", "2026-12-02"),  # its day has begun: passed
+        "p2": ("gone", "2026-12-02T11:00:00Z"),
+        "p3": ("stays", "2026-12-01"),  # passed, but the subject has a later term: only the point goes
+        "p4": ("stays", "2027-06-30"),
+        "p5": ("fresh", "2026-12-02T12:00:01Z"),
+        "p6": ("odd", "next year"),  # never written by the matcher: named, left alone
+    }
+    subjects, points, unreadable = retention_due(terms, now)
+    assert subjects == {"gone": "2026-12-02T11:00:00Z"}
+    assert points == ["p3"]
+    assert unreadable == ["p6"]
+
+
+async def test_gallery_terms_lists_every_point(tmp_path: Path) -> None:
+    """Both implementations give the sweeper every point's subject and term."""
+    for gallery in (EdgeGallery(tmp_path / "edge", 4), QdrantGallery(AsyncQdrantClient(location=":memory:"), 4)):
+        await gallery.open()
+        try:
+            await gallery.upsert(
+                [
+                    GalleryPoint(
+                        str(uuid.uuid4()), [1.0, 0, 0, 0], {"subject_id": f"s{i}", "retain_until": f"2027-01-0{i}"}
+                    )
+                    for i in range(1, 4)
+                ]
+            )
+            assert sorted((await gallery.terms()).values()) == [
+                ("s1", "2027-01-01"),
+                ("s2", "2027-01-02"),
+                ("s3", "2027-01-03"),
+            ]
+        finally:
+            await gallery.close()

@@ -33,6 +33,8 @@ EVENT_TYPES = (
     "gallery.erasure",
     "subject.erasure_requested",
     "subject.erased",
+    "gallery.replica",
+    "subject.notified",
 )
 _BASE = "https://facestream.dev/contracts/"
 _UUID = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"

@@ -97,6 +97,15 @@ def create_app(
         )
         for name in (*TOPICS, "crops", *_own_topics(settings, services))
     }
+
+    async def assigned(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+        # Which pipeline partitions this worker serves now (the rest are faust's own): the
+        # signal's argument is the set of TopicPartitions assigned.
+        tps = args[0] if args else set()
+        mine = sorted(f"{tp.topic}/{tp.partition}" for tp in tps if tp.topic.startswith(f"{settings.topic_prefix}."))
+        log.info("partitions_assigned", partitions=mine)
+
+    app.on_partitions_assigned.connect(assigned)
     health = Health(["kafka", *(s.name for s in services)])
     if isinstance(executor, ModelPool):
         health.check("models", lambda: executor.ready)

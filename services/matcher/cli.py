@@ -1,5 +1,6 @@
 """`facestream gallery ...`: what the gallery holds, read from its system of record (the gallery
-topic), never from one replica's index (vectors are never printed); erasure and its receipts."""
+topic), never from one replica's index (vectors are never printed); erasure and its receipts; what
+is held about one person (`export`, for an access request)."""
 
 from __future__ import annotations
 
@@ -21,10 +22,12 @@ from facestream.services.matcher.eraser import receipts, verify
 from facestream.services.matcher.keys import gallery_keys
 
 
-async def points(settings: Settings) -> dict[str, dict[str, Any]]:
+async def read_gallery(settings: Settings) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
     """The gallery's points now, by point id: the topic applied in order (tombstones and erasures
-    remove), without their (encrypted) embeddings."""
+    remove), each without its (encrypted) embedding, naming its data key instead; and the erasure
+    records the topic keeps."""
     held: dict[str, dict[str, Any]] = {}
+    erasures: list[dict[str, Any]] = []
     for record in await read_topic(settings, settings.topic("gallery")):
         key = record.key.decode() if record.key else ""
         if record.value is None:
@@ -32,15 +35,72 @@ async def points(settings: Settings) -> dict[str, dict[str, Any]]:
             continue
         event = orjson.loads(record.value)
         if event.get("event_type") == "gallery.erasure":
+            erasures.append(event)
             erased = parse_iso(event["requested_at"])
             for point_id, point in list(held.items()):
                 submitted = parse_iso(point.get("submitted_at") or point["enrolled_at"])
                 if point["subject_id"] == event["subject_id"] and submitted <= erased:
                     del held[point_id]
             continue
-        event.pop("embedding_enc", None)  # biometric data, even encrypted: never shown
+        sealed = event.pop("embedding_enc", {})  # biometric data, even encrypted: never shown
+        event["data_key_id"] = sealed.get("key_id")
         held[key] = event
-    return held
+    return held, erasures
+
+
+async def points(settings: Settings) -> dict[str, dict[str, Any]]:
+    return (await read_gallery(settings))[0]
+
+
+async def export(settings: Settings, subject: str) -> dict[str, Any]:
+    """What the platform holds about `subject`, for an access request: its gallery points (what
+    was enrolled, when, by whom, under which consent record), its data keys, erasures and their
+    receipt, and which subscribers were sent matches naming it. The face templates themselves are
+    described, not exported: they are held only encrypted, and only the matcher decrypts them."""
+    held, erasures = await read_gallery(settings)
+    mine = sorted((p for p in held.values() if p["subject_id"] == subject), key=lambda p: p["enrolled_at"])
+    live_keys: dict[str, bytes | None] = {}
+    for record in await read_topic(settings, settings.topic("gallery.keys")):
+        name = record.key.decode() if record.key else ""
+        if name.rpartition("/")[0] == subject:
+            live_keys[name.rpartition("/")[2]] = record.value
+    sent: dict[str, dict[str, Any]] = {}
+    for record in await read_topic(settings, settings.topic("deliveries.subjects")):
+        name = record.key.decode() if record.key else ""
+        if name.rpartition("/")[2] != subject:
+            continue
+        if record.value is None:
+            sent.pop(name, None)
+        else:
+            sent[name] = orjson.loads(record.value)
+    receipt = (await receipts(settings)).get(subject)
+    theirs = [e for e in erasures if e["subject_id"] == subject]
+    if not mine and not theirs and receipt is None and not sent:
+        raise UsageError(f"nothing is held about {subject!r}: no gallery point, erasure or notified subscriber")
+    return {
+        "subject_id": subject,
+        "exported_at": now_iso(),
+        "points": [
+            {
+                **{k: v for k, v in p.items() if k not in ("schema_version", "event_type")},
+                "embedding": f"a {p['model']['name']} face template, held encrypted with data key "
+                f"{p['data_key_id']}; not exported",
+            }
+            for p in mine
+        ],
+        "data_keys": sorted(k for k, v in live_keys.items() if v is not None),
+        "erasures": theirs,
+        "erasure_receipt": receipt,
+        "subscribers_sent_matches": sorted(
+            (
+                {"subscription": e["subscription"], "latest_match_event_id": e["event_id"], "at": e["at"]}
+                for e in sent.values()
+            ),
+            key=lambda e: str(e["subscription"]),
+        ),
+        "transit_copies": f"photos, faces and embeddings submitted stay in the transit topics at most "
+        f"{settings.transit_retention_hours:g} hours",
+    }
 
 
 def by_subject(held: dict[str, dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -126,7 +186,7 @@ async def _erase(settings: Settings, args: argparse.Namespace) -> str:
 
 def _cmd_gallery(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
-    if args.action in ("show", "erase", "receipt") and not args.subject:
+    if args.action in ("show", "erase", "receipt", "export") and not args.subject:
         raise UsageError(f"facestream gallery {args.action}: SUBJECT is required")
     if args.action == "erase":
         if not args.reason or not args.requested_by:
@@ -138,6 +198,9 @@ def _cmd_gallery(args: argparse.Namespace) -> int:
         if receipt is None:
             raise UsageError(f"no erasure receipt for {args.subject!r}")
         print(_show_receipt(receipt, settings))
+        return 0
+    if args.action == "export":
+        print(orjson.dumps(asyncio.run(export(settings, args.subject)), option=orjson.OPT_INDENT_2).decode())
         return 0
     held = asyncio.run(points(settings))
     if args.action == "list":
@@ -152,7 +215,7 @@ def _cmd_gallery(args: argparse.Namespace) -> int:
 def add_parsers(sub: Any) -> None:
     """Register the `gallery` command on the main parser."""
     g = sub.add_parser("gallery", help="the enrolled subjects (read from the gallery topic)")
-    g.add_argument("action", choices=["list", "show", "stats", "erase", "receipt"])
+    g.add_argument("action", choices=["list", "show", "stats", "erase", "receipt", "export"])
     g.add_argument("subject", nargs="?")
     g.add_argument("--watchlist", help="list: only subjects on this watchlist")
     g.add_argument("--reason", help="erase: why (an access request, consent withdrawn, ...)")

@@ -48,12 +48,18 @@ class Gallery(Protocol):
     async def delete_subject(self, subject_id: str) -> None: ...
     async def delete_points(self, point_ids: list[str]) -> None: ...
     async def point_ids(self, subject_id: str) -> list[str]: ...
+    async def terms(self) -> dict[str, tuple[str, str]]: ...
     async def count(self) -> int: ...
 
 
 def _hit(point_id: Any, score: float, payload: dict[str, Any] | None) -> Hit:
     payload = payload or {}
     return Hit(str(point_id), float(score), str(payload.get("subject_id", "")), str(payload.get("watchlist", "")))
+
+
+def _term(payload: dict[str, Any] | None) -> tuple[str, str]:
+    payload = payload or {}
+    return str(payload.get("subject_id", "")), str(payload.get("retain_until", ""))
 
 
 class EdgeGallery:
@@ -151,6 +157,24 @@ class EdgeGallery:
 
         return await asyncio.to_thread(run)
 
+    async def terms(self) -> dict[str, tuple[str, str]]:
+        """Every point's subject and retention term (`retain_until`), by point id."""
+        qe = self._qe
+
+        def run() -> dict[str, tuple[str, str]]:
+            found: dict[str, tuple[str, str]] = {}
+            offset: Any = None
+            while True:
+                with self._lock:  # a page at a time: searches go on between pages
+                    request = qe.ScrollRequest(offset=offset, limit=1024, with_payload=True)
+                    records, offset = self._shard.scroll(request)
+                for r in records:
+                    found[str(r.id)] = _term(r.payload)
+                if offset is None:
+                    return found
+
+        return await asyncio.to_thread(run)
+
     async def count(self) -> int:
         def run() -> int:
             with self._lock:
@@ -215,6 +239,17 @@ class QdrantGallery:
         while True:
             records, offset = await self.client.scroll(self.name, scroll_filter=flt, limit=256, offset=offset)
             found += [str(r.id) for r in records]
+            if offset is None:
+                return found
+
+    async def terms(self) -> dict[str, tuple[str, str]]:
+        found: dict[str, tuple[str, str]] = {}
+        offset: Any = None
+        while True:
+            records, offset = await self.client.scroll(
+                self.name, limit=1024, offset=offset, with_payload=["subject_id", "retain_until"]
+            )
+            found.update({str(r.id): _term(r.payload) for r in records})
             if offset is None:
                 return found
 

@@ -61,16 +61,23 @@ class KeyRing:
         self.wrapper = wrapper
         self._keys: dict[str, Fernet] = {}
         self._subjects: dict[str, set[str]] = {}
+        # Keys made here and not yet read back from the keys topic: their records go out again
+        # with each point encrypted with them (the same record: compaction keeps one), so a point
+        # never depends on a key record that was lost with a failed write.
+        self._unconfirmed: dict[str, dict[str, Any]] = {}
         self.unreadable = 0  # key records the gallery key cannot unwrap (a wrong or missing key)
 
     def apply(self, key: str, value: bytes | None) -> None:
         """One record of the keys topic: a wrapped key, or a tombstone that destroys it."""
         subject, _, key_id = key.rpartition("/")
+        self._unconfirmed.pop(key_id, None)
         if value is None:
             self._keys.pop(key_id, None)
             self._subjects.get(subject, set()).discard(key_id)
             return
-        record = orjson.loads(value)
+        self._install(subject, key_id, orjson.loads(value))
+
+    def _install(self, subject: str, key_id: str, record: dict[str, Any]) -> None:
         try:
             data_key = self.wrapper.decrypt(record["wrapped"].encode())
         except InvalidToken:
@@ -83,11 +90,12 @@ class KeyRing:
         return set(self._subjects.get(subject, ()))
 
     def key_for(self, subject: str) -> tuple[str, dict[str, Any] | None]:
-        """A data key id for `subject`: an existing one, or a new one with the record that stores
-        it (to be written to the keys topic before any record encrypted with it)."""
+        """A data key id for `subject`: an existing one, or a new one; with the record that stores
+        it while it has not been read back from the keys topic (to be written there before any
+        record encrypted with it), else None."""
         existing = sorted(self._subjects.get(subject, ()))
         if existing:
-            return existing[0], None
+            return existing[0], self._unconfirmed.get(existing[0])
         key_id = uuid.uuid4().hex
         data_key = Fernet.generate_key()
         record = {
@@ -97,7 +105,8 @@ class KeyRing:
             "key_id": key_id,
             "wrapped": self.wrapper.encrypt(data_key).decode(),
         }
-        self.apply(f"{subject}/{key_id}", orjson.dumps(record))
+        self._install(subject, key_id, record)
+        self._unconfirmed[key_id] = record
         return key_id, record
 
     def encrypt(self, key_id: str, vector: list[float]) -> str:

@@ -15,25 +15,32 @@ matcher writes enrolments there; every matcher replica applies the topic, in ord
 
 A replica is ready (`caught_up`) once it has applied everything that was in the topic when it
 started; the matcher answers no search before.
+
+Each replica reports, every `replica_heartbeat_s` and at once after applying an erasure, how far
+it has applied the topic (`gallery.replica` records in the compacted `gallery.replicas`, keyed by
+replica id, `stopped` when it stops): an erasure's receipt names each live replica that has
+applied it (services/matcher/eraser.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import os
 import shutil
+import socket
 from pathlib import Path
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from facestream import contracts
 from facestream.config import Settings
-from facestream.contracts.timeutil import parse_iso
+from facestream.contracts.timeutil import now_iso, parse_iso
 from facestream.errors import ConfigError
-from facestream.io.kafka import consumer
+from facestream.io.kafka import consumer, producer
 from facestream.ops.logs import get_logger
 from facestream.runtime.tasks import cancel
 from facestream.services.matcher.gallery import Gallery, GalleryPoint
@@ -91,8 +98,16 @@ class Replica:
         self._parked: dict[str, dict[str, Any]] = {}  # points whose data key has not been read yet
         self._keys: AIOKafkaConsumer | None = None
         self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
         self._task: asyncio.Task[None] | None = None
+        self._beat: asyncio.Task[None] | None = None
+        self._report = asyncio.Event()  # an erasure was applied: report it now, not at the next beat
+        self._erased_since_report = False
         self._lock = asyncio.Lock()  # one applier at a time (the follow loop, or a sync)
+        host = socket.gethostname()
+        # Its index's folder names an embedded replica (a restart on it is the same replica); a
+        # member of the indexer group is its process.
+        self.replica_id = f"{host}/{folder.name}" if folder is not None else f"{host}/pid-{os.getpid()}"
 
     @property
     def group(self) -> str | None:
@@ -131,6 +146,8 @@ class Replica:
                 shutil.rmtree(index)
             self.position = saved or 0
         await self.gallery.open()
+        self._producer = producer(self.settings)
+        await self._producer.start()
         self._keys = consumer(self.settings, fetch_max_wait_ms=FETCH_WAIT_MS)
         await self._keys.start()
         self._keys.assign([self.keys_tp])
@@ -149,18 +166,83 @@ class Replica:
             self._consumer.assign([self.tp])
             self._consumer.seek(self.tp, self.position)
         else:
+            await self._load_erasures()
             self._consumer = consumer(
                 self.settings, "gallery", group_id=self.group, enable_auto_commit=False, fetch_max_wait_ms=FETCH_WAIT_MS
             )
             await self._consumer.start()
         end = (await self._consumer.end_offsets([self.tp]))[self.tp]
         where = str(self.folder) if self.folder is not None else None
-        log.info("gallery_replica_catching_up", start=self.position, end=end, folder=where, group=self.group)
+        log.info(
+            "gallery_replica_catching_up",
+            replica_id=self.replica_id,
+            start=self.position,
+            end=end,
+            folder=where,
+            group=self.group,
+        )
+        self._beat = asyncio.create_task(self._heartbeat())
         while not await self._reached(end):
             await self._poll()
         self.caught_up = True
+        self._report.set()
         log.info("gallery_replica_ready", applied=self.applied, position=self.position, parked=len(self._parked))
         self._task = asyncio.create_task(self._follow())
+
+    async def _load_erasures(self) -> None:
+        """The shared index keeps no file beside it: the erasures applied so far (and so the
+        enrolments that must not survive them) are read again from the topic, where they are kept."""
+        scan = consumer(self.settings, fetch_max_wait_ms=FETCH_WAIT_MS)
+        await scan.start()
+        try:
+            scan.assign([self.tp])
+            await scan.seek_to_beginning(self.tp)
+            end = (await scan.end_offsets([self.tp]))[self.tp]
+            while await scan.position(self.tp) < end:
+                for record in (await scan.getmany(self.tp, timeout_ms=500)).get(self.tp, []):
+                    if record.value is not None and record.key and record.key.startswith(b"erasure/"):
+                        event = orjson.loads(record.value)
+                        self._note_erasure(event["subject_id"], event["requested_at"])
+        finally:
+            await scan.stop()
+
+    def _note_erasure(self, subject: str, requested_at: str) -> None:
+        previous = self.erased.get(subject)
+        if previous is None or parse_iso(requested_at) > parse_iso(previous):
+            self.erased[subject] = requested_at
+
+    async def applied_through(self) -> int:
+        """The next gallery offset this replica's index will apply (everything before is in it)."""
+        if self.group is None:
+            return self.position
+        assert self._consumer is not None
+        return (await self._consumer.committed(self.tp)) or 0  # the shared index, by whichever member
+
+    async def report(self, state: str) -> None:
+        assert self._producer is not None
+        record = {
+            "schema_version": 1,
+            "event_type": "gallery.replica",
+            "replica_id": self.replica_id,
+            "state": state,
+            "applied_through": await self.applied_through(),
+            "at": now_iso(),
+        }
+        topic = self.settings.topic("gallery.replicas")
+        await self._producer.send_and_wait(topic, contracts.dumps(record), key=self.replica_id.encode())
+
+    async def _heartbeat(self) -> None:
+        while True:
+            try:
+                await self.report("live" if self.caught_up else "catching_up")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the broker is away: the next beat tries again
+                log.warning("gallery_replica_report_failed", error=f"{type(exc).__name__}: {exc}"[:300])
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settings.replica_heartbeat_s):
+                    await self._report.wait()
+            self._report.clear()
 
     async def sync_keys(self) -> None:
         """Read the keys topic up to its end as it is now."""
@@ -211,6 +293,9 @@ class Replica:
                 self._save_offset()  # after the index is flushed: the offset never runs ahead of it
             else:
                 await self._consumer.commit({self.tp: self.position})
+            if self._erased_since_report:  # the position that covers it is saved: say so
+                self._erased_since_report = False
+                self._report.set()
 
     def _stale(self, record: dict[str, Any]) -> bool:
         """An enrolment submitted at or before the subject's latest erasure: it does not survive it."""
@@ -264,6 +349,7 @@ class Replica:
                     contracts.validate("gallery.erasure", event)
                     await flush()
                     await self._erase(event)
+                    self._erased_since_report = True
                     continue
                 contracts.validate("gallery.point", event)
             except Exception as exc:  # only the matcher writes here; a bad record is a bug, not input
@@ -283,9 +369,7 @@ class Replica:
 
     async def _erase(self, erasure: dict[str, Any]) -> None:
         subject = erasure["subject_id"]
-        previous = self.erased.get(subject)
-        if previous is None or parse_iso(erasure["requested_at"]) > parse_iso(previous):
-            self.erased[subject] = erasure["requested_at"]
+        self._note_erasure(subject, erasure["requested_at"])
         await self.gallery.delete_subject(subject)
         for point_id, record in list(self._parked.items()):
             if record["subject_id"] == subject:
@@ -294,7 +378,19 @@ class Replica:
 
     async def stop(self) -> None:
         await cancel(self._task)
-        for cons in (self._consumer, self._keys):
-            if cons is not None:
-                await cons.stop()
+        await cancel(self._beat)
+        if self._producer is not None and self._consumer is not None:
+            try:  # erasures from now on wait for it no more
+                await self.report("stopped")
+            except Exception as exc:  # its heartbeats stop anyway: it is not live for long
+                log.warning("gallery_replica_report_failed", error=f"{type(exc).__name__}: {exc}"[:300])
+        clients, self._consumer, self._keys, self._producer = (
+            (self._consumer, self._keys, self._producer),
+            None,
+            None,
+            None,
+        )
+        for client in clients:  # stopping twice stops nothing twice
+            if client is not None:
+                await client.stop()
         await self.gallery.close()

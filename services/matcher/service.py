@@ -19,12 +19,13 @@ def _stage(settings: Settings, executor: Executor) -> MatcherStage:
 def _topics(settings: Settings) -> list[TopicSpec]:
     # The gallery and its data keys: compacted (the latest record per key, tombstones remove), one
     # partition each (one order for every reader). Erasure requests: kept 30 days, like matches.
-    # Receipts: compacted, the latest per subject.
+    # Receipts: compacted, the latest per subject. Replicas' reports: compacted, the latest per replica.
     return [
         TopicSpec(settings.topic("gallery"), 1, 1 * MiB, compact=True),
         TopicSpec(settings.topic("gallery.keys"), 1, 64 * 1024, compact=True),
         TopicSpec(settings.topic("gallery.requests"), settings.partitions, 64 * 1024, 30 * DAY_MS),
         TopicSpec(settings.topic("gallery.receipts"), 1, 64 * 1024, compact=True),
+        TopicSpec(settings.topic("gallery.replicas"), 1, 64 * 1024, compact=True),
     ]
 
 

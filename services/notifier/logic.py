@@ -23,7 +23,9 @@ from facestream.errors import UnsafeDestination
 from facestream.services.notifier.signing import sign_headers
 from facestream.services.notifier.subscriptions import Subscription
 
-EVENT_TYPE = WEBHOOK_EVENT_TYPES[0]  # the only one so far
+EVENT_TYPE, ERASED_TYPE = WEBHOOK_EVENT_TYPES
+# An erasure notice outlives any match it concerns: a subscriber away for weeks must still purge.
+ERASED_TTL_S = 30 * 86400.0
 
 
 def iso(ts: float) -> str:
@@ -57,8 +59,26 @@ def payload_for(match: dict[str, Any], subscription: Subscription, ttl_s: float)
     }
 
 
+def erased_payload(receipt: dict[str, Any]) -> dict[str, Any]:
+    """The `face.subject.erased` body for a subject's erasure receipt: which subject, when, and what
+    to do; never the reason given or who asked (they may say more about the person than needed)."""
+    expires = parse_iso(receipt["completed_at"]) + timedelta(seconds=ERASED_TTL_S)
+    return {
+        "type": ERASED_TYPE,
+        "timestamp": receipt["completed_at"],
+        "event_id": ids.event_id("erased", receipt["request_id"]),
+        "occurred_at": receipt["completed_at"],
+        "expires_at": iso(expires.timestamp()),
+        "subject_id": receipt["subject_id"],
+        "erasure_request_id": receipt["request_id"],
+        "retention_expired": receipt["reason"] == "retention_expired",
+        "action": "purge every copy of match results naming this subject",
+    }
+
+
 def job_for(match: dict[str, Any], subscription: Subscription, payload: dict[str, Any]) -> dict[str, Any]:
-    """The webhook.delivery event that carries `payload` to `subscription` until it is delivered."""
+    """The webhook.delivery event that carries `payload` (for `match`: a match result, or an
+    erasure notice's payload itself) to `subscription` until it is delivered."""
     now = now_iso()
     job: dict[str, Any] = {
         "schema_version": 1,

@@ -1,7 +1,9 @@
 """Notifier stage: match.result → one webhook.delivery job per interested subscriber.
 
 The fan-out never waits on a subscriber: it writes jobs to `deliveries` (key: subscription) and
-the delivery engine (services/notifier/engine.py), started with the stage, attempts them. The
+the delivery engine (services/notifier/engine.py), started with the stage, attempts them. For each
+subject a job names it notes, in `deliveries.subjects`, that the subscriber was sent it: when the
+subject is erased, those subscribers are told (services/notifier/erasures.py). The
 stage also runs the crop server (facestream/crops.py) whose signed links the payloads carry.
 """
 
@@ -13,11 +15,12 @@ import httpx
 
 from facestream import contracts
 from facestream.config import Settings
-from facestream.contracts.timeutil import parse_iso
+from facestream.contracts.timeutil import now_iso, parse_iso
 from facestream.ops.logs import get_logger
 from facestream.runtime.stage import Outcome, Output, Record
 from facestream.services.notifier.crops import CropServer
 from facestream.services.notifier.engine import DeliveryEngine
+from facestream.services.notifier.erasures import ErasureNotices
 from facestream.services.notifier.logic import job_for, payload_for
 from facestream.services.notifier.subscriptions import SubscriptionStore
 
@@ -32,6 +35,7 @@ class NotifierStage:
         self.store = SubscriptionStore(settings)
         self.engine = DeliveryEngine(settings, self.store, client) if engine else None
         self.crops = CropServer(settings, self.store) if settings.crops_port >= 0 else None
+        self.notices = ErasureNotices(settings, self.store) if engine else None
 
     async def start(self) -> None:
         await self.store.start()
@@ -40,8 +44,12 @@ class NotifierStage:
             await self.crops.start()
         if self.engine is not None:
             await self.engine.start()
+        if self.notices is not None:
+            await self.notices.start()
 
     async def stop(self) -> None:
+        if self.notices is not None:
+            await self.notices.stop()
         if self.engine is not None:
             await self.engine.stop()
         if self.crops is not None:
@@ -67,4 +75,19 @@ class NotifierStage:
                     expires = parse_iso(payload["expires_at"]).timestamp()
                     payload["probe_crop_url"] = self.crops.links.link(match["event_id"], sub.name, expires)
                 outcome.outputs.append(Output("deliveries", sub.name, job_for(match, sub, payload)))
+                for candidate in payload["candidates"]:  # whom to tell if this subject is erased
+                    outcome.outputs.append(
+                        Output(
+                            "deliveries.subjects",
+                            f"{sub.name}/{candidate['subject_id']}",
+                            {
+                                "schema_version": 1,
+                                "event_type": "subject.notified",
+                                "subscription": sub.name,
+                                "subject_id": candidate["subject_id"],
+                                "event_id": match["event_id"],
+                                "at": now_iso(),
+                            },
+                        )
+                    )
         return outcomes

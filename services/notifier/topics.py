@@ -42,10 +42,16 @@ def notifier_topics(settings: Settings) -> list[TopicSpec]:
     ]
     specs += [TopicSpec(t, settings.partitions) for t in retry_topics(settings).values()]
     specs.append(TopicSpec(settings.topic("subscriptions"), 1, compact=True))
+    # Which subscriber was sent which subject (key: subscription/subject; removed when the subject
+    # is erased and the subscriber told).
+    specs.append(TopicSpec(settings.topic("deliveries.subjects"), 1, 64 * 1024, compact=True))
     return specs
 
 
 def delivery_groups(settings: Settings) -> dict[str, list[str]]:
-    """The delivery engine's consumer group and the topics it reads: its lag is the deliveries
-    still pending, new and retrying."""
-    return {f"{settings.app_id}-deliveries": [settings.topic("deliveries"), *retry_topics(settings).values()]}
+    """The delivery engine's consumer group and the topics it reads (its lag is the deliveries
+    still pending, new and retrying); the erasure notices' group, on the erasure receipts."""
+    return {
+        f"{settings.app_id}-deliveries": [settings.topic("deliveries"), *retry_topics(settings).values()],
+        f"{settings.app_id}-erasure-notices": [settings.topic("gallery.receipts")],
+    }
