@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -178,6 +178,28 @@ def consumer(settings: Settings, *topics: str, group_id: str | None = None, **kw
     return AIOKafkaConsumer(
         *(settings.topic(t) for t in topics), bootstrap_servers=settings.kafka_bootstrap, group_id=group_id, **options
     )
+
+
+async def each_record(cons: AIOKafkaConsumer, handle: Callable[[Any], Awaitable[None]], failure: str) -> None:
+    """Hand every record the group member `cons` gets to `handle`, one at a time, committing each
+    once handled. When handling fails (the broker or a dependency away), log `failure`, pause, and
+    go back to the committed position: a record half done is done again, never skipped (so
+    `handle` must be safe to repeat)."""
+    while True:
+        try:
+            for tp, records in (await cons.getmany(timeout_ms=500)).items():
+                for record in records:
+                    await handle(record)
+                    await cons.commit({tp: record.offset + 1})
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.error(failure, error=f"{type(exc).__name__}: {exc}"[:500])
+            await asyncio.sleep(1.0)
+            for tp in cons.assignment():
+                committed = await cons.committed(tp)
+                if committed is not None:
+                    cons.seek(tp, committed)
 
 
 async def read_topic(

@@ -43,7 +43,7 @@ from facestream import contracts
 from facestream.config import Settings
 from facestream.contracts.timeutil import now_iso, parse_iso
 from facestream.errors import RejectedEvent
-from facestream.io.kafka import consumer, producer, read_topic
+from facestream.io.kafka import consumer, each_record, producer, read_topic
 from facestream.ops.logs import get_logger
 from facestream.runtime.stage import Record, dead_letter
 from facestream.runtime.tasks import cancel
@@ -119,28 +119,9 @@ class Eraser:
 
     async def _run(self) -> None:
         assert self._consumer is not None
-        while True:
-            try:
-                batches = await self._consumer.getmany(timeout_ms=500)
-                for tp, records in batches.items():
-                    for record in records:
-                        await self._handle(record)
-                        await self._consumer.commit({tp: record.offset + 1})
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the broker or the index failed: the request is tried again
-                log.error("erasure_failed", error=f"{type(exc).__name__}: {exc}"[:500])
-                await asyncio.sleep(1.0)
-                await self._rewind()
-
-    async def _rewind(self) -> None:
-        """Go back to the committed position: a request that failed half-way is done again (each
-        step can be repeated: tombstones and the erasure record are idempotent)."""
-        assert self._consumer is not None
-        for tp in self._consumer.assignment():
-            committed = await self._consumer.committed(tp)
-            if committed is not None:
-                self._consumer.seek(tp, committed)
+        # Each step of an erasure can be repeated (tombstones and the erasure record are
+        # idempotent): a request that failed half-way is done again.
+        await each_record(self._consumer, self._handle, "erasure_failed")
 
     async def _handle(self, record: Any) -> None:
         try:

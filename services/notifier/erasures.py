@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from facestream import contracts
 from facestream.config import Settings
 from facestream.errors import RejectedEvent
-from facestream.io.kafka import consumer, producer, read_topic
+from facestream.io.kafka import consumer, each_record, producer, read_topic
 from facestream.ops.logs import get_logger
 from facestream.runtime.stage import Record, dead_letter
 from facestream.runtime.tasks import cancel
@@ -70,26 +70,12 @@ class ErasureNotices:
 
     async def _run(self) -> None:
         assert self._consumer is not None
-        while True:
-            try:
-                batches = await self._consumer.getmany(timeout_ms=500)
-                for tp, records in batches.items():
-                    for record in records:
-                        if record.value is not None:
-                            await self._handle(record)
-                        await self._consumer.commit({tp: record.offset + 1})
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the broker away: the receipt is read again from the commit
-                log.error("erasure_notice_failed", error=f"{type(exc).__name__}: {exc}"[:500])
-                await asyncio.sleep(1.0)
-                for tp in self._consumer.assignment():
-                    committed = await self._consumer.committed(tp)
-                    if committed is not None:
-                        self._consumer.seek(tp, committed)
+        await each_record(self._consumer, self._handle, "erasure_notice_failed")
 
     async def _handle(self, record: Any) -> None:
         assert self._producer is not None
+        if record.value is None:
+            return  # a receipt removed by compaction's tombstone: nothing to tell
         try:
             receipt = contracts.loads(record.value, "subject.erased")
         except RejectedEvent as exc:  # not a receipt the eraser wrote: to the dead letters
