@@ -18,8 +18,10 @@ def labelled_images(devset: Path = DEVSET) -> list[tuple[Path, str]]:
         return [(devset / row["path"], row["identity"]) for row in csv.DictReader(fh)]
 
 
-def embed_all(items: list[tuple[Path, str]]) -> tuple[np.ndarray, list[str], list[Path]]:
-    """One embedding per image (its largest face); images without a face are left out."""
+def embed_all(items: list[tuple[Path, str]], mirror: bool = False) -> tuple[np.ndarray, list[str], list[Path]]:
+    """One embedding per image (its largest face); images without a face are left out. With
+    `mirror`, the mean of the face's embedding and its mirror image's, normalised (test-time
+    augmentation)."""
     from facestream.services.detector.logic import FaceDetector, align
     from facestream.services.embedder.logic import OnnxRuntimeBackend, prepared_path
 
@@ -31,7 +33,13 @@ def embed_all(items: list[tuple[Path, str]]) -> tuple[np.ndarray, list[str], lis
         if not faces:
             continue
         face = max(faces, key=lambda f: f.area)
-        vectors.append(backend.embed([align(image, face)])[0])
+        crop = align(image, face)
+        if mirror:
+            both = backend.embed([crop, np.ascontiguousarray(crop[:, ::-1])])
+            mean = both.sum(axis=0)
+            vectors.append(mean / np.linalg.norm(mean))
+        else:
+            vectors.append(backend.embed([crop])[0])
         labels.append(identity)
         paths.append(path)
     return np.stack(vectors), labels, paths

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import datetime
 import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -228,6 +229,10 @@ async def run_demo(gallery: Path, probes: Path, quiet: bool = False) -> dict[str
         terminate([worker])
         await receiver.stop()
         await _delete_topics(settings)
+        # The run's keys, crops, gallery index and the config with its webhook secret go with its
+        # topics; only the worker's log (no biometric data, no secrets) stays for a look.
+        shutil.rmtree(workdir / "state", ignore_errors=True)
+        config_path.unlink(missing_ok=True)
 
     last = max((tracker.done_at[i] for i in probe_ids), default=first_submit)
     elapsed = max(last - first_submit, 1e-9)

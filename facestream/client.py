@@ -48,8 +48,12 @@ def enroll_intent(
     retain_until: str,
     source_attestation: str,
     enrolled_by: str,
+    face_hint: dict[str, list[float]] | None = None,
 ) -> dict[str, Any]:
-    return {
+    """An enrolment's intent. `face_hint` names the subject's face when the photo holds several
+    equally likely ones: {"point": [x, y]} within it or {"box": [x, y, w, h]} around it, as
+    fractions of the photo's width and height."""
+    intent: dict[str, Any] = {
         "kind": "enroll",
         "subject_id": subject_id,
         "watchlist": watchlist,
@@ -61,6 +65,9 @@ def enroll_intent(
             "enrolled_by": enrolled_by,
         },
     }
+    if face_hint is not None:
+        intent["face_hint"] = face_hint
+    return intent
 
 
 def submission(

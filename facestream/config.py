@@ -50,7 +50,6 @@ ENV_PREFIX = "FACESTREAM_"
 # Operating point of the default threshold, measured by `bench/calibrate.py` on the devset
 # (100 enrolled subjects, 20 splits, people not enrolled as probes): FPIR mean 0.003, worst
 # split 0.0085 <= 0.01; rank-1 identification rate 0.845. See README "Threshold".
-DEFAULT_THRESHOLD = 0.44
 DEFAULT_THRESHOLD_FPIR = 0.01
 # Webhook event types a subscription can ask for (see services/notifier/logic.py).
 # Match candidates; and the erasure of a subject that earlier matches named (sent to whoever got
@@ -219,7 +218,11 @@ class Settings(BaseSettings):
     det_score_threshold: Fraction = Field(0.6, description="lowest face detection score accepted")
     min_face_px: int = Field(24, ge=1, description="smallest face side in pixels")
     min_sharpness: float = Field(15.0, ge=0, description="lowest sharpness (variance of the Laplacian) of a face")
-    enrol_dominance: float = Field(2.0, ge=1, description="an enrolment's face must be this much larger than others")
+    enrol_dominance: float = Field(
+        1.5,
+        ge=1,
+        description="an enrolment's face must be this much more prominent (size x score^2 x centrality) than any other",
+    )
     # Embedder
     triton_url: str = Field("", description="Triton gRPC HOST:PORT; empty: ONNX Runtime in the worker")
     triton_model: str = Field("sface", min_length=1, description="model name on Triton")
@@ -257,8 +260,20 @@ class Settings(BaseSettings):
         30.0, description="longest an erasure waits for each live replica's acknowledgement before its receipt"
     )
     top_k: int = Field(5, ge=1, le=100, description="most candidates per face")
-    threshold: float = Field(DEFAULT_THRESHOLD, ge=-1, le=1, description="lowest cosine similarity of a candidate")
-    threshold_fpir: Fraction = Field(DEFAULT_THRESHOLD_FPIR, description="false-match rate the threshold was set for")
+    threshold: float | None = Field(
+        None,
+        ge=-1,
+        le=1,
+        description="a fixed lowest cosine similarity of a candidate; empty: the threshold follows the gallery's size "
+        "to hold threshold_fpir",
+    )
+    threshold_fpir: Fraction = Field(
+        DEFAULT_THRESHOLD_FPIR,
+        description="target false-positive identification rate (of searches of people not enrolled)",
+    )
+    calibration_file: Path | None = Field(
+        None, description="the model's impostor calibration (bench/calibrate.py --write); empty: the one shipped"
+    )
     # Notifier
     subscriptions: tuple[SubscriptionSeed, ...] = Field(
         (), description="[[subscriptions]] tables: added to the subscription store if missing there"

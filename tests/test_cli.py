@@ -52,8 +52,12 @@ async def test_enroll_submit_tail(kafka: str, tmp_path: Path) -> None:
             "badge photo, given in person",
             "--enrolled-by",
             "clerk-1",
+            "--face-at",  # the hint names the face (a point within it); the photo has just one
+            "0.5,0.4",
         )
         assert enrolled.count("submitted enrol-") == 1
+        [published] = [orjson.loads(v) for _, v in await pipeline.read("images")]
+        assert published["intent"]["face_hint"] == {"point": [0.5, 0.4]}
 
         async def done_enrolling() -> bool:
             return any(m["status"] == "enrolled" for m in await pipeline.events("matches"))
@@ -91,7 +95,7 @@ def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
     )
 
 
-def test_mistakes_get_messages_not_tracebacks(tmp_path: Path) -> None:
+def test_mistakes_get_messages_not_tracebacks(kafka: str, tmp_path: Path) -> None:
     enrol = ["enroll", "--subject", "s", "--watchlist", "w", "--lawful-basis", "explicit_consent"]
     enrol += ["--consent-ref", "c/1", "--source-attestation", "given in person", "--enrolled-by", "clerk"]
     cases = [
@@ -102,7 +106,20 @@ def test_mistakes_get_messages_not_tracebacks(tmp_path: Path) -> None:
             "facestream kafka up",
         ),
         (["lag"], {"FACESTREAM_KAFKA_BOOTSTRAP": "127.0.0.1:1"}, "cannot reach Kafka", "kafka_bootstrap"),
-        ([*enrol, "--retain-until", "2030-02-30", str(SAMPLES)], {}, "is not a date (YYYY-MM-DD)", "--retain-until"),
+        (["status"], {"FACESTREAM_TOPIC_PREFIX": "nowhere"}, "no pipeline topics", "facestream kafka up"),
+        (
+            [*enrol, "--retain-until", "2030-02-30", str(SAMPLES)],
+            {},
+            "is neither a date (YYYY-MM-DD)",
+            "--retain-until",
+        ),
+        ([*enrol, "--retain-until", RETAIN, "--face-at", "0.5", str(SAMPLES)], {}, "2 comma-separated", "--face-at"),
+        (
+            [*enrol, "--retain-until", RETAIN, "--face-box", "0,0,2,1", str(SAMPLES)],
+            {},
+            "fractions from 0 to 1",
+            "0,0,2,1",
+        ),
         ([*enrol, "--retain-until", RETAIN, str(tmp_path / "missing.jpg")], {}, "no such file", "missing.jpg"),
         ([*enrol, "--retain-until", RETAIN, str(tmp_path)], {}, "no images", str(tmp_path)),
         ([*enrol, "--retain-until", "2020-01-01", str(SAMPLES)], {}, "cannot enrol", "2020-01-01 has passed"),

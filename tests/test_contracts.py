@@ -84,6 +84,22 @@ def test_garbage_is_malformed(raw: bytes) -> None:
         contracts.loads(raw, "image.submitted")
 
 
+def test_a_face_hint_is_a_point_or_a_box_in_fractions() -> None:
+    event = submission("enroll")
+    for good in ({"point": [0.5, 0.4]}, {"box": [0.1, 0.2, 0.3, 0.4]}):
+        contracts.validate("image.submitted", {**event, "intent": {**event["intent"], "face_hint": good}})
+    bad = (
+        {"point": [0.5]},
+        {"point": [120, 80]},
+        {"box": [0.1, 0.2, 0.3]},
+        {"point": [0.5, 0.5], "box": [0, 0, 1, 1]},
+        {},
+    )
+    for hint in bad:
+        with pytest.raises(MalformedEvent, match="face_hint"):
+            contracts.validate("image.submitted", {**event, "intent": {**event["intent"], "face_hint": hint}})
+
+
 def test_bad_dates_and_digests_are_rejected() -> None:
     event = submission("enroll")
     event["intent"]["consent"]["retain_until"] = "next year"

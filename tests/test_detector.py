@@ -19,7 +19,7 @@ from facestream.errors import EnrolmentRejected, MalformedEvent
 from facestream.models import YUNET, path_of
 from facestream.runtime.compute import model_executor
 from facestream.runtime.stage import Record
-from facestream.services.detector.logic import TEMPLATE, Face, FaceDetector, align, dominant_face, passes, quality
+from facestream.services.detector.logic import TEMPLATE, Face, FaceDetector, align, enrolment_face, passes, quality
 from facestream.services.detector.service import SERVICE as DETECTOR
 from facestream.services.detector.stage import DetectorStage, analyse
 from tests.conftest import read, sample
@@ -94,15 +94,73 @@ def test_quality_gates(detector: FaceDetector) -> None:
         assert "sharpness" in (passes(bq, 0.9, min_face_px=24, min_sharpness=q.sharpness * 0.5, min_score=0.6) or "")
 
 
-def test_enrolment_takes_the_dominant_face_never_a_bystander() -> None:
-    big = Face((0, 0, 200, 200), ((0, 0),) * 5, 0.9)
-    small = Face((300, 0, 60, 60), ((0, 0),) * 5, 0.95)
-    similar = Face((600, 0, 180, 190), ((0, 0),) * 5, 0.9)
-    assert dominant_face([small, big], 2.0) is big
-    with pytest.raises(EnrolmentRejected, match="similar size"):
-        dominant_face([big, similar, small], 2.0)
+def _face(x: float, y: float, size: float, score: float) -> Face:
+    return Face((x - size / 2, y - size / 2, size, size), ((0, 0),) * 5, score)
+
+
+def test_enrolment_takes_the_subject_never_a_bystander() -> None:
+    """Size, centrality and detection score together (a 1000x800 photo)."""
+    subject = _face(500, 350, 200, 0.95)
+    # A press photo: people behind, nearly as large but off-centre and less sharp, are not rivals.
+    behind = [_face(150, 300, 180, 0.8), _face(870, 320, 170, 0.75)]
+    assert enrolment_face([*behind, subject], 1000, 800, 1.5) is subject
+    # The same face found twice (a smaller box inside it) is no rival either.
+    assert enrolment_face([subject, _face(520, 360, 120, 0.7)], 1000, 800, 1.5) is subject
+    # Two people side by side, or three in a row of equals: no face is clearly the subject.
+    with pytest.raises(EnrolmentRejected, match="none clearly the subject") as info:
+        enrolment_face([_face(330, 400, 200, 0.93), _face(670, 400, 200, 0.94)], 1000, 800, 1.5)
+    assert info.value.reason == "enrolment_ambiguous"
+    row = [_face(x, 300, 190, 0.93) for x in (170, 500, 830)]
+    with pytest.raises(EnrolmentRejected, match="none clearly the subject"):
+        enrolment_face(row, 1000, 800, 1.5)
+    # A hint names the face: a point in it, or a box around it (fractions of the photo's sides).
+    assert enrolment_face(row, 1000, 800, 1.5, {"point": [0.83, 0.37]}) is row[2]
+    assert enrolment_face(row, 1000, 800, 1.5, {"box": [0.07, 0.25, 0.2, 0.25]}) is row[0]
+    with pytest.raises(EnrolmentRejected, match="hinted point"):
+        enrolment_face(row, 1000, 800, 1.5, {"point": [0.5, 0.9]})
     with pytest.raises(EnrolmentRejected, match="no face"):
-        dominant_face([], 2.0)
+        enrolment_face([], 1000, 800, 1.5)
+
+
+def composite(size: tuple[int, int], *placed: tuple[np.ndarray, float, float, int]) -> np.ndarray:
+    """A grey canvas of `size` (w, h) with each image scaled to a height, its centre at (x, y)
+    given as fractions of the canvas."""
+    width, height = size
+    canvas = np.full((height, width, 3), 128, np.uint8)
+    for image, fx, fy, h in placed:
+        w = round(image.shape[1] * h / image.shape[0])
+        scaled = cv2.resize(image, (w, h), interpolation=cv2.INTER_AREA)
+        x0, y0 = round(fx * width - w / 2), round(fy * height - h / 2)
+        canvas[y0 : y0 + h, x0 : x0 + w] = scaled
+    return canvas
+
+
+def test_a_centred_subject_is_enrolled_past_a_smaller_bystander(detector: FaceDetector, settings: Settings) -> None:
+    """Real photos, real detector: the subject in the middle, someone smaller at the side."""
+    dad, man = read(sample("azure_family1_dad")), read(sample("azure_family2_man"))
+    photo = composite((1800, 1000), (man, 0.16, 0.56, 800), (dad, 0.5, 0.5, 900))
+    ok, data = cv2.imencode(".jpg", photo)
+    assert ok
+    both = sorted(detector.detect(photo), key=lambda f: f.area)
+    assert len(both) == 2, "both faces are detected: the choice is made between them"
+    assert both[0].area > both[1].area / 2, "size alone would not tell them apart (the bystander is over half)"
+    [(face, _, _)] = analyse(data.tobytes(), detector, settings, enrol=True).faces
+    assert 0.3 * 1800 < face.bbox[0] + face.bbox[2] / 2 < 0.7 * 1800, "the centred subject, not the bystander"
+
+
+def test_two_equal_faces_are_refused_unless_the_enrolment_names_one(detector: FaceDetector, settings: Settings) -> None:
+    dad, man = read(sample("azure_family1_dad")), read(sample("azure_family2_man"))
+    photo = composite((1400, 800), (dad, 0.27, 0.5, 700), (man, 0.73, 0.5, 700))
+    ok, data = cv2.imencode(".jpg", photo)
+    assert ok
+    with pytest.raises(EnrolmentRejected) as info:
+        analyse(data.tobytes(), detector, settings, enrol=True)
+    assert info.value.reason == "enrolment_ambiguous"
+    faces = analyse(data.tobytes(), detector, settings, enrol=False).faces
+    right = max(faces, key=lambda k: k[0].bbox[0])[0]
+    point = [(right.bbox[0] + right.bbox[2] / 2) / 1400, (right.bbox[1] + right.bbox[3] / 2) / 800]
+    [(chosen, _, _)] = analyse(data.tobytes(), detector, settings, enrol=True, hint={"point": point}).faces
+    assert chosen.bbox == right.bbox
 
 
 def test_enrolment_of_a_group_photo_is_refused(detector: FaceDetector, settings: Settings) -> None:

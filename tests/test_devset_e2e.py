@@ -81,6 +81,7 @@ async def test_devset_rank1_and_false_matches(devset: Path, kafka: str, tmp_path
         f"false matches {false_matches}/{len(non_mated)}, no face {totals['no_face']}, "
         f"{summary['timings']['images_per_second']} images/s"
     )
-    # Calibration (bench/calibrate.py) measured rank-1 0.845 and FPIR <= 0.0085 at this threshold.
+    # At 100 subjects the threshold follows the gallery to 0.435; bench/calibrate.py measured FNIR
+    # 0.158 (rank-1 0.842) and FPIR 0.003 there.
     assert rank1_rate >= 0.80
     assert false_matches <= max(2, round(0.02 * len(non_mated)))

@@ -47,9 +47,17 @@ KEEPS_SHORT = sorted((SAMPLES / "probes" / KEEPS).glob("*.jpg"))[0]
 TERM_S = 60  # the short term, from the start of the test
 
 
-def gallery_cli(pipeline: Pipeline, *args: str) -> subprocess.CompletedProcess[str]:
+def gallery_cli(pipeline: Pipeline, *args: str, config: Path | None = None) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FACESTREAM_")}
-    command = [sys.executable, "-m", "facestream.services", "--config", str(pipeline.config), "gallery", *args]
+    command = [
+        sys.executable,
+        "-m",
+        "facestream.services",
+        "--config",
+        str(config or pipeline.config),
+        "gallery",
+        *args,
+    ]
     return subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=180)
 
 
@@ -220,6 +228,12 @@ async def run(pipeline: Pipeline, server: Server, photo: bytes, release: asyncio
     unknown = gallery_cli(pipeline, "erase", "nobody", "--reason", "r", "--requested-by", "x")
     assert unknown.returncode == 2
     assert "no subject 'nobody' in the gallery" in unknown.stderr
+    # Settings that name no gallery (another topic prefix): said so, not shown as an empty gallery.
+    elsewhere = pipeline.workdir / "elsewhere.toml"
+    elsewhere.write_text(pipeline.config.read_text().replace(settings.topic_prefix, "nowhere"))
+    missing = gallery_cli(pipeline, "list", config=elsewhere)
+    assert missing.returncode == 2
+    assert "there is no gallery topic nowhere.gallery" in missing.stderr
     # From the topic (an upstream system), an unknown subject is erased all the same (an enrolment
     # of it may be in flight) and its receipt says the gallery held nothing.
     request = {

@@ -152,7 +152,11 @@ async def test_stage_enrols_then_searches(tmp_path: Path) -> None:
     for value in (hit, miss):
         contracts.validate("match.result", value)
         assert value["threshold"] == 0.5
-        assert value["operating_point"]["false_positive_identification_rate"] == 0.01
+        # A fixed threshold: the rate expected at it for this gallery (of one), and the target.
+        point = value["operating_point"]
+        assert point["target_false_positive_identification_rate"] == 0.01
+        assert (point["gallery_size"], point["threshold_follows_gallery"]) == (1, False)
+        assert point["false_positive_identification_rate"] < 0.01
         assert value["review"].startswith("candidate")
     assert hit["status"] == "match"
     assert hit["candidates"][0]["subject_id"] == "alice"

@@ -16,14 +16,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime
 import functools
 import logging
 import os
 import sys
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,7 @@ from aiokafka.errors import KafkaConnectionError
 from facestream import client
 from facestream.cli.dlq import add_parsers as add_dlq_parsers
 from facestream.config import Settings, describe, load_settings
-from facestream.contracts.consent import consent_problem
+from facestream.contracts.consent import consent_problem, retention_ends
 from facestream.errors import ConfigError, RejectedEvent, UsageError
 from facestream.io.broker import local_broker
 from facestream.io.kafka import TOPICS, consumer, ensure_topics, producer, running, topic_partitions
@@ -57,12 +56,31 @@ def _images(paths: list[str]) -> list[Path]:
     return found
 
 
-def _date(value: str) -> str:
-    """An ISO date (YYYY-MM-DD), for argparse: a malformed one is a usage error, not a traceback."""
+def _term(value: str) -> str:
+    """A retention term, for argparse: a date (YYYY-MM-DD) or an RFC 3339 time with its offset; a
+    malformed one is a usage error, not a traceback."""
     try:
-        return datetime.date.fromisoformat(value).isoformat()
+        retention_ends(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a date (YYYY-MM-DD)") from None
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is neither a date (YYYY-MM-DD) nor a time with its offset"
+        ) from None
+    return value
+
+
+def _fractions(count: int) -> Callable[[str], list[float]]:
+    """`count` comma-separated fractions of the photo's sides (0 to 1), for argparse."""
+
+    def parse(value: str) -> list[float]:
+        try:
+            numbers = [float(v) for v in value.split(",")]
+        except ValueError:
+            numbers = []
+        if len(numbers) != count or not all(0 <= n <= 1 for n in numbers):
+            raise argparse.ArgumentTypeError(f"{value!r}: expected {count} comma-separated fractions from 0 to 1")
+        return numbers
+
+    return parse
 
 
 async def _publish_all(settings: Any, events: list[dict[str, Any]]) -> None:
@@ -83,6 +101,7 @@ def _cmd_enroll(args: argparse.Namespace) -> int:
         retain_until=args.retain_until,
         source_attestation=args.source_attestation,
         enrolled_by=args.enrolled_by,
+        face_hint={"point": args.face_at} if args.face_at else {"box": args.face_box} if args.face_box else None,
     )
     problem = consent_problem(intent["consent"], settings.max_retention_days)
     if problem is not None:
@@ -160,6 +179,11 @@ def _cmd_lag(args: argparse.Namespace, services: Sequence[Service]) -> int:
 
 async def _status(settings: Settings, services: Sequence[Service], window_s: float) -> str:
     known = await topic_partitions(settings, [settings.topic(name) for name in TOPICS])
+    if settings.topic("dlq") not in known:
+        raise UsageError(
+            f"no pipeline topics with topic_prefix {settings.topic_prefix!r} on {settings.kafka_bootstrap}: "
+            "`facestream kafka up` creates them, `facestream run` starts the pipeline"
+        )
     parts = [TopicPartition(topic, p) for topic, numbers in known.items() for p in numbers]
     async with running(consumer(settings)) as probe:
         before = await probe.end_offsets(parts)
@@ -264,9 +288,14 @@ def parser(services: Sequence[Service]) -> argparse.ArgumentParser:
         ],
     )
     e.add_argument("--consent-ref", required=True)
-    e.add_argument("--retain-until", required=True, type=_date, help="YYYY-MM-DD")
+    e.add_argument("--retain-until", required=True, type=_term, help="YYYY-MM-DD, or an RFC 3339 time")
     e.add_argument("--source-attestation", required=True)
     e.add_argument("--enrolled-by", required=True)
+    hint = e.add_mutually_exclusive_group()
+    hint.add_argument(
+        "--face-at", type=_fractions(2), metavar="X,Y", help="the subject's face contains this point (fractions)"
+    )
+    hint.add_argument("--face-box", type=_fractions(4), metavar="X,Y,W,H", help="the subject's face is in this box")
     e.add_argument("--source", default="cli")
     e.set_defaults(func=_cmd_enroll)
 

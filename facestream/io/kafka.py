@@ -215,8 +215,8 @@ async def read_topic(
         auto_offset_reset="earliest",
         max_partition_fetch_bytes=MAX_REQUEST,
     )
-    await cons.start()
     try:
+        await cons.start()
         parts = [TopicPartition(topic, p) for p in (await topic_partitions(settings, [topic])).get(topic, [])]
         if not parts:
             return []

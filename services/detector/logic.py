@@ -9,6 +9,7 @@ trained on with a least-squares similarity transform.
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -180,14 +181,74 @@ def passes(q: Quality, score: float, *, min_face_px: float, min_sharpness: float
     return None
 
 
-def dominant_face(faces: list[Face], dominance: float) -> Face:
-    """For enrolment: the one face clearly larger than any other, never a bystander."""
-    if not faces:
-        raise EnrolmentRejected("no face passed the quality gates", reason="enrolment_no_face")
-    ordered = sorted(faces, key=lambda f: f.area, reverse=True)
-    if len(ordered) > 1 and ordered[0].area < dominance * ordered[1].area:
+# Enrolment: which face is the subject. Size, centrality and the detector's confidence together,
+# as a person would judge a photo: a press photo's subject (central, sharp, large) over the people
+# behind (smaller, off-centre, less sure detections); a refusal only when two faces are genuinely
+# equal candidates, where the enrolment's intent may name the face (`face_hint`).
+CENTRALITY_SCALE = 0.8  # distance from the centre (1 = a corner) at which a face counts e^-1 as much
+
+
+def prominence(face: Face, width: int, height: int) -> float:
+    """How much `face` looks like the photo's subject: its area, times its detection score squared
+    (a blurred face behind, or something face-like, scores lower), times how central it is."""
+    x, y, w, h = face.bbox
+    dx = (x + w / 2 - width / 2) / (width / 2)
+    dy = (y + h / 2 - height / 2) / (height / 2)
+    distance = math.hypot(dx, dy) / math.sqrt(2)
+    return face.area * face.score**2 * math.exp(-((distance / CENTRALITY_SCALE) ** 2))
+
+
+def _inside(small: Face, big: Face) -> float:
+    """The share of `small`'s box that lies within `big`'s."""
+    sx, sy, sw, sh = small.bbox
+    bx, by, bw, bh = big.bbox
+    iw = max(0.0, min(sx + sw, bx + bw) - max(sx, bx))
+    ih = max(0.0, min(sy + sh, by + bh) - max(sy, by))
+    return iw * ih / small.area if small.area else 0.0
+
+
+def _hinted(faces: list[Face], hint: dict[str, Any], width: int, height: int) -> Face:
+    """The face the enrolment's hint names: the one containing the point (the nearest to it, if
+    several do), or the one whose box covers most of the hinted box."""
+    if "point" in hint:
+        px, py = hint["point"][0] * width, hint["point"][1] * height
+        holding = [
+            f for f in faces if f.bbox[0] <= px <= f.bbox[0] + f.bbox[2] and f.bbox[1] <= py <= f.bbox[1] + f.bbox[3]
+        ]
+        if holding:
+            return min(
+                holding, key=lambda f: math.hypot(f.bbox[0] + f.bbox[2] / 2 - px, f.bbox[1] + f.bbox[3] / 2 - py)
+            )
         raise EnrolmentRejected(
-            f"{len(ordered)} faces of similar size; enrolment needs one dominant face",
+            f"no detected face contains the hinted point ({hint['point'][0]:.2f}, {hint['point'][1]:.2f})",
             reason="enrolment_ambiguous",
         )
-    return ordered[0]
+    bx, by, bw, bh = hint["box"]
+    box = Face((bx * width, by * height, bw * width, bh * height), (), 1.0)
+    overlap = {id(f): _inside(f, box) * _inside(box, f) for f in faces}  # both ways: not a sliver
+    best = max(faces, key=lambda f: overlap[id(f)])
+    if overlap[id(best)] < 0.25:
+        raise EnrolmentRejected("no detected face matches the hinted box", reason="enrolment_ambiguous")
+    return best
+
+
+def enrolment_face(
+    faces: list[Face], width: int, height: int, margin: float, hint: dict[str, Any] | None = None
+) -> Face:
+    """For enrolment: the subject's face, never a bystander's. With a hint, the face it names;
+    without, the most prominent face, if it is at least `margin` times as prominent as any other
+    (a detection lying mostly within it is the same face found twice, not a rival)."""
+    if not faces:
+        raise EnrolmentRejected("no face passed the quality gates", reason="enrolment_no_face")
+    if hint is not None:
+        return _hinted(faces, hint, width, height)
+    ranked = sorted(faces, key=lambda f: prominence(f, width, height), reverse=True)
+    chosen = ranked[0]
+    rivals = [f for f in ranked[1:] if _inside(f, chosen) < 0.5]
+    if rivals and prominence(chosen, width, height) < margin * prominence(rivals[0], width, height):
+        raise EnrolmentRejected(
+            f"{1 + len(rivals)} faces, none clearly the subject (size, centrality and detection score); "
+            "name the face with the enrolment's face_hint",
+            reason="enrolment_ambiguous",
+        )
+    return chosen

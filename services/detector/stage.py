@@ -33,7 +33,7 @@ from facestream.services.detector.logic import (
     Quality,
     align,
     detector_for,
-    dominant_face,
+    enrolment_face,
     passes,
     quality,
 )
@@ -51,7 +51,9 @@ class Analysis:
     seconds: float  # decode + detect + align, in the worker thread (queueing excluded)
 
 
-def analyse(data: bytes, detector: FaceDetector, settings: Settings, enrol: bool) -> Analysis:
+def analyse(
+    data: bytes, detector: FaceDetector, settings: Settings, enrol: bool, hint: dict[str, Any] | None = None
+) -> Analysis:
     """Decode, detect, align and gate. CPU-bound; runs in a worker thread."""
     started = time.perf_counter()
     image = decode(data, settings)
@@ -73,28 +75,30 @@ def analyse(data: bytes, detector: FaceDetector, settings: Settings, enrol: bool
         else:
             rejected.append(why)
     if enrol:
-        # Dominance is judged among all detected faces, so a bystander is never enrolled
-        # because the main face failed a quality gate.
-        chosen = dominant_face(faces, settings.enrol_dominance)
+        # The subject is chosen among all detected faces, so a bystander is never enrolled
+        # because the subject's face failed a quality gate.
+        chosen = enrolment_face(faces, image.shape[1], image.shape[0], settings.enrol_dominance, hint)
         kept = [k for k in kept if k[0] is chosen]
         if not kept:
             raise EnrolmentRejected(
-                f"the dominant face fails quality gates: {'; '.join(rejected)}", reason="enrolment_low_quality"
+                f"the subject's face fails quality gates: {'; '.join(rejected)}", reason="enrolment_low_quality"
             )
     digest = hashlib.sha256(data).hexdigest()
     return Analysis(kept, digest, len(faces), rejected, time.perf_counter() - started)
 
 
-def analyse_image(source: bytes | tuple[Path, str | None], settings: Settings, enrol: bool) -> Analysis:
+def analyse_image(
+    source: bytes | tuple[Path, str | None], settings: Settings, enrol: bool, hint: dict[str, Any] | None = None
+) -> Analysis:
     """`analyse` with this process's detector; module-level so a process pool can run it.
     `source` is the image's bytes, or an allowed local path and its sha256: a claim-checked file
     is read where it is decoded, so its bytes never pass through the faust process."""
     if isinstance(source, tuple):
         started = time.perf_counter()
         data = read_local(source[0], settings, source[1])
-        analysis = analyse(data, detector_for(min(0.5, settings.det_score_threshold)), settings, enrol)
+        analysis = analyse(data, detector_for(min(0.5, settings.det_score_threshold)), settings, enrol, hint)
         return dataclasses.replace(analysis, seconds=analysis.seconds + time.perf_counter() - started)
-    return analyse(source, detector_for(min(0.5, settings.det_score_threshold)), settings, enrol)
+    return analyse(source, detector_for(min(0.5, settings.det_score_threshold)), settings, enrol, hint)
 
 
 def face_events(event: dict[str, Any], analysis: Analysis, trace_id: str, seconds: float) -> list[Output]:
@@ -222,7 +226,8 @@ class DetectorStage:
             fetch_seconds = time.perf_counter() - fetch_started
             enrol = event["intent"]["kind"] == "enroll"
             loop = asyncio.get_running_loop()
-            analysis = await loop.run_in_executor(self.executor, analyse_image, source, self.settings, enrol)
+            hint = event["intent"].get("face_hint") if enrol else None  # which face is the subject's
+            analysis = await loop.run_in_executor(self.executor, analyse_image, source, self.settings, enrol, hint)
             seconds = round(fetch_seconds + analysis.seconds, 4)
             log.debug(
                 "detected",

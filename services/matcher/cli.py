@@ -17,7 +17,7 @@ from facestream import contracts
 from facestream.config import Settings, load_settings
 from facestream.contracts.timeutil import now_iso, parse_iso
 from facestream.errors import UsageError
-from facestream.io.kafka import producer, read_topic, running
+from facestream.io.kafka import producer, read_topic, running, topic_partitions
 from facestream.services.matcher.eraser import receipts, verify
 from facestream.services.matcher.keys import gallery_keys
 
@@ -28,7 +28,13 @@ async def read_gallery(settings: Settings) -> tuple[dict[str, dict[str, Any]], l
     records the topic keeps."""
     held: dict[str, dict[str, Any]] = {}
     erasures: list[dict[str, Any]] = []
-    for record in await read_topic(settings, settings.topic("gallery")):
+    topic = settings.topic("gallery")
+    if topic not in await topic_partitions(settings, [topic]):  # a missing gallery is not an empty one
+        raise UsageError(
+            f"there is no gallery topic {topic} on {settings.kafka_bootstrap}: no matcher has run with "
+            f"topic_prefix {settings.topic_prefix!r} there (start the pipeline with `facestream run`)"
+        )
+    for record in await read_topic(settings, topic):
         key = record.key.decode() if record.key else ""
         if record.value is None:
             held.pop(key, None)

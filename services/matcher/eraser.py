@@ -239,7 +239,7 @@ class Eraser:
                 "replicas": replicas,
                 "replicas_pending": pending,
                 "keys_destroyed_at": keys_destroyed_at,
-                "transit_copies_expire_by": expire.isoformat().replace("+00:00", "Z"),
+                "transit_copies_expire_by": expire.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             },
             self.keys,
         )

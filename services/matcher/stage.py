@@ -19,6 +19,7 @@ from facestream.errors import DependencyUnavailable, EnrolmentRejected
 from facestream.ops.logs import get_logger
 from facestream.ops.metrics import SEARCH_SECONDS
 from facestream.runtime.stage import FACE_FIELDS, Outcome, Output, Record, carry
+from facestream.services.matcher import operating
 from facestream.services.matcher.eraser import Eraser
 from facestream.services.matcher.gallery import EdgeGallery, Gallery, QdrantGallery
 from facestream.services.matcher.keys import KeyRing, gallery_keys
@@ -72,6 +73,7 @@ class MatcherStage:
         self._lock_fd: int | None = None
         self.keys = gallery_keys(settings)
         self.ring = KeyRing(self.keys.wrapper)
+        self.calibration = operating.load(settings.calibration_file)
 
     @property
     def gallery(self) -> Gallery:
@@ -107,6 +109,21 @@ class MatcherStage:
             if self._lock_fd is not None:
                 os.close(self._lock_fd)
                 self._lock_fd = None
+
+    def operating_point(self, size: int) -> tuple[float, dict[str, Any]]:
+        """The threshold for a gallery of `size` subjects, and what it means: unless a fixed
+        threshold is configured, the one whose expected false-positive identification rate at this
+        size is the target (services/matcher/operating.py); the rate expected at it, either way."""
+        target = self.settings.threshold_fpir
+        fixed = self.settings.threshold
+        threshold = fixed if fixed is not None else self.calibration.threshold_for(size, target)
+        return threshold, {
+            "false_positive_identification_rate": round(self.calibration.fpir(threshold, size), 6),
+            "target_false_positive_identification_rate": target,
+            "gallery_size": size,
+            "threshold_follows_gallery": fixed is None,
+            "calibration": self.calibration.source,
+        }
 
     def _result(self, event: dict[str, Any], status: str, seconds: float, size: int, **extra: Any) -> Output:
         out = carry(event, *FACE_FIELDS, "model")
@@ -209,11 +226,7 @@ class MatcherStage:
                 for i, _ in group:
                     outcomes[i].error = unavailable
             return outcomes
-        threshold = self.settings.threshold
-        operating_point = {
-            "false_positive_identification_rate": self.settings.threshold_fpir,
-            "calibration": "devset, ~100 enrolled subjects, probes of people not enrolled (bench/calibrate.py)",
-        }
+        threshold, operating_point = self.operating_point(size)
         for watchlists, group in searches.items():
             t0 = time.perf_counter()
             try:
