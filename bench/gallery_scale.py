@@ -1,0 +1,103 @@
+"""The embedded gallery engine (qdrant-edge) at scale, without Kafka: identity-clustered synthetic
+points (several per identity, as real enrolments are), ingest rate, the HNSW index build
+(`optimize`), search p50/p99 and recall@10 against exact search, and the process's peak memory.
+
+    .venv/bin/python bench/gallery_scale.py [--points 1000000] [--per-identity 4] [--queries 200]
+                                            [--m 16] [--ef-construct 100] [--ef 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import qdrant_edge as qe
+
+DIM = 128
+
+
+def clustered(rng: np.random.Generator, identities: int, per: int, spread: float) -> np.ndarray:
+    """`per` unit vectors around each of `identities` random unit centres (cosine ~0.6-0.8 within)."""
+    centres = rng.standard_normal((identities, DIM)).astype(np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    points = np.repeat(centres, per, axis=0) + spread * rng.standard_normal((identities * per, DIM)).astype(np.float32)
+    return (points / np.linalg.norm(points, axis=1, keepdims=True)).astype(np.float32)
+
+
+def percentiles(values: list[float]) -> str:
+    ordered = sorted(values)
+    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+    return f"p50 {statistics.median(ordered) * 1000:.2f} ms, p99 {p99 * 1000:.2f} ms"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--points", type=int, default=1_000_000)
+    p.add_argument("--per-identity", type=int, default=4)
+    p.add_argument("--queries", type=int, default=200)
+    p.add_argument("--m", type=int, default=16)
+    p.add_argument("--ef-construct", type=int, default=100)
+    p.add_argument("--ef", type=int, default=64)
+    p.add_argument("--spread", type=float, default=0.06, help="per-dimension noise around an identity's centre")
+    args = p.parse_args()
+    rng = np.random.default_rng(5)
+    identities = args.points // args.per_identity
+    vectors = clustered(rng, identities, args.per_identity, args.spread)
+    ids = [str(uuid.UUID(int=i + 1)) for i in range(len(vectors))]
+    hnsw = qe.HnswIndexConfig(m=args.m, ef_construct=args.ef_construct, full_scan_threshold=10_000)
+    config = qe.EdgeConfig(vectors=qe.EdgeVectorParams(size=DIM, distance=qe.Distance.Cosine), hnsw_config=hnsw)
+    with tempfile.TemporaryDirectory(prefix="facestream-scale-") as folder:
+        shard = qe.EdgeShard.create(str(Path(folder) / "index"), config)
+        started = time.perf_counter()
+        for start in range(0, len(vectors), 2000):
+            batch = [
+                qe.Point(ids[i], vectors[i].tolist(), {"subject_id": f"s{i // args.per_identity}"})
+                for i in range(start, min(start + 2000, len(vectors)))
+            ]
+            shard.update(qe.UpdateOperation.upsert_points(batch))
+        shard.flush()
+        ingest = time.perf_counter() - started
+        print(
+            f"points {len(vectors):,} ({identities:,} identities x {args.per_identity}): ingested in {ingest:.1f} s "
+            f"({len(vectors) / ingest:,.0f} points/s)"
+        )
+        chosen = rng.choice(identities, size=args.queries, replace=False)
+        queries = vectors[chosen * args.per_identity] + args.spread * rng.standard_normal((args.queries, DIM)).astype(
+            np.float32
+        )
+        queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+        truth = [set(np.argsort(-(vectors @ q))[:10].tolist()) for q in queries]
+
+        def run(params: qe.SearchParams | None) -> tuple[list[float], float]:
+            seconds, found = [], 0
+            for q, want in zip(queries, truth, strict=True):
+                t0 = time.perf_counter()
+                hits = shard.search(qe.SearchRequest(query=qe.Query.Nearest(q.tolist()), limit=10, params=params))
+                seconds.append(time.perf_counter() - t0)
+                found += len({uuid.UUID(str(h.id)).int - 1 for h in hits} & want)
+            return seconds, found / (10 * len(queries))
+
+        exact, recall = run(qe.SearchParams(exact=True))
+        print(f"exact search (top 10):                 {percentiles(exact)}, recall@10 {recall:.3f}")
+        started = time.perf_counter()
+        shard.optimize()
+        print(f"optimize (HNSW m={args.m}, ef_construct={args.ef_construct}): {time.perf_counter() - started:.1f} s")
+        for ef in sorted({args.ef, 2 * args.ef, 4 * args.ef}):
+            indexed, recall = run(qe.SearchParams(hnsw_ef=ef))
+            print(f"HNSW search (top 10, ef={ef:<4d}):      {percentiles(indexed)}, recall@10 {recall:.3f}")
+        shard.close()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    held = vectors.nbytes / 2**20
+    print(f"peak memory of the process: {peak:,.0f} MiB (the vectors in numpy included: {held:,.0f} MiB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
