@@ -43,7 +43,7 @@ from facestream import contracts
 from facestream.config import Settings
 from facestream.contracts.timeutil import now_iso, parse_iso
 from facestream.errors import RejectedEvent
-from facestream.io.kafka import consumer, each_record, producer, read_topic
+from facestream.io.kafka import consumer, each_record, partition_reader, producer, read_to_end, read_topic
 from facestream.ops.logs import get_logger
 from facestream.runtime.stage import Record, dead_letter
 from facestream.runtime.tasks import cancel
@@ -101,10 +101,7 @@ class Eraser:
     async def start(self) -> None:
         self._producer = producer(self.settings)
         await self._producer.start()
-        self._replicas = consumer(self.settings, fetch_max_wait_ms=FETCH_WAIT_MS)
-        await self._replicas.start()
-        self._replicas.assign([self._replicas_tp])
-        await self._replicas.seek_to_beginning(self._replicas_tp)
+        self._replicas = await partition_reader(self.settings, self._replicas_tp, FETCH_WAIT_MS)
         self._consumer = consumer(self.settings, "gallery.requests", group_id=self.group, enable_auto_commit=False)
         await self._consumer.start()
         self._task = asyncio.create_task(self._run())
@@ -141,17 +138,13 @@ class Eraser:
     async def _read_replicas(self, wait_ms: int = 0) -> None:
         """The replicas' reports up to the end of their topic (waiting up to `wait_ms` for more)."""
         assert self._replicas is not None
-        tp = self._replicas_tp
-        end = (await self._replicas.end_offsets([tp]))[tp]
-        wait = wait_ms
-        while wait or await self._replicas.position(tp) < end:
-            # Never a zero timeout in a loop: it would not let the fetcher run.
-            batch = await self._replicas.getmany(tp, timeout_ms=wait or 200)
-            wait = 0
-            for record in batch.get(tp, []):
-                if record.value is not None:
-                    report = orjson.loads(record.value)
-                    self.replicas[report["replica_id"]] = report
+
+        def keep(record: Any) -> None:
+            if record.value is not None:
+                report = orjson.loads(record.value)
+                self.replicas[report["replica_id"]] = report
+
+        await read_to_end(self._replicas, self._replicas_tp, keep, wait_ms)
 
     def _live(self) -> set[str]:
         """Replicas that reported lately and have not stopped."""

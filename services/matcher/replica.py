@@ -40,7 +40,7 @@ from facestream import contracts
 from facestream.config import Settings
 from facestream.contracts.timeutil import now_iso, parse_iso
 from facestream.errors import ConfigError
-from facestream.io.kafka import consumer, producer
+from facestream.io.kafka import consumer, partition_reader, producer, read_to_end
 from facestream.ops.logs import get_logger
 from facestream.runtime.tasks import cancel
 from facestream.services.matcher.gallery import Gallery, GalleryPoint
@@ -148,10 +148,7 @@ class Replica:
         await self.gallery.open()
         self._producer = producer(self.settings)
         await self._producer.start()
-        self._keys = consumer(self.settings, fetch_max_wait_ms=FETCH_WAIT_MS)
-        await self._keys.start()
-        self._keys.assign([self.keys_tp])
-        await self._keys.seek_to_beginning(self.keys_tp)
+        self._keys = await partition_reader(self.settings, self.keys_tp, FETCH_WAIT_MS)
         await self.sync_keys()
         if self.ring.unreadable:
             # Before anything is applied: points parked for want of their keys would leave an index
@@ -192,17 +189,15 @@ class Replica:
     async def _load_erasures(self) -> None:
         """The shared index keeps no file beside it: the erasures applied so far (and so the
         enrolments that must not survive them) are read again from the topic, where they are kept."""
-        scan = consumer(self.settings, fetch_max_wait_ms=FETCH_WAIT_MS)
-        await scan.start()
+
+        def note(record: Any) -> None:
+            if record.value is not None and record.key and record.key.startswith(b"erasure/"):
+                event = orjson.loads(record.value)
+                self._note_erasure(event["subject_id"], event["requested_at"])
+
+        scan = await partition_reader(self.settings, self.tp, FETCH_WAIT_MS)
         try:
-            scan.assign([self.tp])
-            await scan.seek_to_beginning(self.tp)
-            end = (await scan.end_offsets([self.tp]))[self.tp]
-            while await scan.position(self.tp) < end:
-                for record in (await scan.getmany(self.tp, timeout_ms=500)).get(self.tp, []):
-                    if record.value is not None and record.key and record.key.startswith(b"erasure/"):
-                        event = orjson.loads(record.value)
-                        self._note_erasure(event["subject_id"], event["requested_at"])
+            await read_to_end(scan, self.tp, note)
         finally:
             await scan.stop()
 
@@ -247,10 +242,11 @@ class Replica:
     async def sync_keys(self) -> None:
         """Read the keys topic up to its end as it is now."""
         assert self._keys is not None
-        end = (await self._keys.end_offsets([self.keys_tp]))[self.keys_tp]
-        while await self._keys.position(self.keys_tp) < end:
-            for record in (await self._keys.getmany(self.keys_tp, timeout_ms=500)).get(self.keys_tp, []):
-                self.ring.apply(record.key.decode() if record.key else "", record.value)
+        await read_to_end(
+            self._keys,
+            self.keys_tp,
+            lambda record: self.ring.apply(record.key.decode() if record.key else "", record.value),
+        )
 
     async def sync(self) -> None:
         """Apply the gallery topic (and read the keys) up to their ends as they are now."""
