@@ -22,37 +22,11 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
-
-import numpy as np
-import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._devset import DEVSET, embed_all, labelled_images
-from facestream.services.matcher.operating import Calibration
-
-GRID = np.round(np.arange(0.10, 0.80, 0.01), 2)
-
-
-def impostor_calibration(vectors: np.ndarray, labels: list[str], min_pairs: int) -> dict[str, object]:
-    names = np.array(labels)
-    upper = np.triu_indices(len(vectors), 1)
-    different = names[upper[0]] != names[upper[1]]
-    scores = (vectors @ vectors.T)[upper][different]
-    counts = np.array([(scores >= t).sum() for t in GRID])
-    kept = counts >= min_pairs
-    thresholds, fmr = GRID[kept], counts[kept] / len(scores)
-    tail = fmr <= 1e-3
-    b, a = np.polyfit(thresholds[tail], np.log10(fmr[tail]), 1)
-    return {
-        "model": "sface/2021dec",
-        "source": f"devset impostor pairs ({len(scores):,}), bench/calibrate.py",
-        "pairs": len(scores),
-        "thresholds": [float(t) for t in thresholds],
-        "fmr": [float(f) for f in fmr],
-        "tail": {"a": float(a), "b": float(b)},
-    }
+from facestream.services.matcher.operating import fit, identities, open_set, pair_scores
 
 
 def main() -> int:
@@ -75,53 +49,32 @@ def main() -> int:
     vectors, labels, _ = embed_all(labelled_images(), mirror=args.mirror)
     how = " (each with its mirror image)" if args.mirror else ""
     print(f"embedded {len(labels)} faces in {time.perf_counter() - started:.1f} s{how}")
-    raw = impostor_calibration(vectors, labels, args.min_pairs)
-    cal = Calibration(
-        str(raw["model"]),
-        tuple(raw["thresholds"]),  # type: ignore[arg-type]
-        tuple(raw["fmr"]),  # type: ignore[arg-type]
-        (raw["tail"]["a"], raw["tail"]["b"]),  # type: ignore[index]
-        str(raw["source"]),
-    )
-    print(f"devset: {len(labels)} images with a face; {raw['pairs']:,} impostor pairs")
+    _, impostor = pair_scores(vectors, labels)
+    source = f"devset impostor pairs ({len(impostor):,}), bench/calibrate.py"
+    cal = fit(impostor, "sface/2021dec", source, args.min_pairs)
+    print(f"devset: {len(labels)} images with a face; {len(impostor):,} impostor pairs")
     print(" threshold  FMR (measured)")
     for t, f in zip(cal.thresholds, cal.fmr, strict=True):
         if round(t * 100) % 5 == 0:
             print(f"   {t:.2f}     {f:.2e}")
     print(f"tail: log10 FMR = {cal.tail[0]:.2f} {cal.tail[1]:+.2f} t (beyond {cal.thresholds[-1]:.2f})")
     if args.write:
-        args.write.write_bytes(orjson.dumps(raw, option=orjson.OPT_INDENT_2) + b"\n")
+        args.write.write_bytes(cal.as_json(len(impostor)))
         print(f"calibration written to {args.write}")
 
-    by_id: dict[str, list[int]] = defaultdict(list)
-    for i, label in enumerate(labels):
-        by_id[label].append(i)
-    identities = sorted(k for k, v in by_id.items() if len(v) >= 2)
-    rng = np.random.default_rng(7)
+    people = len(identities(labels))
     print(f"\nopen-set runs, target FPIR {args.target}, {args.splits} splits per size")
     print("  gallery N  threshold  FPIR predicted  FPIR measured (non-mated probes)  FNIR (rank 1)")
     for size in (int(n) for n in args.sizes.split(",")):
-        if size >= len(identities):
-            print(f"  {size:9d}  (the devset has only {len(identities)} identities with 2 photos)")
+        if size >= people:
+            print(f"  {size:9d}  (the devset has only {people} identities with 2 photos)")
             continue
         t = cal.threshold_for(size, args.target)
-        hits = probes = misses = mated_total = 0
-        for _ in range(args.splits):
-            enrolled = set(rng.choice(identities, size=size, replace=False))
-            gallery_idx = [by_id[i][0] for i in sorted(enrolled)]
-            gallery = vectors[gallery_idx]
-            gallery_labels = [labels[i] for i in gallery_idx]
-            mated = [i for ident in enrolled for i in by_id[ident][1:]]
-            non_mated = [i for ident in identities if ident not in enrolled for i in by_id[ident]]
-            hits += int(((vectors[non_mated] @ gallery.T).max(axis=1) >= t).sum())
-            probes += len(non_mated)
-            sims = vectors[mated] @ gallery.T
-            right = np.array([gallery_labels[k] == labels[i] for k, i in zip(sims.argmax(axis=1), mated, strict=True)])
-            misses += int((~(right & (sims.max(axis=1) >= t))).sum())
-            mated_total += len(mated)
+        run = open_set(vectors, labels, size, args.splits)
+        hits = int((run.non_mated >= t).sum())
         print(
-            f"  {size:9d}  {t:9.3f}  {cal.fpir(t, size):14.4f}  {hits / probes:13.4f} ({hits}/{probes})"
-            f"{'':10s}  {misses / mated_total:.4f}"
+            f"  {size:9d}  {t:9.3f}  {cal.fpir(t, size):14.4f}  {run.fpir(t):13.4f} ({hits}/{len(run.non_mated)})"
+            f"{'':10s}  {run.fnir(t):.4f}"
         )
     return 0
 

@@ -9,7 +9,10 @@
 
 Prints all three and the ratios (target: end to end >= 90% of the ceiling).
 
-    .venv/bin/python bench/pipeline.py [--images DIR] [--limit N] [--repeat K]
+    .venv/bin/python bench/pipeline.py [--images DIR] [--limit N] [--repeat K] [--square 250]
+
+`--square 250` turns every probe into a 250x250 JPEG (the centre square, resized), the size of
+the small press photos of the common face-verification sets.
 
 Without --images it uses ../shared/data/faces/devset where present, else samples/.
 """
@@ -99,6 +102,17 @@ def ceiling(paths: list[Path], processes: int = 2) -> float:
     return _timed(paths, processes, _init_opencv, _one_opencv)
 
 
+def _square(source: Path, target: Path, side: int) -> None:
+    import cv2
+
+    image = cv2.imread(str(source), cv2.IMREAD_COLOR)
+    h, w = image.shape[:2]
+    s = min(h, w)
+    y, x = (h - s) // 2, (w - s) // 2
+    small = cv2.resize(image[y : y + s, x : x + s], (side, side), interpolation=cv2.INTER_AREA)
+    cv2.imwrite(str(target), small, [cv2.IMWRITE_JPEG_QUALITY, 92])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=Path)
@@ -106,6 +120,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=1, help="submit each probe this many times (distinct ids)")
     parser.add_argument("--gallery-size", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3, help="alternate both measurements this many times")
+    parser.add_argument("--square", type=int, default=0, help="probes as SxS JPEGs (centre square, resized)")
     args = parser.parse_args()
     source = args.images or (ROOT.parent / "shared/data/faces/devset")
     if not source.is_dir():
@@ -123,9 +138,16 @@ def main() -> int:
         for i, path in enumerate(images):
             target = probes / f"r{k}" / f"{i:05d}{path.suffix.lower()}"
             target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(path, target)
+            if args.square:
+                target = target.with_suffix(".jpg")
+                _square(path, target, args.square)
+            else:
+                shutil.copy(path, target)
             probe_paths.append(target)
-    print(f"images: {len(probe_paths)} probes from {source} on {os.cpu_count()} cores; gallery {args.gallery_size}")
+    shape = f", each {args.square}x{args.square}" if args.square else ""
+    print(
+        f"images: {len(probe_paths)} probes{shape} from {source} on {os.cpu_count()} cores; gallery {args.gallery_size}"
+    )
 
     from devtools.demo import run_demo
     from facestream.config import load_settings

@@ -239,6 +239,11 @@ class Settings(BaseSettings):
     )
     qdrant_url: str = Field("", description="Qdrant server URL (http://HOST:6333) when gallery_backend = qdrant")
     gallery_name: KafkaName = Field("faces", description="the gallery's collection name")
+    gallery_index_after: int = Field(
+        20_000,
+        ge=1,
+        description="embedded gallery: points waiting for the search graph (HNSW) before one is built aside",
+    )
     gallery_keys: SecretStr = Field(
         SecretStr(""),
         description="Fernet key(s) wrapping each subject's data key, comma-separated: the first wraps new keys, "

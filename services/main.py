@@ -8,6 +8,7 @@ from facestream.cli import main as cli_main
 from facestream.config import Settings
 from facestream.io.kafka import ensure_topics as create_pipeline_topics
 from facestream.runtime.service import Service, own_topics
+from facestream.services import calibrate
 from facestream.services.detector.service import SERVICE as DETECTOR
 from facestream.services.embedder.service import SERVICE as EMBEDDER
 from facestream.services.matcher.service import SERVICE as MATCHER
@@ -23,7 +24,7 @@ async def ensure_topics(settings: Settings) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """`facestream ...` (the console script)."""
-    return cli_main(SERVICES, argv)
+    return cli_main(SERVICES, argv, commands=(calibrate.add_parser,))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
@@ -26,6 +27,9 @@ from facestream.io.kafka import (
     create_topics,
     delete_topics,
     ensure_topics,
+    partition_reader,
+    producer,
+    read_to_end,
     running,
 )
 from facestream.runtime.app import create_app
@@ -97,6 +101,47 @@ async def test_partitions_unseen_at_a_rebalance_are_assigned_soon_after(kafka: s
         assert {tp.partition for tp in cons.assignment()} == {0, 1, 2}
     finally:
         await cons.stop()
+        await delete_topics(settings)
+
+
+async def test_a_partition_reader_asks_the_broker_nothing_between_reads(kafka: str) -> None:
+    """A started consumer fetches ahead for as long as it lives: a reader with a 20 ms fetch wait
+    would send the broker 50 empty fetches a second, forever (the matcher keeps three). The reader
+    fetches inside `read_to_end` only. Its fetches are counted at the client's `send`."""
+    settings = load_settings(topic_prefix=f"t{uuid.uuid4().hex[:10]}", environment=False)
+    tp = TopicPartition(settings.topic("gallery.keys"), 0)
+    await create_topics(settings, [TopicSpec(tp.topic, 1)])
+    try:
+        async with running(producer(settings)) as prod:
+            for i in range(3):
+                await prod.send_and_wait(tp.topic, f"k{i}".encode(), key=b"k")
+        reader = await partition_reader(settings, tp)
+        fetches = []
+        send = reader._client.send
+
+        async def counted(node_id: int, request: object, **kwargs: object) -> object:
+            if type(request).__name__.startswith("FetchRequest"):
+                fetches.append(request)
+            return await send(node_id, request, **kwargs)
+
+        reader._client.send = counted  # type: ignore[method-assign]
+        try:
+            await asyncio.sleep(1.0)
+            assert fetches == []  # started, assigned, not yet reading
+            got: list[bytes] = []
+            await read_to_end(reader, tp, lambda record: got.append(record.value))
+            assert got == [b"k0", b"k1", b"k2"]
+            after_read = len(fetches)
+            assert after_read >= 1
+            await asyncio.sleep(1.0)
+            assert len(fetches) == after_read  # paused again: nothing between reads
+            async with running(producer(settings)) as prod:
+                await prod.send_and_wait(tp.topic, b"k3", key=b"k")
+            await read_to_end(reader, tp, lambda record: got.append(record.value))
+            assert got[-1] == b"k3"  # the position was kept across the pause
+        finally:
+            await reader.stop()
+    finally:
         await delete_topics(settings)
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import onnxruntime as ort
 import pytest
 
 from facestream import client, contracts
@@ -19,7 +20,16 @@ from facestream.errors import EnrolmentRejected, MalformedEvent
 from facestream.models import YUNET, path_of
 from facestream.runtime.compute import model_executor
 from facestream.runtime.stage import Record
-from facestream.services.detector.logic import TEMPLATE, Face, FaceDetector, align, enrolment_face, passes, quality
+from facestream.services.detector.logic import (
+    TEMPLATE,
+    Face,
+    FaceDetector,
+    align,
+    enrolment_face,
+    passes,
+    quality,
+    size_free_yunet,
+)
 from facestream.services.detector.service import SERVICE as DETECTOR
 from facestream.services.detector.stage import DetectorStage, analyse
 from tests.conftest import read, sample
@@ -40,10 +50,11 @@ def test_finds_the_one_face_like_the_reference_decoder(detector: FaceDetector, s
     assert len(faces) == 1
     face = faces[0]
     assert face.score > 0.8
-    # OpenCV's own YuNet implementation on the same model and scale is the reference.
+    # OpenCV's own YuNet implementation on the same model and scale is the reference: the image's
+    # own size, scaled down to fit 640.
     h, w = image.shape[:2]
-    scale = 640 / max(h, w)
-    small = cv2.resize(image, (round(w * scale), round(h * scale)))
+    scale = min(1.0, 640 / max(h, w))
+    small = cv2.resize(image, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
     reference = cv2.FaceDetectorYN.create(str(path_of(YUNET)), "", (small.shape[1], small.shape[0]), 0.6, 0.3, 50)
     _, found = reference.detect(small)
     assert found is not None
@@ -52,6 +63,19 @@ def test_finds_the_one_face_like_the_reference_decoder(detector: FaceDetector, s
     assert np.allclose(face.bbox, ref_box, atol=0.03 * max(ref_box[2:]))
     ref_pts = found[0][4:14].reshape(5, 2) / scale
     assert np.allclose(np.array(face.landmarks), ref_pts, atol=0.03 * max(ref_box[2:]))
+
+
+def test_the_size_free_graph_computes_what_the_model_file_does() -> None:
+    """Opening the input's size changes no weight and no output: at the file's own 640x640 both
+    graphs agree, and a smaller input runs without padding to 640."""
+    rng = np.random.default_rng(3)
+    blob = rng.integers(0, 256, (1, 3, 640, 640)).astype(np.float32)
+    fixed = ort.InferenceSession(str(path_of(YUNET)), providers=["CPUExecutionProvider"])
+    free = ort.InferenceSession(size_free_yunet(), providers=["CPUExecutionProvider"])
+    for a, b in zip(fixed.run(None, {"input": blob}), free.run(None, {"input": blob}), strict=True):
+        assert np.allclose(a, b, atol=1e-5)
+    small = free.run(["cls_8"], {"input": blob[:, :, :256, :320]})[0]
+    assert small.shape == (1, (256 // 8) * (320 // 8), 1)
 
 
 def test_alignment_puts_landmarks_on_the_template(detector: FaceDetector) -> None:

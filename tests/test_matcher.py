@@ -79,6 +79,61 @@ async def test_edge_gallery_survives_a_restart(tmp_path: Path) -> None:
     await g2.close()
 
 
+async def test_edge_gallery_builds_its_graph_aside_and_loses_no_change_made_meanwhile(tmp_path: Path) -> None:
+    """Once `index_after` points wait for the graph, it is built in a child process on a copy;
+    changes made during the build (an upsert, an erasure) reach the built shard that replaces the
+    live one; a restart opens the built shard; one shard folder is left."""
+    rng = np.random.default_rng(11)
+    vectors = rng.standard_normal((600, 128)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    g = EdgeGallery(tmp_path / "g", 128, index_after=500)
+    await g.open()
+    assert not await g.index_now()  # nothing to index yet
+    await g.upsert([point(f"s{i}", "w", vectors[i].tolist()) for i in range(499)])
+    assert g._build is None  # below index_after: the scan serves
+    await g.upsert([point("s499", "w", vectors[499].tolist())])
+    build = g._build
+    assert build is not None  # started by the upsert that reached index_after
+    # Meanwhile: a new subject enrolled and one erased, on the live shard and in the journal.
+    await g.upsert([point("late", "w", vectors[500].tolist())])
+    await g.delete_subject("s7")
+    [hits] = await g.search([vectors[3].tolist()], 1, 0.5)
+    assert [h.subject_id for h in hits] == ["s3"]  # searches go on during the build
+    await build
+    assert g.builds == 1
+    assert g.unindexed() < 10  # the graph holds the copied points; later ones wait for the next
+    assert await g.count() == 500
+    assert await g.point_ids("s7") == []
+    [hits] = await g.search([vectors[500].tolist()], 1, 0.5)
+    assert [h.subject_id for h in hits] == ["late"]
+    found = await g.search([v.tolist() for v in vectors[:50]], 1, 0.5)
+    assert [h[0].subject_id for h in found if h] == [f"s{i}" for i in range(50) if i != 7]
+    await g.close()
+    assert [p.name for p in sorted((tmp_path / "g").iterdir())] == ["1", "CURRENT"]
+    again = EdgeGallery(tmp_path / "g", 128, index_after=500)
+    await again.open()
+    assert await again.count() == 500
+    assert again.unindexed() < 10
+    await again.close()
+
+
+async def test_edge_gallery_moves_a_shard_from_before_versioned_folders(tmp_path: Path) -> None:
+    """A shard written straight into the gallery's folder (before CURRENT) is moved, not lost."""
+    import qdrant_edge as qe
+
+    shard = qe.EdgeShard.create(
+        str(tmp_path / "g"), qe.EdgeConfig(vectors=qe.EdgeVectorParams(size=128, distance=qe.Distance.Cosine))
+    )
+    shard.update(qe.UpdateOperation.upsert_points([qe.Point(str(uuid.uuid4()), unit(1), {"subject_id": "a"})]))
+    shard.flush()
+    shard.close()
+    g = EdgeGallery(tmp_path / "g", 128)
+    await g.open()
+    assert await g.count() == 1
+    await g.close()
+    assert (tmp_path / "g" / "CURRENT").read_text() == "0"
+
+
 def test_candidates_one_per_subject_ranked_above_threshold() -> None:
     hits = [Hit("1", 0.61, "a", "w"), Hit("2", 0.72, "a", "w"), Hit("3", 0.50, "b", "w"), Hit("4", 0.30, "c", "w")]
     found = candidates(hits, 0.44, 5)

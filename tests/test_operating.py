@@ -30,7 +30,7 @@ def test_the_threshold_rises_with_the_gallery_and_holds_the_target() -> None:
 
 
 def test_a_broken_calibration_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"bench/calibrate\.py --write"):
+    with pytest.raises(ConfigError, match="facestream calibrate"):
         operating.load(tmp_path / "missing.json")
     raw = orjson.loads(operating.SHIPPED.read_bytes())
     rising = tmp_path / "rising.json"

@@ -8,7 +8,8 @@ facestream tail [TOPIC]                print events from matches (default) or dl
 facestream lag [--watch] | status      consumer lag; throughput, lag and dead letters per stage
 facestream config show|check           the effective settings and where each comes from; validate a file
 facestream dlq list|replay             the pipeline's dead letters, filtered; send them through again
-and the services' own commands (the notifier's `subscriptions` and `deliveries`).
+and the services' own commands (the matcher's `gallery`, the notifier's `subscriptions` and
+`deliveries`), and `calibrate` (services/calibrate.py: the threshold from your labelled photos).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from facestream import client
 from facestream.cli.dlq import add_parsers as add_dlq_parsers
 from facestream.config import Settings, describe, load_settings
 from facestream.contracts.consent import consent_problem, retention_ends
-from facestream.errors import ConfigError, RejectedEvent, UsageError
+from facestream.errors import ConfigError, ModelError, RejectedEvent, UsageError
 from facestream.io.broker import local_broker
 from facestream.io.kafka import TOPICS, consumer, ensure_topics, producer, running, topic_partitions
 from facestream.ops.lag import consumer_lag, pipeline_groups, table
@@ -253,8 +254,9 @@ def _cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def parser(services: Sequence[Service]) -> argparse.ArgumentParser:
-    """The `facestream` command for the pipeline made of `services`."""
+def parser(services: Sequence[Service], commands: Sequence[Callable[[Any], None]] = ()) -> argparse.ArgumentParser:
+    """The `facestream` command for the pipeline made of `services`, with `commands` (each adds
+    its subparser) that work across them."""
     names = [s.name for s in services]
     p = argparse.ArgumentParser(
         prog="facestream", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -331,18 +333,27 @@ def parser(services: Sequence[Service]) -> argparse.ArgumentParser:
     for service in services:
         if service.commands is not None:
             service.commands(sub)
+    for add in commands:
+        add(sub)
     return p
 
 
-def main(services: Sequence[Service], argv: list[str] | None = None) -> int:
+def main(
+    services: Sequence[Service], argv: list[str] | None = None, commands: Sequence[Callable[[Any], None]] = ()
+) -> int:
     """Run the command in `argv` (default: the process's arguments) for the pipeline of `services`."""
-    args = parser(services).parse_args(argv)
+    args = parser(services, commands).parse_args(argv)
     # A command says itself what went wrong with the broker; the client library's own lines about
     # each failed connection would only bury that (workers keep them: they run long).
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
         return int(args.func(args))
-    except (ConfigError, UsageError, RejectedEvent) as exc:  # RejectedEvent: a submission that breaks its contract
+    except (
+        ConfigError,
+        UsageError,
+        ModelError,
+        RejectedEvent,
+    ) as exc:  # RejectedEvent: a submission that breaks its contract
         print(f"facestream: {exc}", file=sys.stderr)
         return 2
     except KafkaConnectionError as exc:

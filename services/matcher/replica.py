@@ -49,7 +49,9 @@ from facestream.services.matcher.keys import KeyRing
 log = get_logger(__name__)
 OFFSETS = "applied.json"
 # The gallery is written rarely; a reader waiting for "up to the end" must not sit out the
-# broker's default long poll (500 ms) on every empty fetch.
+# broker's default long poll (500 ms) on every empty fetch. Only for the paused-between-reads
+# readers (partition_reader): the live follower long-polls (a record written ends a long poll at
+# once), or it would ask the broker 50 times a second, forever, for nothing.
 FETCH_WAIT_MS = 20
 MAX_REPLICAS = 64
 
@@ -158,15 +160,13 @@ class Replica:
                 "start with the gallery_keys that wrote them (the new one first, the old after it)"
             )
         if self.group is None:
-            self._consumer = consumer(self.settings, fetch_max_wait_ms=FETCH_WAIT_MS)
+            self._consumer = consumer(self.settings)
             await self._consumer.start()
             self._consumer.assign([self.tp])
             self._consumer.seek(self.tp, self.position)
         else:
             await self._load_erasures()
-            self._consumer = consumer(
-                self.settings, "gallery", group_id=self.group, enable_auto_commit=False, fetch_max_wait_ms=FETCH_WAIT_MS
-            )
+            self._consumer = consumer(self.settings, "gallery", group_id=self.group, enable_auto_commit=False)
             await self._consumer.start()
         end = (await self._consumer.end_offsets([self.tp]))[self.tp]
         where = str(self.folder) if self.folder is not None else None

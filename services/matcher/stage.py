@@ -88,7 +88,9 @@ class MatcherStage:
             self._gallery = QdrantGallery(client, EMBEDDING_DIM, self.settings.gallery_name)
         elif self._given is None:
             folder, self._lock_fd = claim_directory(self.settings.gallery_path)
-            self._gallery = EdgeGallery(folder / "index", EMBEDDING_DIM, self.settings.gallery_name)
+            self._gallery = EdgeGallery(
+                folder / "index", EMBEDDING_DIM, self.settings.gallery_name, self.settings.gallery_index_after
+            )
         if not self.follow:  # the stage's logic alone (tests without a broker)
             await self.gallery.open()
             return
