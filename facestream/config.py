@@ -277,7 +277,9 @@ class Settings(BaseSettings):
         description="target false-positive identification rate (of searches of people not enrolled)",
     )
     calibration_file: Path | None = Field(
-        None, description="the model's impostor calibration (bench/calibrate.py --write); empty: the one shipped"
+        None,
+        description="the model's impostor calibration (`facestream calibrate --labels DIR` writes one); "
+        "empty: the one shipped",
     )
     # Notifier
     subscriptions: tuple[SubscriptionSeed, ...] = Field(

@@ -13,10 +13,10 @@ as enrolment chooses it, embedded with the configured model. Then every pair of 
   threshold, FPIR as measured beside the prediction, and FNIR;
 - a DET plot (PNG; needs matplotlib, `pip install 'facestream[plot]'`): FNMR against FMR, and
   FNIR against FPIR at N, with the operating point marked.
-
-It composes the detector's, the embedder's and the matcher's logic, so it sits beside main.py,
-above the services, and no service imports it.
 """
+
+# It composes the detector's, the embedder's and the matcher's logic, so it sits beside main.py,
+# above the services, and no service imports it.
 
 from __future__ import annotations
 
@@ -40,6 +40,8 @@ from facestream.services.matcher.operating import Calibration, OpenSet, fit, ide
 
 SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 GALLERY_SIZES = (100, 1_000, 10_000, 100_000, 1_000_000)  # how the threshold follows the gallery
+OPEN_SET_MIN = 2  # people in an open-set gallery, and left out of it
+MIN_PEOPLE = 5  # fewer, and the impostor pairs cannot say where FMR goes (a calibration of nothing)
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class Embedded:
     vectors: np.ndarray[Any, Any]
     labels: list[str]
     refused: Counter[str]  # photos left out, by reason
+    left_out: list[tuple[Path, str]]  # and which
 
 
 def labelled_photos(root: Path) -> list[tuple[Path, str]]:
@@ -69,22 +72,28 @@ def embed_photos(photos: list[tuple[Path, str]], settings: Settings) -> Embedded
     pipeline would refuse to enrol are counted by reason and left out."""
     detector = detector_for(min(0.5, settings.det_score_threshold))
     backend = load_backend(prepared_path(settings.model_repository))
-    vectors, labels, refused = [], [], Counter[str]()
+    vectors, labels, refused, left_out = [], [], Counter[str](), []
     for path, person in photos:
         try:
             analysis = analyse(path.read_bytes(), detector, settings, enrol=True)
         except RejectedEvent as exc:
             refused[exc.reason] += 1
+            left_out.append((path, f"{exc.reason}: {exc}"))
             continue
         if not analysis.faces:
             refused["no_face"] += 1
+            left_out.append((path, "no_face"))
             continue
         [(_, _, crop)] = analysis.faces
         vectors.append(backend.embed([crop])[0])
         labels.append(person)
-    if not vectors:
-        raise UsageError("no photo gave a face to embed")
-    return Embedded(np.stack(vectors), labels, refused)
+    people = len(set(labels))
+    if people < MIN_PEOPLE:
+        raise UsageError(
+            f"photos of {people} people gave a face; a calibration needs at least {MIN_PEOPLE} people "
+            "(impostor pairs come from pairs of people; 50 or more measure FMR down to about 1e-3)"
+        )
+    return Embedded(np.stack(vectors), labels, refused, left_out)
 
 
 def _rate(share: float, total: int) -> str:
@@ -104,13 +113,19 @@ def report(
     lines = [
         f"{len(embedded.labels)} photos of {people} people embedded"
         + (f"; left out: {dict(embedded.refused)}" if embedded.refused else ""),
+    ]
+    lines += [f"  left out {path}: {why}" for path, why in embedded.left_out[:10]]
+    if len(embedded.left_out) > 10:
+        lines.append(f"  and {len(embedded.left_out) - 10} more")
+    lines += [
         f"{len(genuine):,} genuine pairs, {impostors:,} impostor pairs",
         "",
         "verification  threshold      FMR        FNMR",
     ]
     for t in (0.25, 0.30, 0.35, 0.40, 0.45, 0.50, 0.55, 0.60):
         fnmr = float((genuine < t).mean()) if len(genuine) else float("nan")
-        lines.append(f"              {t:9.2f}  {cal.false_match_rate(t):9.2e}  {fnmr:9.4f}")
+        fitted = "  (fitted tail)" if t > cal.thresholds[-1] else ""
+        lines.append(f"              {t:9.2f}  {cal.false_match_rate(t):9.2e}  {fnmr:9.4f}{fitted}")
     lines += [
         f"FMR measured down to {cal.fmr[-1]:.1e} (t = {cal.thresholds[-1]:.2f}); beyond, the fitted tail "
         f"log10 FMR = {cal.tail[0]:.2f} {cal.tail[1]:+.2f} t (an extrapolation: more people, further measured)",
@@ -120,7 +135,10 @@ def report(
     ]
     lines += [f"  {n:11,d}  {cal.threshold_for(n, target):9.3f}" for n in GALLERY_SIZES]
     if run is None:
-        lines += ["", "open set: needs at least 3 people with 2 or more photos"]
+        lines += [
+            "",
+            f"open set: not run (a gallery of {OPEN_SET_MIN} or more people, and as many left out, is needed)",
+        ]
         return lines
     t = cal.threshold_for(run.size, target)
     lines += [
@@ -175,7 +193,12 @@ def det_plot(
         thresholds = np.linspace(-0.2, 1.0, 601)
         ax.plot([run.fpir(t) for t in thresholds], [run.fnir(t) for t in thresholds], label=f"measured, N = {run.size}")
         t = cal.threshold_for(run.size, target)
-        ax.plot([run.fpir(t)], [run.fnir(t)], "o", label=f"threshold {t:.3f} (target FPIR {target})")
+        floor = 0.5 / len(run.non_mated)  # a log axis has no 0: "none of them" is drawn here
+        fpir = run.fpir(t)
+        shown = f"threshold {t:.3f} (target FPIR {target})" + (
+            "; measured FPIR 0, drawn at the axis" if fpir == 0 else ""
+        )
+        ax.plot([max(fpir, floor)], [run.fnir(t)], "o", label=shown)
         ax.axvline(target, linestyle=":", color="grey")
         ax.set(xscale="log", yscale="log", xlabel="FPIR (non-mated searches)", ylabel="FNIR (mated searches)")
         ax.set_title(f"Open-set identification DET, gallery of {run.size}")
@@ -191,6 +214,12 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     target = args.target if args.target is not None else settings.threshold_fpir
     if not args.no_plot and importlib.util.find_spec("matplotlib") is None:
         raise UsageError("the DET plot needs matplotlib: pip install 'facestream[plot]' (or pass --no-plot)")
+    if not 0 < target < 1:
+        raise UsageError(f"target FPIR {target}: a share between 0 and 1 (0.01 is 1%)")
+    out = args.out or settings.data_dir / "calibration"
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; it should name a folder for calibration.json and det.png")
+    out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     embedded = embed_photos(labelled_photos(args.labels), settings)
     genuine, impostor = pair_scores(embedded.vectors, embedded.labels)
@@ -199,21 +228,42 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         cal = fit(impostor, f"{SFACE.name}/{SFACE.version}", source, args.min_pairs)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
+    if cal.threshold_for(1_000, target) >= 0.99:
+        raise UsageError(
+            f"these {len(impostor):,} impostor pairs put the threshold for FPIR {target} at 1,000 people at "
+            f"{cal.threshold_for(1_000, target):.3f}: no score separates anyone there (label more people)"
+        )
     people = len(identities(embedded.labels))
-    size = args.gallery_size or max(1, people // 2)
-    run = open_set(embedded.vectors, embedded.labels, size, args.galleries) if 0 < size < people else None
-    print("\n".join(report(embedded, cal, run, target, genuine, len(impostor))))
-    out = args.out or settings.data_dir / "calibration"
-    out.mkdir(parents=True, exist_ok=True)
+    size = args.gallery_size or people // 2
+    if args.gallery_size and not OPEN_SET_MIN <= size <= people - OPEN_SET_MIN:
+        raise UsageError(
+            f"--gallery-size {size}: {people} people have 2 or more photos; a gallery of {OPEN_SET_MIN} to "
+            f"{people - OPEN_SET_MIN} of them leaves people out to search as non-mated"
+        )
+    ok = OPEN_SET_MIN <= size <= people - OPEN_SET_MIN
+    run = open_set(embedded.vectors, embedded.labels, size, args.galleries) if ok else None
+    # The files first: a reader that goes away (`| head`) must not cost them.
     written = out / "calibration.json"
     written.write_bytes(cal.as_json(len(impostor)))
-    print(f"\ncalibration: {written} (use it with calibration_file = {str(written.resolve())!r})")
+    plot = out / "det.png"
     if not args.no_plot:
-        plot = out / "det.png"
         det_plot(plot, cal, genuine, impostor, run, target)
+    print("\n".join(report(embedded, cal, run, target, genuine, len(impostor))))
+    print(f"\ncalibration: {written} (to use it: calibration_file = {str(written.resolve())!r} in the settings)")
+    if not args.no_plot:
         print(f"DET plot: {plot}")
     print(f"done in {time.perf_counter() - started:.1f} s")
     return 0
+
+
+def _at_least(low: int) -> Any:
+    def parse(value: str) -> int:
+        number = int(value)
+        if number < low:
+            raise argparse.ArgumentTypeError(f"{value}: at least {low}")
+        return number
+
+    return parse
 
 
 def add_parser(sub: Any) -> None:
@@ -224,11 +274,18 @@ def add_parser(sub: Any) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    c.add_argument("--labels", type=Path, required=True, help="DIR/<person>/<photo>")
+    c.add_argument("--labels", type=Path, required=True, help="DIR/<person>/<photo>, 5 people or more")
     c.add_argument("--out", type=Path, help="where calibration.json and det.png go (default: data_dir/calibration)")
-    c.add_argument("--target", type=float, help="target FPIR (default: the threshold_fpir setting)")
+    c.add_argument("--target", type=float, help="target FPIR, e.g. 0.01 (default: the threshold_fpir setting)")
     c.add_argument("--gallery-size", type=int, help="open-set gallery size (default: half the people)")
-    c.add_argument("--galleries", type=int, default=20, help="random galleries drawn for the open-set run")
-    c.add_argument("--min-pairs", type=int, default=10, help="fewest impostor pairs above a measured FMR point")
+    c.add_argument(
+        "--galleries", type=_at_least(1), default=20, help="random galleries for the open-set run (default: 20)"
+    )
+    c.add_argument(
+        "--min-pairs",
+        type=_at_least(1),
+        default=10,
+        help="fewest impostor pairs scoring above a threshold for its FMR to count as measured (default: 10)",
+    )
     c.add_argument("--no-plot", action="store_true", help="skip the DET plot (no matplotlib needed)")
     c.set_defaults(func=_cmd_calibrate)

@@ -43,12 +43,17 @@ def _calibrate(tmp_path: Path, *args: str, models: Path = ROOT / "models") -> su
 
 def test_calibrate_measures_labelled_photos_and_writes_what_the_matcher_loads(tmp_path: Path) -> None:
     labels = _labelled(tmp_path)
+    people = len(list(labels.iterdir()))
+    photos = len(list(labels.glob("*/*")))
+    broken = labels / "azure_family1_dad" / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 not a photo")
+    (labels / "azure_family1_dad" / "notes.txt").write_text("not a photo either, and not one by its name")
     result = _calibrate(tmp_path, "--labels", str(labels), "--target", "0.01")
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    people = len(list(labels.iterdir()))
-    photos = len(list(labels.glob("*/*")))
-    assert f"{photos} photos of {people} people embedded" in out
+    assert f"{photos} photos of {people} people embedded; left out: {{'undecodable': 1}}" in out
+    assert f"left out {broken}: undecodable" in out  # named, so it can be fixed
+    assert "(fitted tail)" in out  # 16 photos measure FMR only so far; the rest is marked as fitted
     assert re.search(r"verification\s+threshold\s+FMR\s+FNMR", out)
     assert re.search(r"open set: 20 galleries of \d+ people, \d+ mated and \d+ non-mated searches", out)
     # The calibration lands in data_dir, and the matcher reads it back: the threshold it gives for
@@ -75,7 +80,10 @@ def test_calibrate_says_what_is_wrong_with_its_input(tmp_path: Path) -> None:
     for args, message in (
         (["--labels", str(tmp_path / "missing")], "is not a folder"),
         (["--labels", str(tmp_path / "empty")], "no photos in"),
-        (["--labels", str(two), "--no-plot"], "label more people"),
+        (["--labels", str(two), "--no-plot"], "needs at least 5 people"),
+        (["--labels", str(two), "--target", "2"], "a share between 0 and 1"),
+        (["--labels", str(two), "--galleries", "0"], "at least 1"),
+        (["--labels", str(two), "--out", str(SAMPLES / "SOURCES.md")], "is a file"),
     ):
         result = _calibrate(tmp_path, *args)
         assert result.returncode == 2, result.stderr

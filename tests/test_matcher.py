@@ -117,6 +117,21 @@ async def test_edge_gallery_builds_its_graph_aside_and_loses_no_change_made_mean
     await again.close()
 
 
+async def test_closing_the_edge_gallery_during_a_build_stops_the_build(tmp_path: Path) -> None:
+    rng = np.random.default_rng(12)
+    vectors = rng.standard_normal((300, 128)).astype(np.float32)
+    g = EdgeGallery(tmp_path / "g", 128, index_after=300)
+    await g.open()
+    await g.upsert([point(f"s{i}", "w", (v / np.linalg.norm(v)).tolist()) for i, v in enumerate(vectors)])
+    assert g._build is not None
+    await g.close()  # before the child is done
+    assert [p.name for p in sorted((tmp_path / "g").iterdir())] == ["0", "CURRENT"]  # the copy is gone
+    again = EdgeGallery(tmp_path / "g", 128, index_after=300)
+    await again.open()
+    assert await again.count() == 300
+    await again.close()
+
+
 async def test_edge_gallery_moves_a_shard_from_before_versioned_folders(tmp_path: Path) -> None:
     """A shard written straight into the gallery's folder (before CURRENT) is moved, not lost."""
     import qdrant_edge as qe

@@ -186,8 +186,14 @@ class EdgeGallery:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", __name__, str(target), str(self.dim), str(self.index_after)
             )
-            if await proc.wait() != 0:
-                raise RuntimeError(f"the graph build exited with {proc.returncode}")
+            try:
+                code = await proc.wait()
+            except asyncio.CancelledError:  # the gallery closes: the build goes with it
+                proc.kill()
+                await proc.wait()
+                raise
+            if code != 0:
+                raise RuntimeError(f"the graph build exited with {code}")
             replayed = await asyncio.to_thread(self._swap, target)
             self.builds += 1
             log.info(

@@ -99,8 +99,9 @@ def fit(impostor_scores: np.ndarray[Any, Any], model: str, source: str, min_pair
     thresholds, fmr = grid[kept], counts[kept] / max(len(scores), 1)
     if len(thresholds) < 5:
         raise ValueError(
-            f"{len(scores)} impostor pairs leave {len(thresholds)} thresholds with {min_pairs} or more pairs "
-            "scoring above them; a calibration needs 5 (label more people)"
+            f"only {len(scores)} impostor pairs (pairs of photos of two people): FMR can be measured at "
+            f"{len(thresholds)} thresholds, where {min_pairs} or more of them score at or above it, and a "
+            "calibration needs 5 (label more people)"
         )
     tail = fmr <= TAIL_FMR
     if tail.sum() < 3:
