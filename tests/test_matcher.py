@@ -3,7 +3,9 @@ candidate ranking and the threshold decision, and the matcher stage end to end w
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,6 +18,7 @@ from facestream import client, contracts
 from facestream.config import Settings
 from facestream.contracts import ids
 from facestream.runtime.stage import Record
+from facestream.services.matcher import gallery as gallery_module
 from facestream.services.matcher.gallery import EdgeGallery, Gallery, GalleryPoint, Hit, QdrantGallery
 from facestream.services.matcher.logic import candidates, retention_due
 from facestream.services.matcher.stage import MatcherStage
@@ -130,6 +133,37 @@ async def test_closing_the_edge_gallery_during_a_build_stops_the_build(tmp_path:
     await again.open()
     assert await again.count() == 300
     await again.close()
+
+
+async def test_a_failed_graph_build_leaves_the_live_shard_and_waits_before_trying_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The build's child process is replaced by one that exits 3 (a crash or a full disk cannot be
+    provoked on cue): the live shard keeps every point, the copy goes, and the next upserts do not
+    start another copy at once."""
+    real = asyncio.create_subprocess_exec
+    started: list[tuple[str, ...]] = []
+
+    async def crashing(*args: str, **kwargs: object) -> asyncio.subprocess.Process:
+        started.append(args)
+        return await real(sys.executable, "-c", "raise SystemExit(3)")
+
+    monkeypatch.setattr(gallery_module.asyncio, "create_subprocess_exec", crashing)
+    rng = np.random.default_rng(13)
+    vectors = rng.standard_normal((400, 128)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    g = EdgeGallery(tmp_path / "g", 128, index_after=200)
+    await g.open()
+    await g.upsert([point(f"s{i}", "w", vectors[i].tolist()) for i in range(200)])
+    assert g._build is not None
+    await g._build
+    assert g.builds == 0
+    await g.upsert([point(f"s{i}", "w", vectors[i].tolist()) for i in range(200, 400)])
+    assert g._build is None  # not again for RETRY_BUILD_S
+    assert len(started) == 1
+    assert await g.count() == 400
+    await g.close()
+    assert [p.name for p in sorted((tmp_path / "g").iterdir())] == ["0", "CURRENT"]
 
 
 async def test_edge_gallery_moves_a_shard_from_before_versioned_folders(tmp_path: Path) -> None:

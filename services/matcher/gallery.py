@@ -41,6 +41,7 @@ HNSW_M = 16
 HNSW_EF_CONSTRUCT = 128
 SEARCH_EF = 128
 INDEX_AFTER = 20_000
+RETRY_BUILD_S = 600.0  # a build that failed (disk full, killed) is not tried again on every upsert
 CURRENT = "CURRENT"  # names the live shard's folder, written atomically when a built one replaces it
 
 
@@ -100,6 +101,7 @@ class EdgeGallery:
         self._journal: list[Any] | None = None  # while a graph is built: every change since the copy
         self._build: asyncio.Task[None] | None = None
         self.builds = 0  # graphs built and swapped in since open
+        self._next_try = 0.0  # after a failed build: not again before this (monotonic) time
 
     def _config(self) -> Any:
         qe = self._qe
@@ -140,10 +142,12 @@ class EdgeGallery:
         else:
             folder.mkdir(parents=True, exist_ok=True)
             self._shard = qe.EdgeShard.create(str(folder), self._config())
-            for field in GALLERY_FIELDS:  # erasure finds a subject's points, searches filter watchlists
-                self._shard.update(qe.UpdateOperation.create_field_index(field, qe.PayloadSchemaType.Keyword))
-            self._shard.flush()
             _write_current(self.path, self._live)
+        indexed = set(self._shard.info().payload_schema)
+        for field in GALLERY_FIELDS:  # erasure finds a subject's points, searches filter watchlists
+            if field not in indexed:
+                self._shard.update(qe.UpdateOperation.create_field_index(field, qe.PayloadSchemaType.Keyword))
+        self._shard.flush()
 
     async def close(self) -> None:
         if self._build is not None:
@@ -165,7 +169,9 @@ class EdgeGallery:
             return int(info.points_count) - int(info.indexed_vectors_count)
 
     async def _maybe_build(self) -> None:
-        if self._build is None and await asyncio.to_thread(self.unindexed) >= self.index_after:
+        if self._build is not None or time.monotonic() < self._next_try:
+            return
+        if await asyncio.to_thread(self.unindexed) >= self.index_after:
             self._build = asyncio.create_task(self._build_graph())
 
     async def index_now(self) -> bool:
@@ -205,7 +211,8 @@ class EdgeGallery:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the live shard is whole: searches scan more until the next try
-            log.error("gallery_graph_build_failed", error=f"{type(exc).__name__}: {exc}"[:300])
+            self._next_try = time.monotonic() + RETRY_BUILD_S
+            log.error("gallery_graph_build_failed", error=f"{type(exc).__name__}: {exc}"[:300], retry_s=RETRY_BUILD_S)
         finally:
             with self._lock:
                 self._journal = None
