@@ -51,10 +51,11 @@ def test_finds_the_one_face_like_the_reference_decoder(detector: FaceDetector, s
     face = faces[0]
     assert face.score > 0.8
     # OpenCV's own YuNet implementation on the same model and scale is the reference: the image's
-    # own size, scaled down to fit 640.
+    # long side brought into 256..640.
     h, w = image.shape[:2]
-    scale = min(1.0, 640 / max(h, w))
-    small = cv2.resize(image, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+    scale = min(max(1.0, 256 / max(h, w)), 640 / max(h, w))
+    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    small = cv2.resize(image, (round(w * scale), round(h * scale)), interpolation=interpolation)
     reference = cv2.FaceDetectorYN.create(str(path_of(YUNET)), "", (small.shape[1], small.shape[0]), 0.6, 0.3, 50)
     _, found = reference.detect(small)
     assert found is not None

@@ -2,8 +2,8 @@
 
 YuNet (2023mar) takes a BGR input, unnormalised. Its file pins the input to 640x640, but the graph
 itself is size-free (reshapes to -1, 2x upsampling), so the session is built with the height and
-width left open: an image runs at its own size (long side capped at 640, padded up to a multiple of
-32): a 250x250 photo costs 1 ms instead of 6.4 (bench/models.py). The three stride heads (8, 16, 32) are
+width left open: an image runs at about its own size (long side brought into 256..640, padded to a
+multiple of 32), so a 250x250 photo does not pay for a 640x640 pass. The three stride heads (8, 16, 32) are
 decoded as in the model's reference decoder and filtered with NMS. Alignment maps the 5 landmarks
 onto the 112x112 template the embedder was trained on with a least-squares similarity transform.
 """
@@ -26,9 +26,12 @@ from facestream.models import ALIGNED_SIZE, YUNET, path_of, session_options
 Image = np.ndarray[Any, np.dtype[np.uint8]]
 FloatArray = np.ndarray[Any, np.dtype[np.float32]]
 
-# Images are scaled down (never up) to fit this. Upscaling small photos to 640, as a fixed input
-# did, costs 4x on a 320 px photo and found fewer faces on the devset (639 of 642; bench/calibrate.py).
+# Images are scaled down to fit MAX_SIDE, and small ones up to MIN_SIDE: at a 142 px photo's own
+# size YuNet's landmarks are off enough to wreck the embedding (a mated sample pair scored 0.10,
+# 0.52 at 256). Upscaling everything to 640, as the fixed input did, costs 4x on a 320 px photo
+# and found fewer faces on the devset (639 of 642; bench/calibrate.py).
 MAX_SIDE = 640
+MIN_SIDE = 256
 STRIDES = (8, 16, 32)
 ALIGN = 32  # the coarsest stride: the input's sides are padded to a multiple of it
 # Landmark template for 112x112 crops (eyes, nose tip, mouth corners) used by SFace/ArcFace.
@@ -94,12 +97,13 @@ class FaceDetector:
     def detect(self, image: Image) -> list[Face]:
         """Faces in `image` (BGR), highest score first."""
         height, width = image.shape[:2]
-        scale = min(1.0, MAX_SIDE / max(height, width))
+        scale = min(max(1.0, MIN_SIDE / max(height, width)), MAX_SIDE / max(height, width))
         resized_w, resized_h = max(1, round(width * scale)), max(1, round(height * scale))
         input_h, input_w = -(-resized_h // ALIGN) * ALIGN, -(-resized_w // ALIGN) * ALIGN
         canvas = np.zeros((input_h, input_w, 3), dtype=np.uint8)
+        interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
         canvas[:resized_h, :resized_w] = (
-            cv2.resize(image, (resized_w, resized_h), interpolation=cv2.INTER_AREA) if scale < 1 else image
+            image if scale == 1 else cv2.resize(image, (resized_w, resized_h), interpolation=interpolation)
         )
         blob = canvas.transpose(2, 0, 1)[np.newaxis].astype(np.float32)
         grids = _anchor_grids(input_h, input_w)
