@@ -27,15 +27,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from facestream.cli import IMAGE_SUFFIXES  # noqa: E402
 from facestream.models import SFACE, YUNET, path_of  # noqa: E402
 from facestream.services.detector.logic import MAX_SIDE, FaceDetector, align  # noqa: E402
 from facestream.services.embedder.logic import OnnxRuntimeBackend, prepared_path  # noqa: E402
 
-SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
-
 
 def load(folder: Path, limit: int, square: int) -> list[np.ndarray]:
-    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in SUFFIXES)[:limit]
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
     images = []
     for path in paths:
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)

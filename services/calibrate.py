@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from facestream.cli import IMAGE_SUFFIXES
 from facestream.config import Settings, load_settings
 from facestream.errors import RejectedEvent, UsageError
 from facestream.models import SFACE
@@ -38,7 +39,6 @@ from facestream.services.detector.stage import analyse
 from facestream.services.embedder.logic import load_backend, prepared_path
 from facestream.services.matcher.operating import Calibration, OpenSet, fit, identities, open_set, pair_scores
 
-SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 GALLERY_SIZES = (100, 1_000, 10_000, 100_000, 1_000_000)  # how the threshold follows the gallery
 OPEN_SET_MIN = 2  # people in an open-set gallery, and left out of it
 MIN_PEOPLE = 5  # fewer, and the impostor pairs cannot say where FMR goes (a calibration of nothing)
@@ -60,10 +60,10 @@ def labelled_photos(root: Path) -> list[tuple[Path, str]]:
         (photo, person.name)
         for person in sorted(p for p in root.iterdir() if p.is_dir())
         for photo in sorted(person.iterdir())
-        if photo.suffix.lower() in SUFFIXES
+        if photo.suffix.lower() in IMAGE_SUFFIXES
     ]
     if not found:
-        raise UsageError(f"no photos in {root}/<person>/ (expected {', '.join(sorted(SUFFIXES))})")
+        raise UsageError(f"no photos in {root}/<person>/ (expected {', '.join(sorted(IMAGE_SUFFIXES))})")
     return found
 
 
