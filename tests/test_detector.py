@@ -31,7 +31,7 @@ from facestream.services.detector.logic import (
     size_free_yunet,
 )
 from facestream.services.detector.service import SERVICE as DETECTOR
-from facestream.services.detector.stage import DetectorStage, analyse
+from facestream.services.detector.stage import DetectorStage, analyse, analyse_image
 from tests.conftest import read, sample
 
 SUBJECTS = ["azure_family1_dad", "azure_family1_mom", "azure_family1_son", "azure_family2_lady", "azure_family2_man"]
@@ -272,6 +272,17 @@ async def test_stage_reads_file_claim_checks_in_the_model_process(settings: Sett
     assert [o.topic for o in ok.outputs] == ["crops", "faces"]
     assert getattr(tampered.error, "reason", None) == "digest_mismatch"
     assert getattr(outside.error, "reason", None) == "fetch_rejected"
+
+
+def test_a_search_s_faces_come_back_from_the_model_call_as_jpeg(settings: Settings) -> None:
+    """The probe crop's JPEG is encoded in the model process with the analysis (not on the faust
+    process's loop); enrolment photos never become crops, so theirs are not encoded at all."""
+    data = sample("azure_family2_lady").read_bytes()
+    search = analyse_image(data, settings, enrol=False)
+    assert len(search.jpegs) == len(search.faces) >= 1
+    face = cv2.imdecode(np.frombuffer(search.jpegs[0], np.uint8), cv2.IMREAD_COLOR)
+    assert face.shape == (112, 112, 3)
+    assert analyse_image(data, settings, enrol=True).jpegs == []
 
 
 async def test_a_reused_image_id_gets_ids_of_its_own(settings: Settings) -> None:

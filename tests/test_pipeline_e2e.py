@@ -192,6 +192,12 @@ async def test_services_run_as_separate_workers(kafka: str, tmp_path: Path) -> N
         await pipeline.wait_for(lambda: len(pipeline.receiver.deliveries) >= 1, what="the webhook")
         [delivery] = pipeline.receiver.deliveries
         assert delivery.event["candidates"][0]["subject_id"] == "azure_family2_man"
+        # Apart, every face crosses the faces topic, under its contract.
+        faces = await pipeline.events("faces")
+        assert len(faces) >= len(GALLERY) + 1
+        for event in faces:
+            contracts.validate("face.detected", event)
+            assert contracts.reference_errors("face.detected", event) == []
     finally:
         await pipeline.stop()
 

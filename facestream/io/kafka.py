@@ -287,8 +287,9 @@ async def delete_topics(settings: Settings) -> list[str]:
         return names
 
 
-async def follow(consumer: AIOKafkaConsumer, handle: Callable[[Any], None]) -> None:
-    """Hand every record `consumer` receives to `handle`, until cancelled."""
+async def follow(consumer: AIOKafkaConsumer, handle: Callable[[Any], None], in_thread: bool = False) -> None:
+    """Hand every record `consumer` receives to `handle`, until cancelled; `in_thread`: from a
+    thread, a batch at a time, for a `handle` that blocks (writes files) and must not hold the loop."""
     while True:
         try:
             batch = await consumer.getmany(timeout_ms=1000)
@@ -300,6 +301,13 @@ async def follow(consumer: AIOKafkaConsumer, handle: Callable[[Any], None]) -> N
             )
             await asyncio.sleep(1.0)
             continue
-        for records in batch.values():
-            for r in records:
-                handle(r)
+        records = [r for part in batch.values() for r in part]
+        if in_thread and records:
+            await asyncio.to_thread(_each, handle, records)
+        else:
+            _each(handle, records)
+
+
+def _each(handle: Callable[[Any], None], records: list[Any]) -> None:
+    for r in records:
+        handle(r)

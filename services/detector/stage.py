@@ -9,8 +9,7 @@ import hashlib
 import time
 from collections.abc import Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import cv2
@@ -49,6 +48,7 @@ class Analysis:
     found: int
     rejected: list[str]
     seconds: float  # decode + detect + align, in the worker thread (queueing excluded)
+    jpegs: list[bytes] = field(default_factory=list)  # a search's faces as JPEG (`analyse_image`)
 
 
 def analyse(
@@ -88,20 +88,29 @@ def analyse(
 
 
 def analyse_image(
-    source: bytes | tuple[Path, str | None], settings: Settings, enrol: bool, hint: dict[str, Any] | None = None
+    source: bytes | tuple[str, str | None], settings: Settings, enrol: bool, hint: dict[str, Any] | None = None
 ) -> Analysis:
     """`analyse` with this process's detector; module-level so a process pool can run it.
-    `source` is the image's bytes, or an allowed local path and its sha256: a claim-checked file
-    is read where it is decoded, so its bytes never pass through the faust process."""
-    if isinstance(source, tuple):
-        started = time.perf_counter()
-        data = read_local(source[0], settings, source[1])
-        analysis = analyse(data, detector_for(min(0.5, settings.det_score_threshold)), settings, enrol, hint)
-        return dataclasses.replace(analysis, seconds=analysis.seconds + time.perf_counter() - started)
-    return analyse(source, detector_for(min(0.5, settings.det_score_threshold)), settings, enrol, hint)
+    `source` is the image's bytes, or a `file:` claim check's URI and sha256: the file is checked
+    against the image roots, read and decoded here, so neither its bytes nor the path lookups
+    burden the faust process. A search's faces come back JPEG-encoded as well, for their crops."""
+    started = time.perf_counter()
+    data = read_local(local_path(source[0], settings), settings, source[1]) if isinstance(source, tuple) else source
+    analysis = analyse(data, detector_for(min(0.5, settings.det_score_threshold)), settings, enrol, hint)
+    jpegs = [] if enrol else [jpeg(crop) for _, _, crop in analysis.faces]
+    return dataclasses.replace(analysis, jpegs=jpegs, seconds=time.perf_counter() - started)
+
+
+def jpeg(crop: Image) -> bytes:
+    """The aligned face as the JPEG its crop event carries."""
+    ok, data = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, 92])
+    assert ok, "112x112 BGR always encodes"
+    return bytes(data.tobytes())
 
 
 def face_events(event: dict[str, Any], analysis: Analysis, trace_id: str, seconds: float) -> list[Output]:
+    """The events for `event`'s analysis: a face.detected per face (and a search's probe crop), or
+    the `no_face` result."""
     base = {
         **carry(event, "image_id", "intent", "source", "captured_at", "submitted_at"),
         "image_sha256": analysis.sha256,
@@ -135,40 +144,34 @@ def face_events(event: dict[str, Any], analysis: Analysis, trace_id: str, second
     search = event["intent"]["kind"] == "search"
     for index, (face, q, crop) in enumerate(analysis.faces):
         if search:  # the probe face a reviewer sees through the webhook's crop link
-            outputs.append(crop_event(event["image_id"], sha, index, crop, trace_id, now))
-        outputs.append(
-            Output(
-                "faces",
-                event["image_id"],
-                {
-                    "schema_version": 1,
-                    "event_type": "face.detected",
-                    "event_id": ids.event_id("face", event["image_id"], index, sha),
-                    "trace_id": trace_id,
-                    "face_index": index,
-                    "face_count": len(analysis.faces),
-                    "bbox": [round(v, 1) for v in face.bbox],
-                    "landmarks": [[round(x, 1), round(y, 1)] for x, y in face.landmarks],
-                    "det_score": round(face.score, 4),
-                    "quality": {"face_px": round(q.face_px, 1), "sharpness": round(q.sharpness, 1)},
-                    "aligned": {
-                        "format": "bgr8",
-                        "width": 112,
-                        "height": 112,
-                        "data_b64": base64.b64encode(crop.tobytes()).decode(),
-                    },
-                    "occurred_at": now,
-                    "timings": {"detector": seconds},
-                    **base,
-                },
-            )
-        )
+            data = analysis.jpegs[index] if analysis.jpegs else jpeg(crop)
+            outputs.append(crop_event(event["image_id"], sha, index, data, trace_id, now))
+        detected = {
+            "schema_version": 1,
+            "event_type": "face.detected",
+            "event_id": ids.event_id("face", event["image_id"], index, sha),
+            "trace_id": trace_id,
+            "face_index": index,
+            "face_count": len(analysis.faces),
+            "bbox": [round(v, 1) for v in face.bbox],
+            "landmarks": [[round(x, 1), round(y, 1)] for x, y in face.landmarks],
+            "det_score": round(face.score, 4),
+            "quality": {"face_px": round(q.face_px, 1), "sharpness": round(q.sharpness, 1)},
+            "aligned": {
+                "format": "bgr8",
+                "width": 112,
+                "height": 112,
+                "data_b64": base64.b64encode(crop.tobytes()).decode(),
+            },
+            "occurred_at": now,
+            "timings": {"detector": seconds},
+            **base,
+        }
+        outputs.append(Output("faces", event["image_id"], detected))
     return outputs
 
 
-def crop_event(image_id: str, sha256: str, index: int, crop: Any, trace_id: str, now: str) -> Output:
-    ok, jpeg = cv2.imencode(".jpg", crop, [cv2.IMWRITE_JPEG_QUALITY, 92])
-    assert ok, "112x112 BGR always encodes"
+def crop_event(image_id: str, sha256: str, index: int, data: bytes, trace_id: str, now: str) -> Output:
     return Output(
         "crops",
         image_id,
@@ -180,13 +183,15 @@ def crop_event(image_id: str, sha256: str, index: int, crop: Any, trace_id: str,
             "trace_id": trace_id,
             "face_index": index,
             "format": "jpeg",
-            "data_b64": base64.b64encode(jpeg.tobytes()).decode(),
+            "data_b64": base64.b64encode(data).decode(),
             "occurred_at": now,
         },
     )
 
 
 class DetectorStage:
+    """Fetches each image and has it decoded and analysed in a model process (`executor`)."""
+
     name = "detector"
 
     def __init__(
@@ -218,9 +223,9 @@ class DetectorStage:
                     raise EnrolmentRejected(problem, reason="enrolment_rejected")
             fetch_started = time.perf_counter()
             image = event["image"]
-            source: bytes | tuple[Path, str | None]
+            source: bytes | tuple[str, str | None]
             if image.get("uri", "").lower().startswith("file:"):
-                source = (local_path(image["uri"], self.settings), image.get("sha256"))
+                source = (image["uri"], image.get("sha256"))
             else:
                 source = await fetch(image, self.settings, self.client)
             fetch_seconds = time.perf_counter() - fetch_started

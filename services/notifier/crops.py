@@ -122,7 +122,8 @@ class CropServer:
 
     async def _follow(self) -> None:
         assert self._consumer is not None
-        await follow(self._consumer, lambda r: self._keep(r.value))
+        # Every search's crop is written to a file: in a thread, not on the loop all stages share.
+        await follow(self._consumer, lambda r: self._keep(r.value), in_thread=True)
 
     def _keep(self, raw: bytes | None) -> None:
         try:
