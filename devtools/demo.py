@@ -155,6 +155,7 @@ async def run_demo(gallery: Path, probes: Path, quiet: bool = False) -> dict[str
         "webhook_allow_private": ["127.0.0.1"],
         "ops_port": 0,  # any free port: the demo must not collide with a running worker
         "crops_port": 0,
+        "api_port": 0,
     }
     config_path = workdir / "facestream.toml"
     config_path.write_text(to_toml(settings_values, [{"name": "demo-receiver", "url": receiver.url, "secret": secret}]))

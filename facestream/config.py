@@ -302,6 +302,19 @@ class Settings(BaseSettings):
     crops_host: str = Field("127.0.0.1", description="address the probe crop server binds to")
     crops_port: ServerPort = Field(9465, description="probe crop server port (-1: no crop links, 0: any free port)")
     crops_public_url: str = Field("", description="how subscribers reach the crop server (behind your TLS ingress)")
+    # The management API (services/api)
+    api_host: str = Field("127.0.0.1", description="address the API binds to (TLS belongs to the ingress in front)")
+    api_port: ServerPort = Field(9466, description="API port (-1: off, 0: any free port)")
+    api_max_body_bytes: int = Field(
+        3 * 1024 * 1024, ge=1024, description="largest request body (an inline image is base64: 4/3 of its size)"
+    )
+    api_rate_per_s: float = Field(20.0, gt=0, description="requests a second one token may make, sustained")
+    api_burst: float = Field(40.0, ge=1, description="requests one token may make at once")
+    api_auth_failures_per_min: float = Field(20.0, ge=1, description="failed authentications one address may make")
+    api_wait_max_s: Seconds = Field(60.0, description="longest `?wait` a request may ask for")
+    api_outcome_window_s: Seconds = Field(
+        3600.0, description="how far back a starting API worker reads outcomes (GET /v1/searches/{id})"
+    )
     # Every stage's stream
     batch_max: int = Field(32, ge=1, le=10_000, description="most events a stage takes at once")
     # Every batch costs a produce, a fetch and an acknowledgement on each hop after it: at 20 ms a fast

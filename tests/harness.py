@@ -49,6 +49,7 @@ class Pipeline:
         self.receiver = WebhookReceiver(self.secret)
         self.workers: list[subprocess.Popen[bytes]] = []
         self.ops_ports: dict[str, int] = {}
+        self.api_ports: dict[str, int] = {}
         self.other_ports: dict[str, int] = {}  # crop servers of the second and later notifier workers
         self.slots: dict[int, subprocess.Popen[bytes]] = {}  # the workers of `services`, by position
         self.log_of: dict[int, Path] = {}  # each worker's log file, by pid
@@ -112,7 +113,8 @@ class Pipeline:
         # One crop server per notifier worker: the first serves the links the tests follow.
         crops = self.other_ports.setdefault(key, free_port()) if twin else self.crops_port
         log = self.workdir / f"worker-{key}-{len(list(self.workdir.glob('worker-*.log')))}.log"  # one per process
-        env = {"FACESTREAM_OPS_PORT": str(port), "FACESTREAM_CROPS_PORT": str(crops)}
+        api = self.api_ports.setdefault(key, free_port())
+        env = {"FACESTREAM_OPS_PORT": str(port), "FACESTREAM_CROPS_PORT": str(crops), "FACESTREAM_API_PORT": str(api)}
         worker = spawn(self.config, group, log, env=env)
         self.workers.append(worker)
         self.log_of[worker.pid] = log

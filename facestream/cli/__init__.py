@@ -1,7 +1,7 @@
 """`facestream`: the command line.
 
 facestream kafka up|down|status        local single-node Kafka (KRaft) on 127.0.0.1
-facestream run [--service NAME ...]    the four services in one process, or some of them
+facestream run [--service NAME ...]    the four stages and the API in one process, or some of them
 facestream enroll ...                  enrol photos of one subject (consent record required)
 facestream submit ...                  submit photos for search (purpose, case, requester)
 facestream tail [TOPIC]                print events from matches (default) or dlq

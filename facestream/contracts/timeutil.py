@@ -6,7 +6,16 @@ from datetime import UTC, datetime
 
 
 def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return iso_of(datetime.now(UTC))
+
+
+def iso(epoch_s: float) -> str:
+    """A Unix time as RFC 3339 UTC."""
+    return iso_of(datetime.fromtimestamp(epoch_s, UTC))
+
+
+def iso_of(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def parse_iso(value: str) -> datetime:

@@ -195,6 +195,23 @@ async def partition_reader(settings: Settings, tp: TopicPartition, fetch_max_wai
     return cons
 
 
+async def table_reader(settings: Settings, topic: str, handle: Callable[[Any], None]) -> AIOKafkaConsumer:
+    """A started consumer, without a group, of the one-partition compacted `topic` (a table kept
+    in Kafka: subscriptions, tokens), every record up to its end handed to `handle`; `follow` it to
+    keep up with later writes."""
+    cons = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False, group_id=None)
+    await cons.start()
+    tp = TopicPartition(topic, 0)
+    cons.assign([tp])
+    await cons.seek_to_beginning(tp)
+    end = (await cons.end_offsets([tp]))[tp]
+    while await cons.position(tp) < end:
+        for records in (await cons.getmany(tp, timeout_ms=500)).values():
+            for record in records:
+                handle(record)
+    return cons
+
+
 async def read_to_end(
     cons: AIOKafkaConsumer, tp: TopicPartition, handle: Callable[[Any], None], wait_ms: int = 0
 ) -> None:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from typing import Any
 
@@ -26,7 +27,7 @@ from facestream.ops.server import Health, OpsServer
 from facestream.runtime.acks import InOrderAcks, Ticket
 from facestream.runtime.compute import ModelPool
 from facestream.runtime.emit import Emitter
-from facestream.runtime.service import Service, own_topics
+from facestream.runtime.service import Server, Service, own_topics
 from facestream.runtime.stage import Outcome, Record, Stage, screen
 
 log = get_logger(__name__)
@@ -52,7 +53,7 @@ def consumer_groups(
 ) -> dict[str, list[str]]:
     """The consumer groups a worker running `services` uses (out of all those in `catalogue`),
     each with the full names of the topics it reads: its agents' group and the services' own."""
-    groups = {app_id_for(settings, services, len(catalogue)): [settings.topic(s.source) for s in services]}
+    groups = {app_id_for(settings, services, len(catalogue)): [settings.topic(s.source) for s in services if s.source]}
     for service in services:
         groups.update(service.groups(settings))
     return groups
@@ -110,9 +111,12 @@ def create_app(
     if isinstance(executor, ModelPool):
         health.check("models", lambda: executor.ready)
     for service in services:
-        _register(app, service, topics, settings, executor, health)
+        if service.stage is not None:
+            _register(app, service, topics, settings, executor, health)
+        if service.server is not None:
+            app.task(functools.partial(_serve, service.name, service.server, settings, health))
     if settings.ops_port >= 0:
-        ops = OpsServer(settings, groups, {s.name: s.source for s in services}, health)
+        ops = OpsServer(settings, groups, {s.name: s.source for s in services if s.source}, health)
         app.task(ops.run)
     return app
 
@@ -126,6 +130,8 @@ def _register(
     health: Health,
 ) -> None:
     name = service.name
+    build = service.stage
+    assert build is not None
 
     async def send(topic: str, key: bytes | None, value: bytes, headers: dict[str, bytes]) -> Any:
         return await topics[topic].send(key=key, value=value, headers=headers)
@@ -147,7 +153,7 @@ def _register(
     async def agent(stream: Any) -> None:
         # The agent runs in its own task: every line it (and tasks it starts) logs names the stage.
         bind_event(stage=name)
-        stage = service.stage(settings, executor)
+        stage = build(settings, executor)
         try:
             await stage.start()
         except Exception as exc:
@@ -214,6 +220,23 @@ def _register(
             log.info("stage_stopped", stage=name)
 
     app.agent(topics[service.source], name=f"facestream.{name}")(agent)
+
+
+async def _serve(name: str, build: Callable[[Settings], Server], settings: Settings, health: Health) -> None:
+    """Run a service's server for as long as the worker runs (built here: its clients need the loop)."""
+    try:
+        server = build(settings)
+        await server.start()
+    except Exception as exc:
+        # As a stage that cannot start: a worker must not look alive without its server.
+        log.critical("server_cannot_start", service=name, error=f"{type(exc).__name__}: {exc}"[:1000])
+        os._exit(78)  # EX_CONFIG
+    health.set(name, True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        health.set(name, False)
+        await server.stop()
 
 
 async def _process(stage: Stage, records: list[Record], settings: Settings) -> list[Outcome]:

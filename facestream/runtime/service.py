@@ -12,13 +12,21 @@ import argparse
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from facestream.config import Settings
 from facestream.io.kafka import TopicSpec
 from facestream.runtime.stage import Stage
 
 ModelLoader = Callable[[], object]
+
+
+class Server(Protocol):
+    """A service's server that runs beside the agents (the API): started with the worker, stopped
+    with it."""
+
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
 
 
 def _nothing(settings: Settings) -> Any:
@@ -38,10 +46,11 @@ class Service:
     """One stage of the pipeline as the platform sees it."""
 
     name: str
-    # The pipeline topic its faust agent consumes (short name: images, faces, embeddings, matches).
+    # The pipeline topic its faust agent consumes (short name: images, faces, embeddings, matches);
+    # empty for a service without a stream (the API).
     source: str
     # Builds the stage; model work goes to the executor (the worker's model processes).
-    stage: Callable[[Settings, Executor], Stage]
+    stage: Callable[[Settings, Executor], Stage] | None = None
     # What each model process loads before the first event (a picklable callable), or None when
     # this configuration needs no local model (the embedder on Triton).
     model_loader: Callable[[Settings], ModelLoader | None] = _nothing
@@ -55,6 +64,8 @@ class Service:
     independent: bool = False
     # Adds the service's own commands to the `facestream` parser's subcommands.
     commands: Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None] | None = None
+    # Its server, run beside the agents (the API), if it has one.
+    server: Callable[[Settings], Server] | None = None
     # Lines for `facestream status`.
     status: Callable[[Settings], Awaitable[list[str]]] | None = field(default=None)
 

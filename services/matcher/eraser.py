@@ -41,7 +41,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from facestream import contracts
 from facestream.config import Settings
-from facestream.contracts.timeutil import now_iso, parse_iso
+from facestream.contracts.timeutil import iso_of, now_iso, parse_iso
 from facestream.errors import RejectedEvent
 from facestream.io.kafka import consumer, each_record, partition_reader, producer, read_to_end, read_topic
 from facestream.ops.logs import get_logger
@@ -232,7 +232,7 @@ class Eraser:
                 "replicas": replicas,
                 "replicas_pending": pending,
                 "keys_destroyed_at": keys_destroyed_at,
-                "transit_copies_expire_by": expire.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+                "transit_copies_expire_by": iso_of(expire),
             },
             self.keys,
         )

@@ -30,14 +30,14 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from facestream import contracts
 from facestream.config import Settings
-from facestream.contracts.timeutil import now_iso, parse_iso
+from facestream.contracts.timeutil import iso, now_iso, parse_iso
 from facestream.errors import MalformedEvent
 from facestream.io.kafka import MAX_REQUEST, create_topics, read_topic
 from facestream.io.net import guarded_client
 from facestream.ops.logs import get_logger
 from facestream.ops.metrics import END_TO_END_SECONDS, WEBHOOK_OUTCOMES, WEBHOOK_SECONDS, WEBHOOKS, status_class
 from facestream.runtime.stage import Record, dead_letter
-from facestream.services.notifier.logic import Verdict, attempt, iso, next_delay
+from facestream.services.notifier.logic import Verdict, attempt, next_delay
 from facestream.services.notifier.subscriptions import Subscription, SubscriptionStore
 from facestream.services.notifier.topics import dlq_spec, dlq_topic, retry_topics
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -18,7 +18,7 @@ import orjson
 
 from facestream.config import WEBHOOK_EVENT_TYPES
 from facestream.contracts import ids
-from facestream.contracts.timeutil import now_iso, parse_iso
+from facestream.contracts.timeutil import iso, now_iso, parse_iso
 from facestream.errors import UnsafeDestination
 from facestream.services.notifier.signing import sign_headers
 from facestream.services.notifier.subscriptions import Subscription
@@ -26,10 +26,6 @@ from facestream.services.notifier.subscriptions import Subscription
 EVENT_TYPE, ERASED_TYPE = WEBHOOK_EVENT_TYPES
 # An erasure notice outlives any match it concerns: a subscriber away for weeks must still purge.
 ERASED_TTL_S = 30 * 86400.0
-
-
-def iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def payload_for(match: dict[str, Any], subscription: Subscription, ttl_s: float) -> dict[str, Any] | None:

@@ -21,12 +21,12 @@ from urllib.parse import urlsplit
 
 import httpx
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 from cryptography.fernet import Fernet, InvalidToken
 
 from facestream.config import WEBHOOK_EVENT_TYPES, Settings, SubscriptionSeed
 from facestream.errors import ConfigError, UnsafeDestination
-from facestream.io.kafka import follow, producer
+from facestream.io.kafka import follow, producer, table_reader
 from facestream.io.net import AddressPolicy, resolve
 from facestream.keys import configured_key
 from facestream.ops.logs import get_logger
@@ -210,18 +210,7 @@ class SubscriptionStore:
 
     async def start(self) -> None:
         await self.producer.start()
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap, enable_auto_commit=False, group_id=None
-        )
-        await self._consumer.start()
-        tp = TopicPartition(self.topic, 0)
-        self._consumer.assign([tp])
-        await self._consumer.seek_to_beginning(tp)
-        end = (await self._consumer.end_offsets([tp]))[tp]
-        while await self._consumer.position(tp) < end:
-            for records in (await self._consumer.getmany(tp, timeout_ms=500)).values():
-                for r in records:
-                    self._apply(r.key, r.value)
+        self._consumer = await table_reader(self.settings, self.topic, lambda r: self._apply(r.key, r.value))
         if self._mismatched:
             await self.stop()
             raise KeyMismatch(

@@ -1,0 +1,1 @@
+"""The management API (see app.py)."""

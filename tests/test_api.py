@@ -1,0 +1,318 @@
+"""The management API, through httpx against the running app (uvicorn on loopback, real Kafka)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from facestream.config import Settings, load_settings
+from facestream.io.kafka import delete_topics
+from facestream.services.api.server import ApiServer
+from facestream.services.api.tokens import Role, TokenStore
+from facestream.services.main import ensure_topics
+from tests.conftest import ROOT, SAMPLES, sample
+from tests.harness import Pipeline
+from tests.helpers import RETAIN
+
+# Who may call what: every operation of the OpenAPI is here (checked), and every role is refused
+# everywhere else.
+ALLOWED: dict[tuple[str, str], set[str]] = {
+    ("post", "/v1/searches"): {"publisher"},
+    ("post", "/v1/enrolments"): {"publisher"},
+    ("get", "/v1/searches/{image_id}"): {"publisher", "auditor"},
+    ("get", "/v1/tokens"): {"admin"},
+    ("post", "/v1/tokens"): {"admin"},
+    ("delete", "/v1/tokens/{token_id}"): {"admin"},
+}
+
+JSON = {"content-type": "application/json"}
+
+
+def _settings(**changes: Any) -> Settings:
+    prefix = f"a{uuid.uuid4().hex[:10]}"
+    values = {"topic_prefix": prefix, "app_id": prefix, "api_port": 0, "image_roots": (SAMPLES,), **changes}
+    return load_settings(environment=False, **values)
+
+
+class Api:
+    def __init__(self, server: ApiServer) -> None:
+        self.server = server
+        self.url = f"http://127.0.0.1:{server.port}"
+        self.http = httpx.AsyncClient(base_url=self.url, trust_env=False, timeout=30)
+
+    async def call(self, method: str, path: str, token: str | None = None, **kwargs: Any) -> httpx.Response:
+        headers = {**kwargs.pop("headers", {}), **({"Authorization": f"Bearer {token}"} if token else {})}
+        return await self.http.request(method, path, headers=headers, **kwargs)
+
+
+async def _start(settings: Settings) -> Api:
+    server = ApiServer(settings)
+    await server.start()
+    return Api(server)
+
+
+@pytest.fixture
+async def api(kafka: str) -> AsyncIterator[Api]:
+    settings = _settings()
+    await ensure_topics(settings)
+    running = await _start(settings)
+    try:
+        yield running
+    finally:
+        await running.http.aclose()
+        await running.server.stop()
+        await delete_topics(settings)
+
+
+async def _token(api: Api, *roles: str, name: str | None = None, days: float | None = 1.0) -> str:
+    store = api.server.tokens
+    _, text = await store.create(
+        name or f"{'-'.join(roles)}-{uuid.uuid4().hex[:6]}", list(roles), days and days * 86400, "t"
+    )
+    return text
+
+
+def _inline(path: Path) -> dict[str, str]:
+    data = path.read_bytes()
+    return {"data_b64": base64.b64encode(data).decode(), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def _search_body(path: Path) -> dict[str, Any]:
+    return {"image": _inline(path), "purpose": "api test search", "case_ref": "CASE-API"}
+
+
+def _enrol_body(path: Path) -> dict[str, Any]:
+    return {
+        "image": _inline(path),
+        "subject_id": path.parent.name,
+        "watchlist": "test-list",
+        "consent": {
+            "lawful_basis": "explicit_consent",
+            "consent_ref": f"consent/{path.parent.name}",
+            "retain_until": RETAIN,
+            "source_attestation": "sample photo (MIT), see samples/SOURCES.md",
+        },
+    }
+
+
+def _operations(spec: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(m, p) for p, methods in spec["paths"].items() for m in methods]
+
+
+def _request(method: str, path: str) -> tuple[str, dict[str, Any]]:
+    concrete = path.replace("{image_id}", "img-1").replace("{token_id}", "0123456789abcdef")
+    body = {"json": _search_body(sample("azure_family2_man"))} if path.endswith(("searches", "enrolments")) else {}
+    if path == "/v1/enrolments":
+        body = {"json": _enrol_body(sample("azure_family2_man"))}
+    if path == "/v1/tokens" and method == "post":
+        body = {"json": {"name": "made-by-test", "roles": ["auditor"]}}
+    return concrete, body
+
+
+def _is_problem(response: httpx.Response, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    problem: dict[str, Any] = response.json()
+    assert problem["status"] == status
+    assert problem["type"].startswith("https://facestream.dev/problems/")
+    return problem
+
+
+async def test_every_operation_refuses_a_missing_wrong_or_unqualified_token(api: Api) -> None:
+    spec = (await api.http.get("/openapi.json")).json()
+    operations = _operations(spec)
+    assert set(operations) == set(ALLOWED), "every operation has its roles in ALLOWED, and nothing else does"
+    tokens = {role.value: await _token(api, role.value) for role in Role}
+    forged = tokens["admin"][:-4] + "AAAA"
+    for method, path in operations:
+        url, body = _request(method, path)
+        for token in (None, "not-a-token", forged):
+            problem = _is_problem(await api.call(method, url, token, **body), 401)
+            assert problem["title"] == "Authentication required"
+        for role, token in tokens.items():
+            response = await api.call(method, url, token, **body)
+            if role in ALLOWED[(method, path)]:
+                assert response.status_code not in (401, 403), (method, path, role, response.text)
+            else:
+                _is_problem(response, 403)
+    # The security scheme is part of the contract the page at /docs shows.
+    assert "HTTPBearer" in spec["components"]["securitySchemes"]
+    assert (await api.http.get("/docs")).status_code == 200
+
+
+async def test_malformed_bodies_get_problem_details_naming_the_field(api: Api) -> None:
+    token = await _token(api, "publisher")
+    body = _search_body(sample("azure_family2_man"))
+    del body["case_ref"]
+    body["image"]["sha256"] = "not-a-digest"
+    problem = _is_problem(await api.call("post", "/v1/searches", token, json=body), 422)
+    assert {e["field"] for e in problem["errors"]} == {"case_ref", "image.sha256"}
+    wrong = _search_body(sample("azure_family2_man"))
+    wrong["image"]["sha256"] = "0" * 64
+    problem = _is_problem(await api.call("post", "/v1/searches", token, json=wrong), 422)
+    assert problem["errors"] == [{"field": "image.sha256", "message": "does not match the data"}]
+    extra = {**_search_body(sample("azure_family2_man")), "requester": "someone else"}  # identity is not a field
+    problem = _is_problem(await api.call("post", "/v1/searches", token, json=extra), 422)
+    assert [e["field"] for e in problem["errors"]] == ["requester"]
+    broken = await api.call(
+        "post", "/v1/searches", token, content=b"{not json", headers={"content-type": "application/json"}
+    )
+    assert _is_problem(broken, 422)["errors"]
+
+
+async def test_request_size_and_rates_are_limited(kafka: str) -> None:
+    settings = _settings(api_max_body_bytes=4096, api_rate_per_s=0.5, api_burst=3, api_auth_failures_per_min=3)
+    await ensure_topics(settings)
+    api = await _start(settings)
+    try:
+        token = await _token(api, "auditor")
+        big = await api.call(
+            "post", "/v1/searches", token, content=b"x" * 10_000, headers={"content-type": "application/json"}
+        )
+        _is_problem(big, 413)
+        codes = [(await api.call("get", "/v1/searches/none", token)).status_code for _ in range(5)]
+        assert codes[0] == 404
+        assert 429 in codes  # this token's burst is spent; other tokens are not affected
+        other = await _token(api, "auditor")
+        assert (await api.call("get", "/v1/searches/none", other)).status_code == 404
+        failed = [
+            (await api.call("get", "/v1/tokens", "fst_0000000000000000_" + "A" * 43)).status_code for _ in range(5)
+        ]
+        assert failed[:3] == [401, 401, 401]
+        assert failed[-1] == 429  # too many failures from this address: refused before any check
+    finally:
+        await api.http.aclose()
+        await api.server.stop()
+        await delete_topics(settings)
+
+
+async def test_revocation_and_expiry_take_effect_on_every_api_worker(api: Api) -> None:
+    other = await _start(api.server.settings)  # a second API worker on the same topics
+    try:
+        admin = await _token(api, "admin")
+        created = await api.call("post", "/v1/tokens", admin, json={"name": "short-lived", "roles": ["auditor"]})
+        assert created.status_code == 201
+        made = created.json()
+        assert made["created_by"].startswith("admin-")  # the creator's token name, never a field
+        listed = (await api.call("get", "/v1/tokens", admin)).json()
+        assert "sha256" not in str(listed)
+        assert made["token"] not in str(listed)
+
+        async def status_on(worker: Api, token: str) -> int:
+            return (await worker.call("get", "/v1/searches/x", token)).status_code
+
+        async def until(worker: Api, token: str, code: int) -> None:
+            for _ in range(100):
+                if await status_on(worker, token) == code:
+                    return
+                await asyncio.sleep(0.1)
+            raise AssertionError(f"still not {code} on {worker.url}")
+
+        await until(other, made["token"], 404)  # known on the other worker too
+        revoked = await api.call("delete", f"/v1/tokens/{made['id']}", admin)
+        assert revoked.json()["state"] == "revoked"
+        await until(other, made["token"], 401)
+        assert await status_on(api, made["token"]) == 401
+
+        brief = await _token(api, "auditor", days=2 / 86400)
+        await until(other, brief, 404)
+        await asyncio.sleep(2.1)
+        assert await status_on(api, brief) == 401
+        assert await status_on(other, brief) == 401
+    finally:
+        await other.http.aclose()
+        await other.server.stop()
+
+
+async def test_tokens_from_the_command_line(kafka: str, tmp_path: Path) -> None:
+    settings = _settings()
+    config = tmp_path / "facestream.toml"
+    config.write_text(f'topic_prefix = "{settings.topic_prefix}"\napp_id = "{settings.app_id}"\n')
+
+    def cli(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "facestream.services", "--config", str(config), "tokens", *args],
+            capture_output=True, text=True, cwd=ROOT, timeout=120, check=True,
+        )  # fmt: skip
+        return done.stdout
+
+    try:
+        made = cli("create", "--name", "ops-admin", "--role", "admin", "--role", "auditor")
+        text = made.split("token (shown once, keep it secret): ")[1].strip()
+        listed = cli("list")
+        assert "ops-admin" in listed
+        assert text not in listed
+        store = TokenStore(settings, follow=False)
+        await store.start()
+        try:
+            token = store.verify(text)
+            assert token is not None
+            assert token.roles == ("admin", "auditor")
+        finally:
+            await store.stop()
+        token_id = text.split("_")[1]
+        assert '"state": "revoked"' in cli("revoke", token_id)
+    finally:
+        await delete_topics(settings)
+
+
+async def test_wait_returns_the_outcome_a_webhook_carries(kafka: str, tmp_path: Path) -> None:
+    """Enrol and search through the API of a running worker; the identity in the events is the
+    token's name; `?wait` answers with the match event the subscriber's webhook carries."""
+    pipeline = Pipeline(tmp_path, [SAMPLES, tmp_path])
+    await pipeline.start()
+    try:
+        store = TokenStore(pipeline.settings, follow=False)
+        await store.start()
+        try:
+            _, publisher = await store.create("case-system-7", ["publisher"], 3600, "test")
+        finally:
+            await store.stop()
+        api = Api.__new__(Api)
+        api.url = f"http://127.0.0.1:{pipeline.api_ports['all']}"
+        api.http = httpx.AsyncClient(base_url=api.url, trust_env=False, timeout=60)
+        for _ in range(600):  # the worker starts its API once its topics are read
+            try:
+                await api.http.get("/openapi.json")
+                break
+            except httpx.TransportError:
+                await asyncio.sleep(0.2)
+        gallery = sorted((SAMPLES / "gallery").rglob("*.jpg"))
+        for path in gallery:
+            enrolled = await api.call("post", "/v1/enrolments?wait=60", publisher, json=_enrol_body(path))
+            assert enrolled.status_code == 200, enrolled.text
+            assert len(enrolled.json()["results"]) == 1, enrolled.text
+            [result] = enrolled.json()["results"]
+            assert result["status"] == "enrolled"
+            assert result["intent"]["consent"]["enrolled_by"] == "case-system-7"
+        probe = sorted((SAMPLES / "probes" / "azure_family2_man").glob("*.jpg"))[0]
+        answered = await api.call("post", "/v1/searches?wait=60", publisher, json=_search_body(probe))
+        assert answered.status_code == 200, answered.text
+        outcome = answered.json()
+        assert outcome["state"] == "done"
+        [match] = [r for r in outcome["results"] if r["status"] == "match"]
+        assert match["intent"]["requester"] == "case-system-7"
+        await pipeline.wait_for(lambda: len(pipeline.receiver.deliveries) >= 1, what="the webhook")
+        [delivery] = pipeline.receiver.deliveries
+        assert delivery.event["event_id"] == match["event_id"]
+        assert delivery.event["candidates"] == match["candidates"]
+        later = await api.call("get", f"/v1/searches/{outcome['image_id']}", publisher)
+        assert later.json() == outcome
+        # A photo that cannot be decoded: the outcome is its rejection, with the reason.
+        junk = {**_search_body(probe), "image": {"data_b64": base64.b64encode(b"\xff\xd8 not a jpeg").decode()}}
+        rejected = (await api.call("post", "/v1/searches?wait=60", publisher, json=junk)).json()
+        assert rejected["state"] == "rejected"
+        assert rejected["rejection"]["reason"] == "undecodable"
+        await api.http.aclose()
+    finally:
+        await pipeline.stop()
