@@ -10,16 +10,21 @@ import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
+from facestream.api import Role
 from facestream.config import Settings, load_settings
 from facestream.io.kafka import delete_topics
+from facestream.services.api.outcomes import Outcomes
 from facestream.services.api.server import ApiServer
-from facestream.services.api.tokens import Role, TokenStore
-from facestream.services.main import ensure_topics
+from facestream.services.api.service import SERVICE as API
+from facestream.services.api.tokens import TokenStore
+from facestream.services.main import SERVICES, ensure_topics
 from tests.conftest import ROOT, SAMPLES, sample
 from tests.harness import Pipeline
 from tests.helpers import RETAIN
@@ -33,6 +38,19 @@ ALLOWED: dict[tuple[str, str], set[str]] = {
     ("get", "/v1/tokens"): {"admin"},
     ("post", "/v1/tokens"): {"admin"},
     ("delete", "/v1/tokens/{token_id}"): {"admin"},
+    ("get", "/v1/subscriptions"): {"admin", "auditor"},
+    ("post", "/v1/subscriptions"): {"admin"},
+    ("get", "/v1/subscriptions/{name}"): {"admin", "auditor"},
+    ("patch", "/v1/subscriptions/{name}"): {"admin"},
+    ("delete", "/v1/subscriptions/{name}"): {"admin"},
+    ("post", "/v1/subscriptions/{name}/rotate-secret"): {"admin"},
+    ("get", "/v1/subscriptions/{name}/deliveries"): {"admin", "auditor"},
+    ("post", "/v1/subscriptions/{name}/replay"): {"admin"},
+    ("post", "/v1/subscriptions/{name}/test"): {"admin"},
+    ("get", "/v1/subjects"): {"auditor", "eraser"},
+    ("get", "/v1/subjects/{subject_id}"): {"auditor", "eraser"},
+    ("delete", "/v1/subjects/{subject_id}"): {"eraser"},
+    ("get", "/v1/subjects/{subject_id}/erasure-receipt"): {"auditor", "eraser"},
 }
 
 JSON = {"content-type": "application/json"}
@@ -56,14 +74,19 @@ class Api:
 
 
 async def _start(settings: Settings) -> Api:
-    server = ApiServer(settings)
+    # As a worker builds it: with every service's operations.
+    assert API.server is not None
+    server = API.server(settings, SERVICES)
+    assert isinstance(server, ApiServer)
     await server.start()
     return Api(server)
 
 
 @pytest.fixture
 async def api(kafka: str) -> AsyncIterator[Api]:
-    settings = _settings()
+    # The role table makes three failed authentications per operation from one address: more than
+    # the default limit, which test_request_size_and_rates_are_limited checks.
+    settings = _settings(api_auth_failures_per_min=1000)
     await ensure_topics(settings)
     running = await _start(settings)
     try:
@@ -111,6 +134,17 @@ def _operations(spec: dict[str, Any]) -> list[tuple[str, str]]:
 
 def _request(method: str, path: str) -> tuple[str, dict[str, Any]]:
     concrete = path.replace("{image_id}", "img-1").replace("{token_id}", "0123456789abcdef")
+    concrete = concrete.replace("{name}", "no-such-subscription").replace("{subject_id}", "nobody")
+    if method == "delete" and "{subject_id}" in path:
+        concrete += "?reason=test+of+roles"
+    bodies = {
+        "/v1/subscriptions": {"name": "made-by-test", "url": "https://hooks.invalid/in"},
+        "/v1/subscriptions/{name}": {"min_score": 0.5},
+        "/v1/subscriptions/{name}/rotate-secret": {"grace_s": 60},
+        "/v1/subscriptions/{name}/replay": {},
+    }
+    if method in ("post", "patch") and path in bodies:
+        return concrete, {"json": bodies[path]}
     body = {"json": _search_body(sample("azure_family2_man"))} if path.endswith(("searches", "enrolments")) else {}
     if path == "/v1/enrolments":
         body = {"json": _enrol_body(sample("azure_family2_man"))}
@@ -148,6 +182,37 @@ async def test_every_operation_refuses_a_missing_wrong_or_unqualified_token(api:
     # The security scheme is part of the contract the page at /docs shows.
     assert "HTTPBearer" in spec["components"]["securitySchemes"]
     assert (await api.http.get("/docs")).status_code == 200
+
+
+async def test_subscriptions_are_managed_and_their_secrets_shown_once(api: Api) -> None:
+    admin, auditor = await _token(api, "admin"), await _token(api, "auditor")
+    body = {"name": "case-system", "url": "https://hooks.invalid/in", "watchlists": ["staff"], "min_score": 0.4}
+    created = await api.call("post", "/v1/subscriptions", admin, json=body)
+    assert created.status_code == 201, created.text
+    secret = created.json()["signing_secret"]
+    assert secret.startswith("whsec_")
+    shown = (await api.call("get", "/v1/subscriptions/case-system", auditor)).json()
+    assert secret not in str(shown)
+    assert (shown["watchlists"], shown["min_score"], shown["state"]) == (["staff"], 0.4, "active")
+    again = await api.call("post", "/v1/subscriptions", admin, json=body)
+    assert "exists" in _is_problem(again, 422)["detail"]
+    inside = await api.call("post", "/v1/subscriptions", admin, json={**body, "name": "x", "url": "http://127.0.0.1/"})
+    assert "webhook_allow_private" in _is_problem(inside, 422)["detail"]  # the SSRF policy, at registration
+    bad_type = await api.call("post", "/v1/subscriptions", admin, json={**body, "name": "y", "event_types": ["nope"]})
+    assert [e["field"] for e in _is_problem(bad_type, 422)["errors"]] == ["event_types.0"]
+    off = await api.call(
+        "patch", "/v1/subscriptions/case-system", admin, json={"state": "disabled", "disabled_reason": "maintenance"}
+    )
+    assert off.json()["state"] == "disabled"
+    replayed = await api.call("post", "/v1/subscriptions/case-system/replay", admin, json={})
+    assert _is_problem(replayed, 409)["detail"].startswith("case-system is disabled")
+    rotated = (
+        await api.call("post", "/v1/subscriptions/case-system/rotate-secret", admin, json={"grace_s": 60})
+    ).json()
+    assert rotated["signing_secret"] != secret
+    assert [s["expires_at"] is not None for s in rotated["secrets"]] == [True, False]  # the old one expires
+    assert (await api.call("delete", "/v1/subscriptions/case-system", admin)).status_code == 204
+    _is_problem(await api.call("get", "/v1/subscriptions/case-system", admin), 404)
 
 
 async def test_malformed_bodies_get_problem_details_naming_the_field(api: Api) -> None:
@@ -266,6 +331,15 @@ async def test_tokens_from_the_command_line(kafka: str, tmp_path: Path) -> None:
         await delete_topics(settings)
 
 
+async def _store_token(pipeline: Pipeline, name: str, roles: list[str]) -> tuple[Any, str]:
+    store = TokenStore(pipeline.settings, follow=False)
+    await store.start()
+    try:
+        return await store.create(name, roles, 3600, "test")
+    finally:
+        await store.stop()
+
+
 async def test_wait_returns_the_outcome_a_webhook_carries(kafka: str, tmp_path: Path) -> None:
     """Enrol and search through the API of a running worker; the identity in the events is the
     token's name; `?wait` answers with the match event the subscriber's webhook carries."""
@@ -276,6 +350,8 @@ async def test_wait_returns_the_outcome_a_webhook_carries(kafka: str, tmp_path: 
         await store.start()
         try:
             _, publisher = await store.create("case-system-7", ["publisher"], 3600, "test")
+            _, auditor = await store.create("audit-office", ["auditor"], 3600, "test")
+            _, eraser = await store.create("privacy-office", ["eraser"], 3600, "test")
         finally:
             await store.stop()
         api = Api.__new__(Api)
@@ -308,6 +384,30 @@ async def test_wait_returns_the_outcome_a_webhook_carries(kafka: str, tmp_path: 
         assert delivery.event["candidates"] == match["candidates"]
         later = await api.call("get", f"/v1/searches/{outcome['image_id']}", publisher)
         assert later.json() == outcome
+        # The delivery is in the subscription's attempts, for an auditor to read.
+        webhook_id = delivery.webhook_id
+        attempts = await api.call("get", f"/v1/subscriptions/test-receiver/deliveries?webhook_id={webhook_id}", auditor)
+        assert [(a["webhook_id"], a["outcome"]) for a in attempts.json()] == [(webhook_id, "delivered")]
+        # A test event, signed with the subscription's secret: the receiver verifies it.
+        _, admin = await _store_token(pipeline, "ops-admin", ["admin"])
+        tested = (await api.call("post", "/v1/subscriptions/test-receiver/test", admin)).json()
+        assert (tested["outcome"], tested["http_status"]) == ("delivered", 204)
+        assert pipeline.receiver.deliveries[-1].webhook_id == tested["webhook_id"]
+        assert pipeline.receiver.deliveries[-1].event["type"] == "webhook.test"
+        # The gallery as the API lists it, and an erasure with its signed receipt; the requester is the token.
+        listed = (await api.call("get", "/v1/subjects", auditor)).json()
+        assert {s["subject_id"] for s in listed} == {p.parent.name for p in gallery}
+        shown = (await api.call("get", "/v1/subjects/azure_family2_man", auditor)).json()
+        assert shown["points"][0]["consent"]["enrolled_by"] == "case-system-7"
+        assert "embedding" not in str(shown)
+        erased = await api.call("delete", "/v1/subjects/azure_family2_man?reason=request+DSR-77&wait=60", eraser)
+        assert erased.status_code == 200, erased.text
+        assert erased.json()["signature_valid"] is True
+        assert erased.json()["receipt"]["requested_by"] == "privacy-office"
+        assert erased.headers["Location"] == "/v1/subjects/azure_family2_man/erasure-receipt"
+        again = await api.call("get", erased.headers["Location"], auditor)
+        assert again.json() == erased.json()
+        _is_problem(await api.call("get", "/v1/subjects/azure_family2_man", auditor), 404)
         # A photo that cannot be decoded: the outcome is its rejection, with the reason.
         junk = {**_search_body(probe), "image": {"data_b64": base64.b64encode(b"\xff\xd8 not a jpeg").decode()}}
         rejected = (await api.call("post", "/v1/searches?wait=60", publisher, json=junk)).json()
@@ -316,3 +416,32 @@ async def test_wait_returns_the_outcome_a_webhook_carries(kafka: str, tmp_path: 
         await api.http.aclose()
     finally:
         await pipeline.stop()
+
+
+def test_a_later_stage_s_dead_letter_ends_its_submission_s_wait() -> None:
+    """A refusal after detection (the matcher turning an enrolment down) names the image, not the
+    submission's position: it ends the pending outcome of that image submitted before it, and no
+    older one's. (The topic is read by `Outcomes.start`; here its records are handed in.)"""
+    settings = _settings()
+    outcomes = Outcomes(settings)
+    event = {"image_id": "img-9", "submitted_at": "2026-12-02T10:00:00.000Z", "intent": {"kind": "enroll"}}
+    pending = outcomes.expect(event)
+    letter = {
+        "stage": "matcher",
+        "reason": "enrolment_rejected",
+        "detail": "the subject was erased",
+        "image_id": "img-9",
+        "source_topic": settings.topic("embeddings"),
+        "partition": 0,
+        "offset": 5,
+        "occurred_at": "2026-12-02T09:59:59.000Z",  # before this submission: an older one's
+    }
+
+    def record(value: dict[str, Any]) -> SimpleNamespace:
+        return SimpleNamespace(topic=settings.topic("dlq"), value=orjson.dumps(value), offset=1)
+
+    outcomes._record(record(letter))
+    assert pending.state == "pending"
+    outcomes._record(record({**letter, "occurred_at": "2026-12-02T10:00:01.000Z"}))
+    assert pending.state == "rejected"
+    assert pending.as_json()["rejection"]["reason"] == "enrolment_rejected"

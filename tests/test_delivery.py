@@ -10,6 +10,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from facestream.contracts.timeutil import parse_iso
 from facestream.errors import ConfigError
 from facestream.io.kafka import TopicSpec, create_topics
 from facestream.services.notifier.logic import job_for, payload_for
@@ -126,6 +127,12 @@ async def test_410_disables_the_subscription_and_replay_redelivers_after_enable(
             await rig.store.enable("gone")
             from facestream.services.notifier.admin import replay
 
+            # By the time they were dead-lettered (what `POST /v1/subscriptions/{name}/replay` takes).
+            cut = parse_iso(letters[1]["dead_at"]).timestamp()
+            later = await replay(rig.settings, "gone", since=cut)
+            assert sorted(j["webhook_id"] for j in later) == sorted(x["webhook_id"] for x in letters[1:])
+            earlier = await replay(rig.settings, "gone", until=cut)
+            assert [j["webhook_id"] for j in earlier] == [letter["webhook_id"]]
             replayed = await replay(rig.settings, "gone")
             assert sorted(j["webhook_id"] for j in replayed) == sorted(x["webhook_id"] for x in letters)
             await rig.wait_for(lambda: len(gone.delivered()) == 1 + len(held), what="the replayed deliveries")

@@ -26,6 +26,7 @@ EVENT_TYPES = (
     "match.result",
     "dead.letter",
     "webhook.delivery",
+    "webhook.test",
     "delivery.attempt",
     "face.crop",
     "gallery.point",

@@ -114,7 +114,8 @@ def create_app(
         if service.stage is not None:
             _register(app, service, topics, settings, executor, health)
         if service.server is not None:
-            app.task(functools.partial(_serve, service.name, service.server, settings, health))
+            build = functools.partial(service.server, settings, catalogue)
+            app.task(functools.partial(_serve, service.name, build, health))
     if settings.ops_port >= 0:
         ops = OpsServer(settings, groups, {s.name: s.source for s in services if s.source}, health)
         app.task(ops.run)
@@ -222,10 +223,10 @@ def _register(
     app.agent(topics[service.source], name=f"facestream.{name}")(agent)
 
 
-async def _serve(name: str, build: Callable[[Settings], Server], settings: Settings, health: Health) -> None:
+async def _serve(name: str, build: Callable[[], Server], health: Health) -> None:
     """Run a service's server for as long as the worker runs (built here: its clients need the loop)."""
     try:
-        server = build(settings)
+        server = build()
         await server.start()
     except Exception as exc:
         # As a stage that cannot start: a worker must not look alive without its server.

@@ -14,6 +14,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from facestream.api import Routes
 from facestream.config import Settings
 from facestream.io.kafka import TopicSpec
 from facestream.runtime.stage import Stage
@@ -64,8 +65,10 @@ class Service:
     independent: bool = False
     # Adds the service's own commands to the `facestream` parser's subcommands.
     commands: Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None] | None = None
-    # Its server, run beside the agents (the API), if it has one.
-    server: Callable[[Settings], Server] | None = None
+    # Its server, run beside the agents (the API), if it has one; given every service there is.
+    server: Callable[[Settings, Sequence[Service]], Server] | None = None
+    # Its operations in the HTTP API (facestream.api), served by whichever worker runs the API.
+    routes: Callable[[Settings], Routes] | None = None
     # Lines for `facestream status`.
     status: Callable[[Settings], Awaitable[list[str]]] | None = field(default=None)
 

@@ -5,32 +5,31 @@ that lacks the role, is refused before anything else happens. The identity recor
 request publishes (a search's requester, an enrolment's enroller) is the token's name.
 """
 
-# No `from __future__ import annotations`: FastAPI reads the endpoints' annotations at runtime,
-# and they name dependencies local to `create_api`.
+# No `from __future__ import annotations`: FastAPI reads the endpoints' annotations at runtime.
 import base64
 import binascii
 import hashlib
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Any, Protocol
 
-from fastapi import Depends, FastAPI, Query, Request, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from fastapi import APIRouter, FastAPI, Query, Request, Response
+from fastapi.security import HTTPAuthorizationCredentials
+from pydantic import Field, model_validator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from facestream import client
+from facestream.api import Role, Strict, problems, require
+from facestream.api.problems import Problem
 from facestream.config import Settings
 from facestream.contracts.timeutil import iso_of
 from facestream.errors import MalformedEvent
 from facestream.ops.logs import get_logger
-from facestream.services.api import problems
 from facestream.services.api.limits import Buckets
 from facestream.services.api.outcomes import Outcomes
-from facestream.services.api.problems import Problem
-from facestream.services.api.tokens import Role, Token, TokenStore
+from facestream.services.api.tokens import Token, TokenStore
 
 log = get_logger(__name__)
 
@@ -39,13 +38,9 @@ SHA256 = r"^[0-9a-f]{64}$"
 
 
 class Publisher(Protocol):
-    """Where submissions go: the images topic (a test may stand in another broker client)."""
+    """Where submissions go (the images topic); returns the partition and offset they landed at."""
 
     async def __call__(self, event: dict[str, Any]) -> tuple[int, int]: ...
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class ImageIn(Strict):
@@ -182,8 +177,15 @@ def _submission(image_id: str, image: dict[str, str], intent: dict[str, Any], bo
         raise Problem(422, "invalid-request", str(exc)) from None
 
 
-def create_api(settings: Settings, tokens: TokenStore, publish: Publisher, outcomes: Outcomes) -> FastAPI:
-    """The API over `tokens`, publishing with `publish` and answering from `outcomes`."""
+def create_api(
+    settings: Settings,
+    tokens: TokenStore,
+    publish: Publisher,
+    outcomes: Outcomes,
+    routers: Sequence[APIRouter] = (),
+) -> FastAPI:
+    """The API over `tokens`, publishing with `publish`, answering from `outcomes`, with the other
+    services' operations (`routers`, each declaring its roles with `facestream.api.require`)."""
     app = FastAPI(
         title="facestream",
         version="1",
@@ -193,39 +195,31 @@ def create_api(settings: Settings, tokens: TokenStore, publish: Publisher, outco
     )
     problems.install(app)
     app.add_middleware(BodyLimit, limit=settings.api_max_body_bytes)
-    bearer = HTTPBearer(auto_error=False)
     per_token = Buckets(settings.api_rate_per_s, settings.api_burst)
     failures = Buckets(settings.api_auth_failures_per_min / 60.0, settings.api_auth_failures_per_min)
 
-    def caller(*roles: Role) -> Callable[..., Awaitable[Token]]:
-        allowed = {r.value for r in roles}
+    async def authenticate(
+        request: Request, credentials: HTTPAuthorizationCredentials | None, allowed: set[str]
+    ) -> Token:
+        peer = request.client.host if request.client else "unknown"
+        if not failures.has(peer):
+            raise Problem(429, "too-many-failures", "too many failed authentications", headers={"Retry-After": "60"})
+        token = tokens.verify(credentials.credentials) if credentials is not None else None
+        if token is None:
+            failures.take(peer)
+            # Never the token: who tried, and how it failed.
+            log.warning("api_auth_failed", peer=peer, path=request.url.path, presented=credentials is not None)
+            raise Problem(
+                401, "unauthenticated", "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"}
+            )
+        if not allowed & set(token.roles):
+            log.warning("api_forbidden", token=token.name, path=request.url.path, needs=sorted(allowed))
+            raise Problem(403, "forbidden", f"this needs one of the roles {', '.join(sorted(allowed))}")
+        if not per_token.take(token.id):
+            raise Problem(429, "rate-limited", "this token's request rate is exceeded", headers={"Retry-After": "1"})
+        return token
 
-        async def authenticate(
-            request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
-        ) -> Token:
-            peer = request.client.host if request.client else "unknown"
-            if not failures.has(peer):
-                raise Problem(
-                    429, "too-many-failures", "too many failed authentications", headers={"Retry-After": "60"}
-                )
-            token = tokens.verify(credentials.credentials) if credentials is not None else None
-            if token is None:
-                failures.take(peer)
-                # Never the token: who tried, and how it failed.
-                log.warning("api_auth_failed", peer=peer, path=request.url.path, presented=credentials is not None)
-                raise Problem(
-                    401, "unauthenticated", "a valid bearer token is required", headers={"WWW-Authenticate": "Bearer"}
-                )
-            if not allowed & set(token.roles):
-                log.warning("api_forbidden", token=token.name, path=request.url.path, needs=sorted(allowed))
-                raise Problem(403, "forbidden", f"this needs one of the roles {', '.join(sorted(allowed))}")
-            if not per_token.take(token.id):
-                raise Problem(
-                    429, "rate-limited", "this token's request rate is exceeded", headers={"Retry-After": "1"}
-                )
-            return token
-
-        return authenticate
+    app.state.authenticate = authenticate
 
     async def submit(body: SubmissionIn, intent: dict[str, Any], wait: float, response: Response) -> dict[str, Any]:
         image_id = body.image_id or f"api-{uuid.uuid4().hex}"
@@ -246,7 +240,7 @@ def create_api(settings: Settings, tokens: TokenStore, publish: Publisher, outco
     async def search(
         body: SearchIn,
         response: Response,
-        token: Annotated[Token, Depends(caller(Role.publisher))],
+        token: Annotated[Token, require(Role.publisher)],
         wait: float = wait_query,
     ) -> dict[str, Any]:
         """Answers 202 with the image id at once (or, with `?wait`, the outcome when it is ready within
@@ -258,7 +252,7 @@ def create_api(settings: Settings, tokens: TokenStore, publish: Publisher, outco
     async def enrol(
         body: EnrolmentIn,
         response: Response,
-        token: Annotated[Token, Depends(caller(Role.publisher))],
+        token: Annotated[Token, require(Role.publisher)],
         wait: float = wait_query,
     ) -> dict[str, Any]:
         """The token's name is recorded as the enroller. 202 with the image id, or with `?wait` the
@@ -277,9 +271,7 @@ def create_api(settings: Settings, tokens: TokenStore, publish: Publisher, outco
         return await submit(body, intent, wait, response)
 
     @app.get("/v1/searches/{image_id}", tags=["images"], summary="The outcome of a search or an enrolment")
-    async def outcome(
-        image_id: str, token: Annotated[Token, Depends(caller(Role.publisher, Role.auditor))]
-    ) -> dict[str, Any]:
+    async def outcome(image_id: str, token: Annotated[Token, require(Role.publisher, Role.auditor)]) -> dict[str, Any]:
         """A publisher sees the outcomes of its own submissions; an auditor sees any."""
         found = outcomes.get(image_id)
         if found is None or (Role.auditor.value not in token.roles and found.requester not in ("", token.name)):
@@ -287,23 +279,25 @@ def create_api(settings: Settings, tokens: TokenStore, publish: Publisher, outco
         return found.as_json()
 
     @app.get("/v1/tokens", tags=["tokens"], summary="List the API tokens (never their secrets)")
-    async def list_tokens(_: Annotated[Token, Depends(caller(Role.admin))]) -> list[dict[str, Any]]:
+    async def list_tokens(_: Annotated[Token, require(Role.admin)]) -> list[dict[str, Any]]:
         now = time.time()
         return [t.public(now) for t in tokens.all()]
 
     @app.post("/v1/tokens", status_code=201, tags=["tokens"], summary="Create a token; its text is shown only here")
-    async def create_token(body: TokenIn, who: Annotated[Token, Depends(caller(Role.admin))]) -> dict[str, Any]:
+    async def create_token(body: TokenIn, who: Annotated[Token, require(Role.admin)]) -> dict[str, Any]:
         expires = None if body.expires_in_days is None else body.expires_in_days * 86400
         token, text = await tokens.create(body.name, [r.value for r in body.roles], expires, created_by=who.name)
         log.info("api_token_created", token=token.name, token_id=token.id, roles=list(token.roles), by=who.name)
         return {**token.public(time.time()), "token": text}
 
     @app.delete("/v1/tokens/{token_id}", tags=["tokens"], summary="Revoke a token, on every API worker")
-    async def revoke_token(token_id: str, who: Annotated[Token, Depends(caller(Role.admin))]) -> dict[str, Any]:
+    async def revoke_token(token_id: str, who: Annotated[Token, require(Role.admin)]) -> dict[str, Any]:
         if tokens.get(token_id) is None:
             raise Problem(404, "not-found", f"no token {token_id!r}")
         token = await tokens.revoke(token_id)
         log.info("api_token_revoked", token=token.name, token_id=token.id, by=who.name)
         return token.public(time.time())
 
+    for router in routers:
+        app.include_router(router)
     return app

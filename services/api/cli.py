@@ -9,9 +9,10 @@ import getpass
 import json
 import time
 
+from facestream.api import Role
 from facestream.config import load_settings
 from facestream.io.kafka import ensure_topics
-from facestream.services.api.tokens import Role, TokenStore, topic_spec
+from facestream.services.api.tokens import TokenStore, topic_spec
 
 
 async def _tokens(args: argparse.Namespace) -> int:

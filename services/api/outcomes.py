@@ -143,7 +143,7 @@ class Outcomes:
     def _record(self, record: Any) -> None:
         try:
             event = orjson.loads(record.value or b"")
-            if record.topic.endswith(".dlq"):
+            if record.topic == self.settings.topic("dlq"):
                 self._letter(event)
             elif event.get("event_type") == "match.result" and "submitted_at" in event:
                 outcome = self._entry(event["image_id"], event["submitted_at"])
@@ -156,7 +156,12 @@ class Outcomes:
 
     def _letter(self, letter: dict[str, Any]) -> None:
         if letter.get("source_topic") != self.settings.topic("images"):
-            return  # only a submission's own refusal ends it; later stages' letters name faces
+            # A later stage refused one of its faces (an enrolment the matcher turns down): the
+            # letter names the image, and comes after the submission it belongs to.
+            outcome = self._by_image.get(letter.get("image_id") or "")
+            if outcome is not None and outcome.state == "pending" and letter["occurred_at"] >= outcome.submitted_at:
+                outcome.reject(letter)
+            return
         position = (letter["partition"], letter["offset"])
         outcome = self._by_position.get(position)
         if outcome is not None:

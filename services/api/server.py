@@ -6,12 +6,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import uvicorn
 
 from facestream import contracts
+from facestream.api import Routes
 from facestream.config import Settings
 from facestream.io.kafka import producer
 from facestream.ops.logs import get_logger
@@ -32,8 +33,9 @@ class _Embedded(uvicorn.Server):
 
 
 class ApiServer:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, routes: Sequence[Routes] = ()) -> None:
         self.settings = settings
+        self.routes = list(routes)
         self.tokens = TokenStore(settings)
         self.outcomes = Outcomes(settings)
         self.producer = producer(settings)
@@ -54,7 +56,10 @@ class ApiServer:
         await self.tokens.start()
         await self.outcomes.start()
         await self.producer.start()
-        app = create_api(self.settings, self.tokens, self.publish, self.outcomes)
+        for part in self.routes:
+            for start in part.starts:
+                await start()
+        app = create_api(self.settings, self.tokens, self.publish, self.outcomes, [r.router for r in self.routes])
         sock = socket.create_server((self.settings.api_host, max(0, self.settings.api_port)))
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", server_header=False)
@@ -72,6 +77,10 @@ class ApiServer:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(self._task), 10) if self._task else None
         await cancel(self._task)
+        for part in self.routes:
+            for stop in part.stops:
+                with contextlib.suppress(Exception):
+                    await stop()
         await self.outcomes.stop()
         await self.tokens.stop()
         with contextlib.suppress(Exception):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from facestream.config import Settings
 from facestream.io.kafka import TopicSpec
 from facestream.runtime.service import Service
@@ -14,8 +16,9 @@ def _topics(settings: Settings) -> list[TopicSpec]:
     return [topic_spec(settings)]
 
 
-def _server(settings: Settings) -> ApiServer:
-    return ApiServer(settings)
+def _server(settings: Settings, catalogue: Sequence[Service]) -> ApiServer:
+    # Every service's operations, wherever its stage runs: they work on its topics, not its state.
+    return ApiServer(settings, [s.routes(settings) for s in catalogue if s.routes is not None])
 
 
 SERVICE = Service("api", "", server=_server, topics=_topics, commands=add_parsers)

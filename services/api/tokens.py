@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import hashlib
 import hmac
 import re
@@ -24,6 +23,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer
 
+from facestream.api import Role
 from facestream.config import Settings
 from facestream.contracts.timeutil import iso
 from facestream.errors import ConfigError
@@ -36,16 +36,6 @@ log = get_logger(__name__)
 PREFIX = "fst"
 _TOKEN = re.compile(r"^fst_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")
 NAME = re.compile(r"^[a-z0-9][a-z0-9._@-]{0,63}$")
-
-
-class Role(enum.StrEnum):
-    """What a token may do. A token has one or more."""
-
-    publisher = "publisher"  # submit searches and enrolments
-    reviewer = "reviewer"  # review candidate matches
-    eraser = "eraser"  # erase subjects from the gallery
-    auditor = "auditor"  # read the audit log, search outcomes and the gallery's listing
-    admin = "admin"  # subscriptions and tokens
 
 
 def topic_spec(settings: Settings) -> TopicSpec:

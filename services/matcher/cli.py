@@ -116,14 +116,24 @@ def by_subject(held: dict[str, dict[str, Any]]) -> dict[str, list[dict[str, Any]
     return dict(sorted(subjects.items()))
 
 
-def _list(held: dict[str, dict[str, Any]], watchlist: str | None) -> str:
-    lines = []
+def subjects(held: dict[str, dict[str, Any]], watchlist: str | None = None) -> list[dict[str, Any]]:
+    """One line per enrolled subject (in `watchlist`, if given): its points, watchlists, retention."""
+    out = []
     for subject, pts in by_subject(held).items():
         lists = sorted({p["watchlist"] for p in pts})
         if watchlist and watchlist not in lists:
             continue
         retain = min(p["consent"]["retain_until"] for p in pts)
-        lines.append(f"{subject:32s} points={len(pts):<3d} watchlists={','.join(lists)} retain_until={retain}")
+        out.append({"subject_id": subject, "points": len(pts), "watchlists": lists, "retain_until": retain})
+    return out
+
+
+def _list(held: dict[str, dict[str, Any]], watchlist: str | None) -> str:
+    lines = [
+        f"{s['subject_id']:32s} points={s['points']:<3d} watchlists={','.join(s['watchlists'])} "
+        f"retain_until={s['retain_until']}"
+        for s in subjects(held, watchlist)
+    ]
     return "\n".join(lines) or "no subjects"
 
 
@@ -158,6 +168,36 @@ def _show_receipt(receipt: dict[str, Any], settings: Settings) -> str:
     return orjson.dumps(receipt, option=orjson.OPT_INDENT_2).decode() + f"\nsignature: {state}"
 
 
+async def request_erasure(settings: Settings, subject: str, reason: str, requested_by: str) -> dict[str, Any]:
+    """Ask the matchers to erase `subject` (a subject.erasure_requested on gallery.requests)."""
+    request = {
+        "schema_version": 1,
+        "event_type": "subject.erasure_requested",
+        "request_id": uuid.uuid4().hex,
+        "subject_id": subject,
+        "reason": reason,
+        "requested_by": requested_by,
+        "requested_at": now_iso(),
+    }
+    contracts.validate("subject.erasure_requested", request)
+    async with running(producer(settings)) as prod:
+        topic = settings.topic("gallery.requests")
+        await prod.send_and_wait(topic, contracts.dumps(request), key=subject.encode())
+    return request
+
+
+async def receipt_for(settings: Settings, request: dict[str, Any], wait_s: float) -> dict[str, Any] | None:
+    """The receipt of erasure `request`, waiting up to `wait_s` for it; None if not yet there."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        receipt = (await receipts(settings)).get(request["subject_id"])
+        if receipt is not None and receipt["request_id"] == request["request_id"]:
+            return receipt
+        if time.monotonic() >= deadline:
+            return None
+        await asyncio.sleep(0.5)
+
+
 async def _erase(settings: Settings, args: argparse.Namespace) -> str:
     held = by_subject(await points(settings))
     done = (await receipts(settings)).get(args.subject)
@@ -165,25 +205,10 @@ async def _erase(settings: Settings, args: argparse.Namespace) -> str:
         if done is not None:  # erasing twice: the same receipt
             return "already erased:\n" + _show_receipt(done, settings)
         raise UsageError(f"no subject {args.subject!r} in the gallery (nothing to erase)")
-    request = {
-        "schema_version": 1,
-        "event_type": "subject.erasure_requested",
-        "request_id": uuid.uuid4().hex,
-        "subject_id": args.subject,
-        "reason": args.reason,
-        "requested_by": args.requested_by,
-        "requested_at": now_iso(),
-    }
-    contracts.validate("subject.erasure_requested", request)
-    async with running(producer(settings)) as prod:
-        topic = settings.topic("gallery.requests")
-        await prod.send_and_wait(topic, contracts.dumps(request), key=args.subject.encode())
-    deadline = time.monotonic() + args.wait
-    while time.monotonic() < deadline:
-        receipt = (await receipts(settings)).get(args.subject)
-        if receipt is not None and receipt["request_id"] == request["request_id"]:
-            return _show_receipt(receipt, settings)
-        await asyncio.sleep(0.5)
+    request = await request_erasure(settings, args.subject, args.reason, args.requested_by)
+    receipt = await receipt_for(settings, request, args.wait)
+    if receipt is not None:
+        return _show_receipt(receipt, settings)
     raise UsageError(
         f"erasure {request['request_id']} requested; no receipt within {args.wait:.0f} s (is a matcher running?): "
         f"`facestream gallery receipt {args.subject}` shows it when it is done"

@@ -9,6 +9,7 @@ from facestream.config import Settings
 from facestream.io.kafka import DAY_MS, MiB, TopicSpec
 from facestream.runtime.service import Service
 from facestream.services.matcher.cli import add_parsers
+from facestream.services.matcher.routes import routes
 from facestream.services.matcher.stage import MatcherStage
 
 
@@ -36,4 +37,4 @@ def _groups(settings: Settings) -> dict[str, list[str]]:
     return groups
 
 
-SERVICE = Service("matcher", "embeddings", _stage, topics=_topics, groups=_groups, commands=add_parsers)
+SERVICE = Service("matcher", "embeddings", _stage, topics=_topics, groups=_groups, commands=add_parsers, routes=routes)

@@ -8,7 +8,7 @@ import orjson
 
 from facestream import contracts
 from facestream.config import Settings
-from facestream.contracts.timeutil import now_iso
+from facestream.contracts.timeutil import now_iso, parse_iso
 from facestream.io.kafka import producer, read_topic, running
 from facestream.services.notifier.topics import dlq_topic
 
@@ -36,16 +36,30 @@ async def dead_letters(settings: Settings, subscription: str) -> list[dict[str, 
     return [orjson.loads(r.value) for r in await read_topic(settings, dlq_topic(settings, subscription))]
 
 
-async def replay(settings: Settings, subscription: str, webhook_ids: set[str] | None = None) -> list[dict[str, Any]]:
+async def replay(
+    settings: Settings,
+    subscription: str,
+    webhook_ids: set[str] | None = None,
+    since: float | None = None,
+    until: float | None = None,
+) -> list[dict[str, Any]]:
     """Send dead-lettered deliveries of `subscription` again, with their webhook ids unchanged and
-    a fresh set of attempts. Without `webhook_ids`: those dead-lettered since the last such replay
-    (a consumer group keeps the place). With them: just those, wherever they are in the topic.
-    Expired ones are replayed too, and are dead-lettered again as expired: late is never fresh."""
+    a fresh set of attempts. With `webhook_ids`: just those, wherever they are in the topic. With
+    `since` and/or `until` (epoch seconds): those dead-lettered in that time. Otherwise: those
+    dead-lettered since the last such replay (a consumer group keeps the place). Expired ones are
+    replayed too, and are dead-lettered again as expired: late is never fresh."""
     topic = dlq_topic(settings, subscription)
-    if webhook_ids is None:
-        records = await read_topic(settings, topic, group_id=f"{settings.app_id}-replay-{subscription}")
-    else:
+    if webhook_ids is not None:
         records = [r for r in await read_topic(settings, topic) if orjson.loads(r.value)["webhook_id"] in webhook_ids]
+    elif since is not None or until is not None:
+        records = [
+            r
+            for r in await read_topic(settings, topic, since=since)
+            if (since is None or parse_iso(orjson.loads(r.value)["dead_at"]).timestamp() >= since)
+            and (until is None or parse_iso(orjson.loads(r.value)["dead_at"]).timestamp() < until)
+        ]
+    else:
+        records = await read_topic(settings, topic, group_id=f"{settings.app_id}-replay-{subscription}")
     jobs: dict[str, dict[str, Any]] = {}
     for r in records:
         letter = orjson.loads(r.value)

@@ -10,6 +10,7 @@ from facestream.config import Settings
 from facestream.runtime.service import Service
 from facestream.services.notifier.admin import delivery_log
 from facestream.services.notifier.cli import add_parsers
+from facestream.services.notifier.routes import routes
 from facestream.services.notifier.stage import NotifierStage
 from facestream.services.notifier.topics import delivery_groups, notifier_topics
 
@@ -32,4 +33,5 @@ SERVICE = Service(
     groups=delivery_groups,
     commands=add_parsers,
     status=_status,
+    routes=routes,
 )
