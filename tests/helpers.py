@@ -167,3 +167,15 @@ def enrolment(
         enrolled_by="test-suite",
     )
     return client.submission(image_id, client.image_ref(path, settings), intent, "tests")
+
+
+async def new_token(settings: Any, name: str, roles: list[str]) -> tuple[Any, str]:
+    """An API token, made as `facestream tokens create` makes one; its text is the second item."""
+    from facestream.services.api.tokens import TokenStore
+
+    store = TokenStore(settings, follow=False)
+    await store.start()
+    try:
+        return await store.create(name, roles, 3600, "test")
+    finally:
+        await store.stop()

@@ -27,7 +27,7 @@ from facestream.services.api.tokens import TokenStore
 from facestream.services.main import SERVICES, ensure_topics
 from tests.conftest import ROOT, SAMPLES, sample
 from tests.harness import Pipeline
-from tests.helpers import RETAIN
+from tests.helpers import RETAIN, new_token
 
 # Who may call what: every operation of the OpenAPI is here (checked), and every role is refused
 # everywhere else.
@@ -195,7 +195,7 @@ async def test_subscriptions_are_managed_and_their_secrets_shown_once(api: Api) 
     assert secret not in str(shown)
     assert (shown["watchlists"], shown["min_score"], shown["state"]) == (["staff"], 0.4, "active")
     again = await api.call("post", "/v1/subscriptions", admin, json=body)
-    assert "exists" in _is_problem(again, 422)["detail"]
+    assert "exists" in _is_problem(again, 409)["detail"]
     inside = await api.call("post", "/v1/subscriptions", admin, json={**body, "name": "x", "url": "http://127.0.0.1/"})
     assert "webhook_allow_private" in _is_problem(inside, 422)["detail"]  # the SSRF policy, at registration
     bad_type = await api.call("post", "/v1/subscriptions", admin, json={**body, "name": "y", "event_types": ["nope"]})
@@ -206,11 +206,13 @@ async def test_subscriptions_are_managed_and_their_secrets_shown_once(api: Api) 
     assert off.json()["state"] == "disabled"
     replayed = await api.call("post", "/v1/subscriptions/case-system/replay", admin, json={})
     assert _is_problem(replayed, 409)["detail"].startswith("case-system is disabled")
-    rotated = (
-        await api.call("post", "/v1/subscriptions/case-system/rotate-secret", admin, json={"grace_s": 60})
-    ).json()
+    rotate = await api.call("post", "/v1/subscriptions/case-system/rotate-secret", admin, json={"grace_s": 60})
+    rotated = rotate.json()
+    plain = await api.call("post", "/v1/subscriptions/case-system/rotate-secret", admin)  # the default grace
+    assert plain.status_code == 200, plain.text
     assert rotated["signing_secret"] != secret
     assert [s["expires_at"] is not None for s in rotated["secrets"]] == [True, False]  # the old one expires
+    assert len(plain.json()["secrets"]) == 3
     assert (await api.call("delete", "/v1/subscriptions/case-system", admin)).status_code == 204
     _is_problem(await api.call("get", "/v1/subscriptions/case-system", admin), 404)
 
@@ -228,11 +230,20 @@ async def test_malformed_bodies_get_problem_details_naming_the_field(api: Api) -
     assert problem["errors"] == [{"field": "image.sha256", "message": "does not match the data"}]
     extra = {**_search_body(sample("azure_family2_man")), "requester": "someone else"}  # identity is not a field
     problem = _is_problem(await api.call("post", "/v1/searches", token, json=extra), 422)
-    assert [e["field"] for e in problem["errors"]] == ["requester"]
-    broken = await api.call(
-        "post", "/v1/searches", token, content=b"{not json", headers={"content-type": "application/json"}
-    )
-    assert _is_problem(broken, 422)["errors"]
+    assert problem["errors"] == [
+        {"field": "requester", "message": "set from the token that makes the request; leave it out"}
+    ]
+    broken = await api.call("post", "/v1/searches", token, content=b"{not json", headers=JSON)
+    assert [e["field"] for e in _is_problem(broken, 422)["errors"]] == ["body"]
+    # Consent is checked before anything is published, as `facestream enroll` does.
+    enrol = _enrol_body(sample("azure_family2_man"))
+    enrol["consent"]["retain_until"] = "2099-01-01"
+    problem = _is_problem(await api.call("post", "/v1/enrolments", token, json=enrol), 422)
+    assert [e["field"] for e in problem["errors"]] == ["consent.retain_until"]
+    assert "beyond the longest term allowed" in problem["detail"]
+    enrol["consent"].update(retain_until=RETAIN, lawful_basis="because")
+    problem = _is_problem(await api.call("post", "/v1/enrolments", token, json=enrol), 422)
+    assert [e["field"] for e in problem["errors"]] == ["consent.lawful_basis"]
 
 
 async def test_request_size_and_rates_are_limited(kafka: str) -> None:
@@ -331,29 +342,15 @@ async def test_tokens_from_the_command_line(kafka: str, tmp_path: Path) -> None:
         await delete_topics(settings)
 
 
-async def _store_token(pipeline: Pipeline, name: str, roles: list[str]) -> tuple[Any, str]:
-    store = TokenStore(pipeline.settings, follow=False)
-    await store.start()
-    try:
-        return await store.create(name, roles, 3600, "test")
-    finally:
-        await store.stop()
-
-
 async def test_wait_returns_the_outcome_a_webhook_carries(kafka: str, tmp_path: Path) -> None:
     """Enrol and search through the API of a running worker; the identity in the events is the
     token's name; `?wait` answers with the match event the subscriber's webhook carries."""
     pipeline = Pipeline(tmp_path, [SAMPLES, tmp_path])
     await pipeline.start()
     try:
-        store = TokenStore(pipeline.settings, follow=False)
-        await store.start()
-        try:
-            _, publisher = await store.create("case-system-7", ["publisher"], 3600, "test")
-            _, auditor = await store.create("audit-office", ["auditor"], 3600, "test")
-            _, eraser = await store.create("privacy-office", ["eraser"], 3600, "test")
-        finally:
-            await store.stop()
+        _, publisher = await new_token(pipeline.settings, "case-system-7", ["publisher"])
+        _, auditor = await new_token(pipeline.settings, "audit-office", ["auditor"])
+        _, eraser = await new_token(pipeline.settings, "privacy-office", ["eraser"])
         api = Api.__new__(Api)
         api.url = f"http://127.0.0.1:{pipeline.api_ports['all']}"
         api.http = httpx.AsyncClient(base_url=api.url, trust_env=False, timeout=60)
@@ -389,7 +386,7 @@ async def test_wait_returns_the_outcome_a_webhook_carries(kafka: str, tmp_path: 
         attempts = await api.call("get", f"/v1/subscriptions/test-receiver/deliveries?webhook_id={webhook_id}", auditor)
         assert [(a["webhook_id"], a["outcome"]) for a in attempts.json()] == [(webhook_id, "delivered")]
         # A test event, signed with the subscription's secret: the receiver verifies it.
-        _, admin = await _store_token(pipeline, "ops-admin", ["admin"])
+        _, admin = await new_token(pipeline.settings, "ops-admin", ["admin"])
         tested = (await api.call("post", "/v1/subscriptions/test-receiver/test", admin)).json()
         assert (tested["outcome"], tested["http_status"]) == ("delivered", 204)
         assert pipeline.receiver.deliveries[-1].webhook_id == tested["webhook_id"]

@@ -23,7 +23,7 @@ import pytest
 from facestream import client, contracts
 from tests.conftest import SAMPLES
 from tests.harness import Pipeline
-from tests.helpers import enrolment
+from tests.helpers import enrolment, new_token
 
 GALLERY = sorted((SAMPLES / "gallery").rglob("*.jpg"))
 PROBES = sorted((SAMPLES / "probes").rglob("*.jpg"))
@@ -183,15 +183,29 @@ async def test_images_in_signed_webhooks_out(pipeline: Pipeline) -> None:
 
 
 async def test_services_run_as_separate_workers(kafka: str, tmp_path: Path) -> None:
-    pipeline = Pipeline(tmp_path, [SAMPLES], services=[["detector"], ["embedder"], ["matcher"], ["notifier"]])
+    services = [["detector"], ["embedder"], ["matcher"], ["notifier"], ["api"]]
+    pipeline = Pipeline(tmp_path, [SAMPLES], services=services)
     await pipeline.start()
     try:
         await enrol_gallery(pipeline)
+        # The API in a worker of its own: it publishes, and its ?wait sees the outcome other workers make.
+        _, token = await new_token(pipeline.settings, "case-system", ["publisher"])
         probe = next(p for p in PROBES if p.parent.name == "azure_family2_man")
-        await pipeline.submit("probe-1", search("probe-1", probe, pipeline.settings))
+        data = probe.read_bytes()
+        body = {
+            "image": {"data_b64": base64.b64encode(data).decode(), "sha256": hashlib.sha256(data).hexdigest()},
+            "purpose": "separate workers test",
+            "case_ref": "CASE-SEP",
+        }
+        api = f"http://127.0.0.1:{pipeline.api_ports['api']}"
+        async with httpx.AsyncClient(base_url=api, trust_env=False, timeout=90) as http:
+            await pipeline.wait_for(lambda: _answers(http), what="the API worker listening")
+            answer = await http.post("/v1/searches?wait=60", json=body, headers={"Authorization": f"Bearer {token}"})
+        assert answer.status_code == 200, answer.text
         await pipeline.wait_for(lambda: len(pipeline.receiver.deliveries) >= 1, what="the webhook")
         [delivery] = pipeline.receiver.deliveries
         assert delivery.event["candidates"][0]["subject_id"] == "azure_family2_man"
+        assert delivery.event["event_id"] in {r["event_id"] for r in answer.json()["results"]}
         # Apart, every face crosses the faces topic, under its contract.
         faces = await pipeline.events("faces")
         assert len(faces) >= len(GALLERY) + 1
@@ -200,6 +214,13 @@ async def test_services_run_as_separate_workers(kafka: str, tmp_path: Path) -> N
             assert contracts.reference_errors("face.detected", event) == []
     finally:
         await pipeline.stop()
+
+
+async def _answers(http: httpx.AsyncClient) -> bool:
+    try:
+        return (await http.get("/openapi.json")).status_code == 200
+    except httpx.TransportError:
+        return False
 
 
 async def test_a_crashed_worker_loses_nothing_and_duplicates_nothing(pipeline: Pipeline) -> None:

@@ -75,6 +75,20 @@ def field_of(location: tuple[Any, ...] | list[Any]) -> str:
     return ".".join(parts) or "body"
 
 
+# Who made a request is its token's name: a body may not say it.
+IDENTITY_FIELDS = ("requester", "enrolled_by", "requested_by", "reviewer", "created_by")
+
+
+def _error(error: Any) -> dict[str, str]:
+    kind, location = error.get("type"), error.get("loc", ())
+    if kind == "json_invalid":  # the location is a character offset, not a field
+        return {"field": "body", "message": f"not valid JSON (at character {location[-1] if location else '?'})"}
+    name = field_of(location)
+    if kind == "extra_forbidden" and name.rsplit(".", 1)[-1] in IDENTITY_FIELDS:
+        return {"field": name, "message": "set from the token that makes the request; leave it out"}
+    return {"field": name, "message": str(error.get("msg", ""))}
+
+
 def install(app: FastAPI) -> None:
     """Answer every error, ours, FastAPI's and Starlette's, as a problem."""
 
@@ -84,7 +98,7 @@ def install(app: FastAPI) -> None:
 
     async def invalid(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
-        errors = [{"field": field_of(e.get("loc", ())), "message": str(e.get("msg", ""))} for e in exc.errors()]
+        errors = [_error(e) for e in exc.errors()]
         names = ", ".join(sorted({e["field"] for e in errors}))
         return response(Problem(422, "invalid-request", f"invalid: {names}", errors))
 

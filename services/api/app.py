@@ -9,11 +9,12 @@ request publishes (a search's requester, an enrolment's enroller) is the token's
 import base64
 import binascii
 import hashlib
+import re
 import time
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any, Literal, Protocol
 
 from fastapi import APIRouter, FastAPI, Query, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials
@@ -24,6 +25,7 @@ from facestream import client
 from facestream.api import Role, Strict, problems, require
 from facestream.api.problems import Problem
 from facestream.config import Settings
+from facestream.contracts.consent import consent_problem
 from facestream.contracts.timeutil import iso_of
 from facestream.errors import MalformedEvent
 from facestream.ops.logs import get_logger
@@ -72,11 +74,18 @@ class SearchIn(SubmissionIn):
     watchlists: list[Annotated[str, Field(min_length=1, max_length=64)]] | None = Field(None, max_length=100)
 
 
+LawfulBasis = Literal[
+    "explicit_consent", "legal_obligation", "vital_interests", "public_task", "law_enforcement", "legal_claims"
+]
+
+
 class ConsentIn(Strict):
-    lawful_basis: str = Field(min_length=1, max_length=64)
-    consent_ref: str = Field(min_length=1, max_length=256)
-    retain_until: datetime
-    source_attestation: str = Field(min_length=1, max_length=500)
+    lawful_basis: LawfulBasis
+    consent_ref: str = Field(min_length=1, max_length=256, description="the signed consent or legal instrument")
+    retain_until: str = Field(
+        min_length=10, max_length=40, description="a date (YYYY-MM-DD) or an RFC 3339 time; at most max_retention_days"
+    )
+    source_attestation: str = Field(min_length=3, max_length=500, description="how the photo was obtained")
 
 
 class FaceHintIn(Strict):
@@ -169,12 +178,19 @@ def _iso(value: datetime | None) -> str | None:
     return iso_of(value.replace(tzinfo=UTC) if value.tzinfo is None else value)
 
 
+_WHERE = re.compile(r" invalid at (\S+): (.*)$", re.S)
+
+
 def _submission(image_id: str, image: dict[str, str], intent: dict[str, Any], body: SubmissionIn) -> dict[str, Any]:
-    """The image.submitted event, checked against its contract (a breach is the caller's: 422)."""
+    """The image.submitted event, checked against its contract (a breach is the caller's: 422,
+    naming the body's field: the contract's `intent/consent/x` is the body's `consent.x`)."""
     try:
         return client.submission(image_id, image, intent, body.source, _iso(body.captured_at))
     except MalformedEvent as exc:
-        raise Problem(422, "invalid-request", str(exc)) from None
+        found = _WHERE.search(str(exc))
+        where, why = (found.group(1), found.group(2)) if found else ("(root)", str(exc))
+        name = "body" if where == "(root)" else where.removeprefix("intent/").replace("/", ".")
+        raise Problem(422, "invalid-request", f"invalid: {name}", [{"field": name, "message": why}]) from None
 
 
 def create_api(
@@ -258,12 +274,16 @@ def create_api(
         """The token's name is recorded as the enroller. 202 with the image id, or with `?wait` the
         outcome (`enrolled`, or the rejection and its reason)."""
         consent = body.consent
+        problem = consent_problem({**consent.model_dump(), "enrolled_by": token.name}, settings.max_retention_days)
+        if problem is not None:  # refused before anything is published, as `facestream enroll` does
+            name = problem.split(" ", 1)[0]
+            raise Problem(422, "invalid-request", problem, [{"field": name, "message": problem}])
         intent = client.enroll_intent(
             body.subject_id,
             body.watchlist,
             lawful_basis=consent.lawful_basis,
             consent_ref=consent.consent_ref,
-            retain_until=_iso(consent.retain_until) or "",
+            retain_until=consent.retain_until,
             source_attestation=consent.source_attestation,
             enrolled_by=token.name,
             face_hint=body.face_hint.model_dump(exclude_none=True) if body.face_hint else None,

@@ -50,8 +50,11 @@ class SubscriptionPatch(Strict):
     disabled_reason: str | None = Field(None, max_length=500)
 
 
+GRACE_S = 86400.0
+
+
 class RotateIn(Strict):
-    grace_s: float = Field(86400.0, ge=0, le=30 * 86400, description="how long the old secrets stay valid")
+    grace_s: float = Field(GRACE_S, ge=0, le=30 * 86400, description="how long the old secrets stay valid")
 
 
 class ReplayIn(Strict):
@@ -118,6 +121,8 @@ def routes(settings: Settings) -> Routes:
 
     @router.post("", status_code=201, summary="Subscribe an endpoint; its signing secret is shown only here")
     async def create(body: SubscriptionIn, who: Admin) -> dict[str, Any]:
+        if store.get(body.name) is not None:
+            raise Problem(409, "exists", f"a subscription named {body.name!r} exists; PATCH it, or DELETE it first")
         secret = new_secret()
         sub = Subscription.new(
             body.name,
@@ -157,9 +162,9 @@ def routes(settings: Settings) -> Routes:
         log.info("subscription_removed", subscription=name, by=who.name)
 
     @router.post("/{name}/rotate-secret", summary="A new signing secret (shown only here); the old ones expire")
-    async def rotate(name: str, body: RotateIn, who: Admin) -> dict[str, Any]:
+    async def rotate(name: str, who: Admin, body: RotateIn | None = None) -> dict[str, Any]:
         named(name)
-        sub, secret = await store.rotate_secret(name, body.grace_s)
+        sub, secret = await store.rotate_secret(name, body.grace_s if body else GRACE_S)
         log.info("subscription_secret_rotated", subscription=name, by=who.name)
         return {**describe(sub), "signing_secret": secret}
 
@@ -188,7 +193,8 @@ def routes(settings: Settings) -> Routes:
             "webhook_id": job["webhook_id"],
             "outcome": verdict.outcome,
             "http_status": verdict.status,
-            "reason": verdict.reason or verdict.error or "",
+            "reason": verdict.reason,
+            "error": verdict.error,
             "latency_ms": round((time.monotonic() - started) * 1000, 1),
         }
 
