@@ -179,3 +179,19 @@ async def new_token(settings: Any, name: str, roles: list[str]) -> tuple[Any, st
         return await store.create(name, roles, 3600, "test")
     finally:
         await store.stop()
+
+
+async def api_knows(base_url: str, *tokens: str) -> bool:
+    """Whether the API at `base_url` answers and accepts every one of `tokens` (a worker follows
+    the tokens topic: a token made a moment ago may not have reached it yet)."""
+    import httpx
+
+    async with httpx.AsyncClient(base_url=base_url, trust_env=False, timeout=5) as http:
+        try:
+            for token in tokens:
+                answer = await http.get("/v1/searches/-", headers={"Authorization": f"Bearer {token}"})
+                if answer.status_code in (401, 429):
+                    return False
+        except httpx.TransportError:
+            return False
+    return True

@@ -27,7 +27,7 @@ from facestream.services.api.tokens import TokenStore
 from facestream.services.main import SERVICES, ensure_topics
 from tests.conftest import ROOT, SAMPLES, sample
 from tests.harness import Pipeline
-from tests.helpers import RETAIN, new_token
+from tests.helpers import RETAIN, api_knows, new_token
 
 # Who may call what: every operation of the OpenAPI is here (checked), and every role is refused
 # everywhere else.
@@ -351,15 +351,12 @@ async def test_wait_returns_the_outcome_a_webhook_carries(kafka: str, tmp_path: 
         _, publisher = await new_token(pipeline.settings, "case-system-7", ["publisher"])
         _, auditor = await new_token(pipeline.settings, "audit-office", ["auditor"])
         _, eraser = await new_token(pipeline.settings, "privacy-office", ["eraser"])
+        _, admin = await new_token(pipeline.settings, "ops-admin", ["admin"])
         api = Api.__new__(Api)
         api.url = f"http://127.0.0.1:{pipeline.api_ports['all']}"
         api.http = httpx.AsyncClient(base_url=api.url, trust_env=False, timeout=60)
-        for _ in range(600):  # the worker starts its API once its topics are read
-            try:
-                await api.http.get("/openapi.json")
-                break
-            except httpx.TransportError:
-                await asyncio.sleep(0.2)
+        tokens = (publisher, auditor, eraser, admin)
+        await pipeline.wait_for(lambda: api_knows(api.url, *tokens), what="the API serving, with the new tokens")
         gallery = sorted((SAMPLES / "gallery").rglob("*.jpg"))
         for path in gallery:
             enrolled = await api.call("post", "/v1/enrolments?wait=60", publisher, json=_enrol_body(path))
@@ -386,7 +383,6 @@ async def test_wait_returns_the_outcome_a_webhook_carries(kafka: str, tmp_path: 
         attempts = await api.call("get", f"/v1/subscriptions/test-receiver/deliveries?webhook_id={webhook_id}", auditor)
         assert [(a["webhook_id"], a["outcome"]) for a in attempts.json()] == [(webhook_id, "delivered")]
         # A test event, signed with the subscription's secret: the receiver verifies it.
-        _, admin = await new_token(pipeline.settings, "ops-admin", ["admin"])
         tested = (await api.call("post", "/v1/subscriptions/test-receiver/test", admin)).json()
         assert (tested["outcome"], tested["http_status"]) == ("delivered", 204)
         assert pipeline.receiver.deliveries[-1].webhook_id == tested["webhook_id"]

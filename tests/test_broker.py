@@ -36,6 +36,7 @@ from facestream.io.kafka import (
     running,
 )
 from facestream.runtime.app import create_app
+from facestream.runtime.tasks import cancel
 from facestream.services.main import SERVICES
 from tests.conftest import ROOT
 from tests.harness import free_port
@@ -182,8 +183,8 @@ async def test_a_follower_that_blocks_runs_off_the_loop(kafka: str) -> None:
             try:
                 await asyncio.wait_for(all_handled.wait(), 30)
             finally:
-                following.cancel()
-                ticker.cancel()
+                await cancel(following)  # ended before the consumer stops, so it closes cleanly
+                await cancel(ticker)
         assert len(threads) == 3
         assert loop_thread not in threads
         assert ticks >= 20  # 0.6 s of blocking handled while the loop ticked on

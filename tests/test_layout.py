@@ -10,9 +10,10 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+from facestream.services.main import SERVICES as PIPELINE
 from tests.conftest import ROOT
 
-SERVICES = ("detector", "embedder", "matcher", "notifier")
+SERVICES = tuple(s.name for s in PIPELINE)  # the four stages and the API
 
 
 def _modules() -> dict[str, Path]:

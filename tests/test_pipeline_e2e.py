@@ -23,7 +23,7 @@ import pytest
 from facestream import client, contracts
 from tests.conftest import SAMPLES
 from tests.harness import Pipeline
-from tests.helpers import enrolment, new_token
+from tests.helpers import api_knows, enrolment, new_token
 
 GALLERY = sorted((SAMPLES / "gallery").rglob("*.jpg"))
 PROBES = sorted((SAMPLES / "probes").rglob("*.jpg"))
@@ -198,8 +198,8 @@ async def test_services_run_as_separate_workers(kafka: str, tmp_path: Path) -> N
             "case_ref": "CASE-SEP",
         }
         api = f"http://127.0.0.1:{pipeline.api_ports['api']}"
+        await pipeline.wait_for(lambda: api_knows(api, token), what="the API worker serving, with the token")
         async with httpx.AsyncClient(base_url=api, trust_env=False, timeout=90) as http:
-            await pipeline.wait_for(lambda: _answers(http), what="the API worker listening")
             answer = await http.post("/v1/searches?wait=60", json=body, headers={"Authorization": f"Bearer {token}"})
         assert answer.status_code == 200, answer.text
         await pipeline.wait_for(lambda: len(pipeline.receiver.deliveries) >= 1, what="the webhook")
@@ -214,13 +214,6 @@ async def test_services_run_as_separate_workers(kafka: str, tmp_path: Path) -> N
             assert contracts.reference_errors("face.detected", event) == []
     finally:
         await pipeline.stop()
-
-
-async def _answers(http: httpx.AsyncClient) -> bool:
-    try:
-        return (await http.get("/openapi.json")).status_code == 200
-    except httpx.TransportError:
-        return False
 
 
 async def test_a_crashed_worker_loses_nothing_and_duplicates_nothing(pipeline: Pipeline) -> None:
