@@ -274,10 +274,6 @@ def create_api(
         """The token's name is recorded as the enroller. 202 with the image id, or with `?wait` the
         outcome (`enrolled`, or the rejection and its reason)."""
         consent = body.consent
-        problem = consent_problem({**consent.model_dump(), "enrolled_by": token.name}, settings.max_retention_days)
-        if problem is not None:  # refused before anything is published, as `facestream enroll` does
-            name = problem.split(" ", 1)[0]
-            raise Problem(422, "invalid-request", problem, [{"field": name, "message": problem}])
         intent = client.enroll_intent(
             body.subject_id,
             body.watchlist,
@@ -288,6 +284,10 @@ def create_api(
             enrolled_by=token.name,
             face_hint=body.face_hint.model_dump(exclude_none=True) if body.face_hint else None,
         )
+        problem = consent_problem(intent["consent"], settings.max_retention_days)
+        if problem is not None:  # refused before anything is published, as `facestream enroll` does
+            name = problem.split(" ", 1)[0]
+            raise Problem(422, "invalid-request", problem, [{"field": name, "message": problem}])
         return await submit(body, intent, wait, response)
 
     @app.get("/v1/searches/{image_id}", tags=["images"], summary="The outcome of a search or an enrolment")

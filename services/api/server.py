@@ -72,10 +72,10 @@ class ApiServer:
         log.info("api_listening", host=self.settings.api_host, port=self.port)
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
+        if self._server is not None and self._task is not None:
+            self._server.should_exit = True  # finishes the requests in flight, then returns
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(self._task), 10) if self._task else None
+                await asyncio.wait_for(asyncio.shield(self._task), 10)
         await cancel(self._task)
         for part in self.routes:
             for stop in part.stops:
