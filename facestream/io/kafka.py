@@ -195,6 +195,16 @@ async def partition_reader(settings: Settings, tp: TopicPartition, fetch_max_wai
     return cons
 
 
+async def close(*clients: AIOKafkaConsumer | AIOKafkaProducer | None, within_s: float = 10.0) -> None:
+    """Stop each client (None: never made), each within `within_s`: closing towards a broker that
+    is away would wait for it, and a stopping service must not hang on that. Failures are ignored:
+    nothing is left to do with a client that is going away."""
+    for client in clients:
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.stop(), within_s)
+
+
 async def table_reader(settings: Settings, topic: str, handle: Callable[[Any], None]) -> AIOKafkaConsumer:
     """A started consumer, without a group, of the one-partition compacted `topic` (a table kept
     in Kafka: subscriptions, tokens), every record up to its end handed to `handle`; `follow` it to

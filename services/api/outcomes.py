@@ -20,7 +20,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from facestream.config import Settings
-from facestream.io.kafka import follow, topic_partitions
+from facestream.io.kafka import close, follow, topic_partitions
 from facestream.ops.logs import get_logger
 from facestream.runtime.tasks import cancel
 
@@ -103,9 +103,7 @@ class Outcomes:
 
     async def stop(self) -> None:
         await cancel(self._task)
-        if self._consumer is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._consumer.stop(), 10)
+        await close(self._consumer)
 
     def _entry(self, image_id: str, submitted_at: str) -> Outcome:
         known = self._by_image.get(image_id)

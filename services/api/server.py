@@ -14,7 +14,7 @@ import uvicorn
 from facestream import contracts
 from facestream.api import Routes
 from facestream.config import Settings
-from facestream.io.kafka import producer
+from facestream.io.kafka import close, producer
 from facestream.ops.logs import get_logger
 from facestream.runtime.tasks import cancel
 from facestream.services.api.app import create_api
@@ -83,5 +83,4 @@ class ApiServer:
                     await stop()
         await self.outcomes.stop()
         await self.tokens.stop()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.producer.stop(), 10)
+        await close(self.producer)

@@ -11,7 +11,6 @@ requester), never a field a caller fills in.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import re
@@ -27,7 +26,7 @@ from facestream.api import Role
 from facestream.config import Settings
 from facestream.contracts.timeutil import iso
 from facestream.errors import ConfigError
-from facestream.io.kafka import TopicSpec, follow, producer, table_reader
+from facestream.io.kafka import TopicSpec, close, follow, producer, table_reader
 from facestream.ops.logs import get_logger
 from facestream.runtime.tasks import cancel
 
@@ -122,12 +121,7 @@ class TokenStore:
 
     async def stop(self) -> None:
         await cancel(self._task)
-        # Bounded: clients closing towards a broker that is away would wait for it.
-        if self._consumer is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._consumer.stop(), 10)
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.producer.stop(), 10)
+        await close(self._consumer, self.producer)
 
     def _apply(self, key: bytes | None, value: bytes | None) -> None:
         if key is None:

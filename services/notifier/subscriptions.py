@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import re
 import secrets as _secrets
 import time
@@ -26,7 +25,7 @@ from cryptography.fernet import Fernet, InvalidToken
 
 from facestream.config import WEBHOOK_EVENT_TYPES, Settings, SubscriptionSeed
 from facestream.errors import ConfigError, UnsafeDestination
-from facestream.io.kafka import follow, producer, table_reader
+from facestream.io.kafka import close, follow, producer, table_reader
 from facestream.io.net import AddressPolicy, resolve
 from facestream.keys import configured_key
 from facestream.ops.logs import get_logger
@@ -222,12 +221,7 @@ class SubscriptionStore:
 
     async def stop(self) -> None:
         await cancel(self._task)
-        # Bounded: a producer flushing to a broker that is away would wait for it.
-        if self._consumer is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._consumer.stop(), 10)
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.producer.stop(), 10)
+        await close(self._consumer, self.producer)
 
     async def _follow(self) -> None:
         assert self._consumer is not None
