@@ -93,10 +93,12 @@ async def run(matches: int, subscribers: int, slow: bool) -> None:
     await prod.start()
     try:
         for name, r in receivers:
-            await stage.store.add(Subscription.new(name, r.url, r.secret, max_concurrency=16))
+            await stage.store.add(Subscription.new(name, r.url, r.secret, all_watchlists=True, max_concurrency=16))
         if slow:
             slow_url = f"http://127.0.0.1:{slow_port}/hook"
-            await stage.store.add(Subscription.new("slow", slow_url, new_secret(), max_concurrency=4))
+            await stage.store.add(
+                Subscription.new("slow", slow_url, new_secret(), all_watchlists=True, max_concurrency=4)
+            )
         started = time.monotonic()
         pending = []
         for start in range(0, matches, 200):

@@ -34,6 +34,7 @@ from facestream.config import Settings, load_settings, to_toml
 from facestream.contracts.timeutil import parse_iso
 from facestream.io.broker import local_broker
 from facestream.io.kafka import consumer, producer
+from facestream.services.audit import log as audit_log
 from facestream.services.main import ensure_topics
 from facestream.services.notifier.subscriptions import new_secret
 
@@ -156,9 +157,14 @@ async def run_demo(gallery: Path, probes: Path, quiet: bool = False) -> dict[str
         "ops_port": 0,  # any free port: the demo must not collide with a running worker
         "crops_port": 0,
         "api_port": 0,
+        "audit_checkpoint_s": 1,  # the summary shows the chain sealed by a signed checkpoint
     }
     config_path = workdir / "facestream.toml"
-    config_path.write_text(to_toml(settings_values, [{"name": "demo-receiver", "url": receiver.url, "secret": secret}]))
+    config_path.write_text(
+        to_toml(
+            settings_values, [{"name": "demo-receiver", "url": receiver.url, "secret": secret, "all_watchlists": True}]
+        )
+    )
     config_path.chmod(0o600)
     settings = load_settings(config_path)
     await ensure_topics(settings)
@@ -223,6 +229,7 @@ async def run_demo(gallery: Path, probes: Path, quiet: bool = False) -> dict[str
         if probe_ids:
             await _wait(all_done, follower, worker, 600 + len(probe_ids))
         crops = await _fetch_crops(receiver)
+        chain = await _audited(settings, len(enrol_ids) + len(probe_ids))
     finally:
         stop.set()
         await prod.stop()
@@ -239,8 +246,27 @@ async def run_demo(gallery: Path, probes: Path, quiet: bool = False) -> dict[str
     elapsed = max(last - first_submit, 1e-9)
     summary = _summary(tracker, enrol_ids, probe_ids, paths, probes, elapsed, receiver, delivered_at)
     summary["totals"]["probe_crops_fetched"] = crops
+    summary["audit"] = chain
     _print_summary(summary)
     return summary
+
+
+async def _audited(settings: Settings, at_least: int, limit_s: float = 20.0) -> dict[str, Any]:
+    """The audit chain once it holds `at_least` entries (every enrolment and search) and a signed
+    checkpoint covers them all, verified."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        verdict = await audit_log.check(settings)
+        sealed = verdict.records >= at_least and verdict.unsealed == 0
+        if sealed or not verdict.ok or time.monotonic() > deadline:
+            problem = None if verdict.problem is None else str(verdict.problem)
+            return {
+                "entries": verdict.records,
+                "checkpoints": verdict.checkpoints,
+                "verified": verdict.ok,
+                "problem": problem,
+            }
+        await asyncio.sleep(0.5)
 
 
 async def _fetch_crops(receiver: WebhookReceiver) -> int:
@@ -370,6 +396,9 @@ def _print_summary(summary: dict[str, Any]) -> None:
     print(f"  images per second        {tm['images_per_second']}  ({t['probes']} probes in {tm['seconds']} s)")
     stages = ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in tm["seconds_per_stage"].items())
     print(f"  seconds per stage        {stages}")
+    a = summary["audit"]
+    sealed = f"{a['checkpoints']} signed checkpoints"
+    print(f"  audit chain              {a['entries']} entries, {sealed}, verified: {a['verified']}")
     print("  every match is a candidate for human review, not an identification")
 
 

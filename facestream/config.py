@@ -52,9 +52,9 @@ ENV_PREFIX = "FACESTREAM_"
 # split 0.0085 <= 0.01; rank-1 identification rate 0.845. See README "Threshold".
 DEFAULT_THRESHOLD_FPIR = 0.01
 # Webhook event types a subscription can ask for (see services/notifier/logic.py).
-# Match candidates; and the erasure of a subject that earlier matches named (sent to whoever got
-# those, whatever their event types: they hold copies to purge).
-WEBHOOK_EVENT_TYPES = ("face.match.candidates", "face.subject.erased")
+# Match candidates; the erasure of a subject that earlier matches named (sent to whoever got
+# those, whatever their event types: they hold copies to purge); a reviewer's decision on a candidate.
+WEBHOOK_EVENT_TYPES = ("face.match.candidates", "face.subject.erased", "face.match.reviewed")
 # Standard Webhooks' suggested schedule: the delay before each attempt (the first is immediate).
 DEFAULT_WEBHOOK_SCHEDULE = (0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 50400.0, 72000.0, 86400.0)
 
@@ -126,13 +126,20 @@ class SubscriptionSeed(BaseModel):
     secret: SecretStr | None = None
     secret_env: str | None = None
     watchlists: tuple[str, ...] = ()
+    all_watchlists: bool = False
     min_score: Fraction = 0.0
-    event_types: tuple[Literal["face.match.candidates"], ...] = ()
+    event_types: tuple[Literal["face.match.candidates", "face.match.reviewed"], ...] = ()
 
     @field_validator("url")
     @classmethod
     def _check_url(cls, value: str) -> str:
         return _http_url(value)
+
+    @model_validator(mode="after")
+    def _bound(self) -> SubscriptionSeed:
+        if self.all_watchlists == bool(self.watchlists):
+            raise ValueError("name the watchlists whose matches it receives, or set all_watchlists = true (one)")
+        return self
 
     @model_validator(mode="after")
     def _secret_given(self) -> SubscriptionSeed:
@@ -164,6 +171,18 @@ class SubscriptionSeed(BaseModel):
         if self.secret is not None:
             return self.secret.get_secret_value()
         return os.environ[self.secret_env or ""]
+
+
+class WatchlistSpec(BaseModel):
+    """A `[[watchlists]]` table: a watchlist and the purposes it may be searched for. Once any
+    is declared, enrolment needs a declared watchlist (and a retention term within its
+    `retention_days`), and a search a purpose each watchlist it would search allows."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: Annotated[str, Field(min_length=1, max_length=64)]
+    purposes: Annotated[tuple[Annotated[str, Field(min_length=3, max_length=500)], ...], Field(min_length=1)]
+    retention_days: int | None = Field(None, ge=1, description="longest retention term of its enrolments")
 
 
 # The TOML file being loaded (path, values) and whether the environment applies: set by
@@ -281,6 +300,28 @@ class Settings(BaseSettings):
         description="the model's impostor calibration (`facestream calibrate --labels DIR` writes one); "
         "empty: the one shipped",
     )
+    watchlists: tuple[WatchlistSpec, ...] = Field(
+        (),
+        description="[[watchlists]] tables (name, purposes, retention_days): searches are bound to the purposes "
+        "their watchlists allow; none declared: any watchlist, any purpose",
+    )
+    # Audit
+    audit_signing_key: SecretStr = Field(
+        SecretStr(""),
+        description="Ed25519 key (32-byte seed, url-safe base64) signing the audit chain's checkpoints; empty: a key "
+        "file under data_dir (one machine)",
+    )
+    audit_verify_key: str = Field(
+        "",
+        description="the audit signing key's public half (url-safe base64; `facestream audit key` prints it), for "
+        "`facestream audit verify` where the signing key is not at hand",
+    )
+    audit_checkpoint_records: int = Field(
+        100, ge=1, le=1_000_000, description="the audit sequencer signs a checkpoint after this many entries"
+    )
+    audit_checkpoint_s: Seconds = Field(
+        10.0, description="... or this long after the first entry not yet covered by a checkpoint"
+    )
     # Notifier
     subscriptions: tuple[SubscriptionSeed, ...] = Field(
         (), description="[[subscriptions]] tables: added to the subscription store if missing there"
@@ -377,7 +418,7 @@ class Settings(BaseSettings):
             parse_allowed(item)
         return value
 
-    @field_validator("subscriptions_key", "gallery_keys")
+    @field_validator("subscriptions_key", "gallery_keys", "audit_signing_key")
     @classmethod
     def _check_key(cls, value: SecretStr, info: ValidationInfo) -> SecretStr:
         raw = value.get_secret_value()
@@ -402,6 +443,17 @@ class Settings(BaseSettings):
     def _check_backend(self) -> Settings:
         if self.gallery_backend == "qdrant" and not self.qdrant_url:
             raise ValueError("gallery_backend = qdrant needs qdrant_url")
+        return self
+
+    @model_validator(mode="after")
+    def _check_watchlists(self) -> Settings:
+        names = [w.name for w in self.watchlists]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"watchlists declared twice: {', '.join(twice)}")
+        longer = [w.name for w in self.watchlists if (w.retention_days or 0) > self.max_retention_days]
+        if longer:
+            raise ValueError(f"watchlists {', '.join(longer)}: retention_days above max_retention_days")
         return self
 
     def topic(self, name: str) -> str:
@@ -477,6 +529,10 @@ def _literal(value: Any) -> str:
         return json.dumps(str(value))
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_literal(x) for x in value) + "]"
+    if isinstance(value, BaseModel):  # a [[watchlists]] entry: an inline table
+        value = value.model_dump(exclude_none=True)
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {_literal(v)}" for k, v in value.items() if v is not None) + "}"
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
@@ -503,7 +559,7 @@ def describe(
             yield f"{key} = {_literal(shown)}"
 
 
-def to_toml(values: dict[str, Any], subscriptions: Sequence[dict[str, str]] = ()) -> str:
+def to_toml(values: dict[str, Any], subscriptions: Sequence[dict[str, Any]] = ()) -> str:
     """A settings file for `load_settings` (flat values, then `[[subscriptions]]` tables)."""
     lines = [f"{k} = {_literal(v)}" for k, v in values.items()]
     for sub in subscriptions:

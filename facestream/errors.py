@@ -8,6 +8,8 @@ lost, but it is logged as an error.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class FacestreamError(Exception):
     """Base of all facestream errors."""
@@ -32,6 +34,8 @@ class RejectedEvent(FacestreamError):
 
     reason = "rejected"
     transient = False
+    # The event's intent, when the stage had read it: the refusal's audit entry names who asked.
+    intent: dict[str, Any] | None = None
 
     def __init__(self, detail: str, *, reason: str | None = None, transient: bool | None = None) -> None:
         super().__init__(detail)
@@ -90,6 +94,19 @@ class EnrolmentRejected(RejectedEvent):
     """An enrolment that would enrol the wrong face or none."""
 
     reason = "enrolment_rejected"
+
+
+class PurposeNotAllowed(RejectedEvent):
+    """A search whose purpose a watchlist it names (or, naming none, every declared watchlist)
+    does not allow (see facestream.purposes)."""
+
+    reason = "purpose_not_allowed"
+
+
+class WatchlistRefused(RejectedEvent):
+    """An enrolment into a watchlist not declared, or kept longer than its watchlist allows."""
+
+    reason = "watchlist_refused"
 
 
 class UnsafeDestination(FacestreamError):

@@ -10,12 +10,14 @@ from facestream.io.kafka import ensure_topics as create_pipeline_topics
 from facestream.runtime.service import Service, own_topics
 from facestream.services import calibrate
 from facestream.services.api.service import SERVICE as API
+from facestream.services.audit.service import SERVICE as AUDIT
 from facestream.services.detector.service import SERVICE as DETECTOR
 from facestream.services.embedder.service import SERVICE as EMBEDDER
 from facestream.services.matcher.service import SERVICE as MATCHER
 from facestream.services.notifier.service import SERVICE as NOTIFIER
+from facestream.services.review.service import SERVICE as REVIEW
 
-SERVICES: tuple[Service, ...] = (DETECTOR, EMBEDDER, MATCHER, NOTIFIER, API)
+SERVICES: tuple[Service, ...] = (DETECTOR, EMBEDDER, MATCHER, NOTIFIER, API, AUDIT, REVIEW)
 
 
 async def ensure_topics(settings: Settings) -> list[str]:

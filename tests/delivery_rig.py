@@ -125,7 +125,11 @@ class Rig:
         return self.stage.store
 
     async def add(self, name: str, subscriber: Subscriber, **kwargs: Any) -> Subscription:
-        sub: Subscription = await self.store.add(Subscription.new(name, subscriber.url, subscriber.secret, **kwargs))
+        sub: Subscription = await self.store.add(
+            Subscription.new(
+                name, subscriber.url, subscriber.secret, **{"all_watchlists": not kwargs.get("watchlists"), **kwargs}
+            )
+        )
         return sub
 
     async def publish(self, *matches: dict[str, Any]) -> None:

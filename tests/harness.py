@@ -75,7 +75,7 @@ class Pipeline:
                     "session_timeout_s": 6,
                     **self.extra,
                 },
-                [{"name": "test-receiver", "url": self.receiver.url, "secret": self.secret}],
+                [{"name": "test-receiver", "url": self.receiver.url, "secret": self.secret, "all_watchlists": True}],
             )
         )
         self.settings = load_settings(config)

@@ -51,6 +51,12 @@ ALLOWED: dict[tuple[str, str], set[str]] = {
     ("get", "/v1/subjects/{subject_id}"): {"auditor", "eraser"},
     ("delete", "/v1/subjects/{subject_id}"): {"eraser"},
     ("get", "/v1/subjects/{subject_id}/erasure-receipt"): {"auditor", "eraser"},
+    ("get", "/v1/audit"): {"auditor"},
+    ("get", "/v1/audit/verify"): {"auditor"},
+    ("get", "/v1/reviews"): {"reviewer", "auditor"},
+    ("get", "/v1/reviews/{match_event_id}"): {"reviewer", "auditor"},
+    ("get", "/v1/reviews/{match_event_id}/crop"): {"reviewer"},
+    ("post", "/v1/reviews/{match_event_id}/decisions"): {"reviewer"},
 }
 
 JSON = {"content-type": "application/json"}
@@ -135,10 +141,12 @@ def _operations(spec: dict[str, Any]) -> list[tuple[str, str]]:
 def _request(method: str, path: str) -> tuple[str, dict[str, Any]]:
     concrete = path.replace("{image_id}", "img-1").replace("{token_id}", "0123456789abcdef")
     concrete = concrete.replace("{name}", "no-such-subscription").replace("{subject_id}", "nobody")
+    concrete = concrete.replace("{match_event_id}", "00000000-0000-4000-8000-000000000000")
     if method == "delete" and "{subject_id}" in path:
         concrete += "?reason=test+of+roles"
     bodies = {
-        "/v1/subscriptions": {"name": "made-by-test", "url": "https://hooks.invalid/in"},
+        "/v1/subscriptions": {"name": "made-by-test", "url": "https://hooks.invalid/in", "all_watchlists": True},
+        "/v1/reviews/{match_event_id}/decisions": {"subject_id": "nobody", "decision": "confirm"},
         "/v1/subscriptions/{name}": {"min_score": 0.5},
         "/v1/subscriptions/{name}/rotate-secret": {"grace_s": 60},
         "/v1/subscriptions/{name}/replay": {},
@@ -279,7 +287,7 @@ async def test_revocation_and_expiry_take_effect_on_every_api_worker(api: Api) -
         created = await api.call("post", "/v1/tokens", admin, json={"name": "short-lived", "roles": ["auditor"]})
         assert created.status_code == 201
         made = created.json()
-        assert made["created_by"].startswith("admin-")  # the creator's token name, never a field
+        assert made["created_by"].startswith("token:admin-")  # the creator's token name, never a field
         listed = (await api.call("get", "/v1/tokens", admin)).json()
         assert "sha256" not in str(listed)
         assert made["token"] not in str(listed)

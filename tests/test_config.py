@@ -92,7 +92,10 @@ def test_errors_name_the_file_or_the_environment_variable(tmp_path: Path, monkey
     assert f"subscriptions[0].url from file {path}: 'ftp://x' is not an http:// or https:// URL" in message
     # Only the broken values are reported; the backend from the environment and the URL from the file agree.
     assert "gallery_backend" not in message
-    path.write_text('[[subscriptions]]\nname = "x"\nurl = "https://x.example"\nsecret_env = "NOT_SET_ANYWHERE"\n')
+    path.write_text(
+        '[[subscriptions]]\nname = "x"\nurl = "https://x.example"\nsecret_env = "NOT_SET_ANYWHERE"\n'
+        "all_watchlists = true\n"
+    )
     monkeypatch.delenv("FACESTREAM_MIN_FACE_PX")
     monkeypatch.delenv("FACESTREAM_GALLERY_BACKEND")
     with pytest.raises(ConfigError, match="environment variable NOT_SET_ANYWHERE"):
@@ -112,6 +115,7 @@ def test_show_masks_secrets_and_names_sources(tmp_path: Path, monkeypatch: pytes
     path = tmp_path / "c.toml"
     path.write_text(
         f'partitions = 2\n\n[[subscriptions]]\nname = "x"\nurl = "https://x.example"\nsecret = "{SECRET}"\n'
+        "all_watchlists = true\n"
     )
     monkeypatch.setenv("FACESTREAM_SUBSCRIPTIONS_KEY", key)
     monkeypatch.setenv("FACESTREAM_CONFIG", str(path))

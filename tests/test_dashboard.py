@@ -5,48 +5,15 @@ screenshot is kept as a test artefact in out/dashboard.png."""
 from __future__ import annotations
 
 import asyncio
-import shutil
 from pathlib import Path
 
 import httpx
-import pytest
 
 from tests.conftest import ROOT, SAMPLES
 from tests.harness import Pipeline
 from tests.test_pipeline_e2e import enrol_gallery, search
 
 STAGES = ["detector", "embedder", "matcher", "notifier"]
-
-
-@pytest.fixture
-def browser(tmp_path: Path):  # type: ignore[no-untyped-def]
-    driver_path = shutil.which("chromedriver")
-    chromium = shutil.which("chromium")
-    if driver_path is None or chromium is None:
-        pytest.skip(
-            "Debian's chromium and chromium-driver are not installed (scripts/install.sh installs them as root)"
-        )
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        f"--user-data-dir={tmp_path / 'chromium'}",
-        "--window-size=900,700",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=Service(driver_path))
-    yield driver
-    driver.quit()
 
 
 def cells(driver: object) -> dict[str, dict[str, str]]:

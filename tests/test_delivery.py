@@ -173,7 +173,7 @@ async def test_private_endpoint_is_refused_at_connection_time(tmp_path: Path, ka
     receiver = await Subscriber().start()
     try:
         async with notifier(tmp_path, kafka, webhook_allow_private=()) as rig:
-            sub = Subscription.new("internal", receiver.url, receiver.secret)
+            sub = Subscription.new("internal", receiver.url, receiver.secret, all_watchlists=True)
             with pytest.raises(ConfigError, match="non-public"):
                 await rig.store.add(sub)  # refused at registration too
             registrar = SubscriptionStore(

@@ -234,8 +234,15 @@ async def test_stage_emits_valid_events_and_rejects_bad_input(settings: Settings
     contracts.validate("face.detected", faces[0].value)
     assert faces[0].value["intent"] == intent
     assert faces[0].value["trace_id"] == good["trace_id"]
-    assert outcomes[1].outputs[0].value["status"] == "no_face"
-    contracts.validate("match.result", outcomes[1].outputs[0].value)
+    searched, no_face = outcomes[1].outputs  # a search without a face is audited all the same
+    assert (searched.topic, searched.value["action"], searched.value["details"]["status"]) == (
+        "audit.entries",
+        "search",
+        "no_face",
+    )
+    contracts.validate("audit.entry", searched.value)
+    assert no_face.value["status"] == "no_face"
+    contracts.validate("match.result", no_face.value)
     assert getattr(outcomes[2].error, "reason", None) == "undecodable"
     assert isinstance(outcomes[3].error, MalformedEvent)
     # Deterministic ids: the same submission again gives the same event id.

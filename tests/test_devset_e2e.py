@@ -54,6 +54,9 @@ async def test_devset_rank1_and_false_matches(devset: Path, kafka: str, tmp_path
     assert totals["probe_dead_letters"] == 0
     assert totals["webhook_signature_failures"] == 0
     assert totals["duplicate_webhooks"] == 0
+    # Every enrolment (and refusal) and every search is in the audit chain, which verifies.
+    assert summary["audit"]["verified"], summary["audit"]
+    assert summary["audit"]["entries"] >= len(summary["gallery"]) + totals["faces"]
     mated = [p for p in summary["probes"] if p["path"].split("/")[0] in enrolled]
     non_mated = [p for p in summary["probes"] if p["path"].split("/")[0] not in enrolled]
     rank1 = sum(

@@ -238,7 +238,11 @@ async def test_stage_enrols_then_searches(tmp_path: Path) -> None:
         # The key goes out again with each point until the keys topic gives it back (the stage
         # reads nothing here): a point never depends on a key record that failed to be written.
         topics = [[o.topic for o in outcome.outputs] for outcome in outcomes]
-        assert topics == [["gallery.keys", "gallery", "matches"]] * 2
+        assert topics == [["gallery.keys", "gallery", "audit.entries", "matches"]] * 2
+        entry = outcomes[0].outputs[2].value  # who enrolled whom, under which consent reference
+        assert (entry["action"], entry["actor"], entry["refs"]["subject_id"]) == ("enrolment", "clerk", "alice")
+        assert entry["details"]["consent_ref"] == "c/1"
+        assert "retain_until" not in str(entry)  # a reference to the consent, not its details
         assert [o.outputs[-1].value["status"] for o in outcomes] == ["enrolled", "enrolled"]
         key, record = outcomes[0].outputs[:2]
         assert outcomes[1].outputs[0].value == key.value  # the same key record, not a second key

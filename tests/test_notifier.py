@@ -42,7 +42,7 @@ def match_event(status: str = "match", candidates: list[dict[str, Any]] | None =
 
 
 def sub(name: str = "cases", url: str = "http://x", **kwargs: Any) -> Subscription:
-    return Subscription.new(name, url, SECRET, **kwargs)
+    return Subscription.new(name, url, SECRET, **{"all_watchlists": not kwargs.get("watchlists"), **kwargs})
 
 
 def test_payload_is_thin_filtered_and_bounded_in_time() -> None:

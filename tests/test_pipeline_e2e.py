@@ -21,6 +21,7 @@ import orjson
 import pytest
 
 from facestream import client, contracts
+from facestream.services.audit import log as audit_log
 from tests.conftest import SAMPLES
 from tests.harness import Pipeline
 from tests.helpers import api_knows, enrolment, new_token
@@ -136,6 +137,37 @@ async def test_images_in_signed_webhooks_out(pipeline: Pipeline) -> None:
     assert "payload_b64" not in letters["bad-json"]  # never the record's value: a reference to it
     assert letters["bad-json"]["source_topic"] == settings.topic("images")
 
+    # The audit chain holds every enrolment, every search (with its purpose and case), every
+    # refusal and every crop fetch, each once, and verifies.
+    searched = [m for m in state["matches"] if m["status"] in ("match", "no_match", "no_face")]
+    chain: dict[str, list[dict[str, Any]]] = {}
+
+    async def audited() -> bool:
+        chain.clear()
+        for record in await audit_log.records(settings):
+            chain.setdefault(record["entry"]["action"], []).append(record["entry"])
+        return (
+            len(chain.get("enrolment", [])) >= len(GALLERY)
+            and len(chain.get("search", [])) >= len(searched)
+            and len(chain.get("refusal", [])) >= 3
+            and len(chain.get("crop_fetch", [])) >= 3
+        )
+
+    await pipeline.wait_for(audited, what="the audit chain")
+    assert {e["refs"]["subject_id"] for e in chain["enrolment"]} == {p.parent.name for p in GALLERY}
+    assert all(e["actor"] == "test-suite" for e in chain["enrolment"] + chain["search"])
+    assert {e["refs"]["match_event_id"] for e in chain["search"]} == {m["event_id"] for m in searched}
+    assert all(
+        e["details"]["purpose"] == "end-to-end test" and e["refs"]["case_ref"] == "CASE-E2E" for e in chain["search"]
+    )
+    refusals = {e["refs"].get("image_id"): e for e in chain["refusal"]}
+    assert refusals["bad-image"]["details"]["reason"] == "undecodable"
+    assert refusals["bad-image"]["refs"]["case_ref"] == "CASE-E2E"  # who asked, though the image failed
+    assert refusals["bad-consent"]["actor"] == "upstream:unknown"  # malformed: nobody it names is trusted
+    assert [e["actor"] for e in chain["crop_fetch"]] == ["subscription:test-receiver"] * 3
+    verdict = await audit_log.check(settings)
+    assert verdict.ok, verdict.problem
+
     # Every event on every topic honours its contract.
     for topic, event_type in (
         ("faces", "face.detected"),
@@ -183,7 +215,7 @@ async def test_images_in_signed_webhooks_out(pipeline: Pipeline) -> None:
 
 
 async def test_services_run_as_separate_workers(kafka: str, tmp_path: Path) -> None:
-    services = [["detector"], ["embedder"], ["matcher"], ["notifier"], ["api"]]
+    services = [["detector"], ["embedder"], ["matcher"], ["notifier"], ["api", "audit"]]
     pipeline = Pipeline(tmp_path, [SAMPLES], services=services)
     await pipeline.start()
     try:
@@ -197,7 +229,7 @@ async def test_services_run_as_separate_workers(kafka: str, tmp_path: Path) -> N
             "purpose": "separate workers test",
             "case_ref": "CASE-SEP",
         }
-        api = f"http://127.0.0.1:{pipeline.api_ports['api']}"
+        api = f"http://127.0.0.1:{pipeline.api_ports['api-audit']}"
         await pipeline.wait_for(lambda: api_knows(api, token), what="the API worker serving, with the token")
         async with httpx.AsyncClient(base_url=api, trust_env=False, timeout=90) as http:
             answer = await http.post("/v1/searches?wait=60", json=body, headers={"Authorization": f"Bearer {token}"})
@@ -206,6 +238,17 @@ async def test_services_run_as_separate_workers(kafka: str, tmp_path: Path) -> N
         [delivery] = pipeline.receiver.deliveries
         assert delivery.event["candidates"][0]["subject_id"] == "azure_family2_man"
         assert delivery.event["event_id"] in {r["event_id"] for r in answer.json()["results"]}
+
+        # The audit sequencer in the API's worker chains the search, under the token's name.
+        async def audited() -> bool:
+            return any(r["entry"]["action"] == "search" for r in await audit_log.records(pipeline.settings))
+
+        await pipeline.wait_for(audited, what="the search in the audit chain")
+        [searched] = [
+            r["entry"] for r in await audit_log.records(pipeline.settings) if r["entry"]["action"] == "search"
+        ]
+        assert (searched["actor"], searched["refs"]["case_ref"]) == ("case-system", "CASE-SEP")
+        assert (await audit_log.check(pipeline.settings)).ok
         # Apart, every face crosses the faces topic, under its contract.
         faces = await pipeline.events("faces")
         assert len(faces) >= len(GALLERY) + 1

@@ -61,23 +61,28 @@ async def test_the_store_is_durable_shared_and_encrypted(tmp_path: Path, kafka: 
 async def test_registration_refuses_what_can_never_be_delivered(tmp_path: Path, kafka: str) -> None:
     async with notifier(tmp_path, kafka) as rig:
         for bad in (
-            Subscription.new("has space", "https://x.example/h", new_secret()),
-            Subscription.new("ftp", "ftp://x.example/h", new_secret()),
-            Subscription.new("creds", "https://user:pw@x.example/h", new_secret()),
-            Subscription.new("types", "https://x.example/h", new_secret(), event_types=("face.everything",)),
+            Subscription.new("has space", "https://x.example/h", new_secret(), all_watchlists=True),
+            Subscription.new("ftp", "ftp://x.example/h", new_secret(), all_watchlists=True),
+            Subscription.new("creds", "https://user:pw@x.example/h", new_secret(), all_watchlists=True),
+            Subscription.new(
+                "types", "https://x.example/h", new_secret(), all_watchlists=True, event_types=("face.everything",)
+            ),
+            Subscription.new("unbound", "https://x.example/h", new_secret()),  # receives which watchlists?
             Subscription("nosecret", "https://x.example/h"),
         ):
             with pytest.raises(ConfigError):
                 await rig.store.add(bad)
-        await rig.store.add(Subscription.new("ok", "https://x.example/h", new_secret()))
+        await rig.store.add(Subscription.new("ok", "https://x.example/h", new_secret(), all_watchlists=True))
         with pytest.raises(ConfigError, match="exists"):
-            await rig.store.add(Subscription.new("ok", "https://x.example/h", new_secret()))
+            await rig.store.add(Subscription.new("ok", "https://x.example/h", new_secret(), all_watchlists=True))
 
 
 async def test_configured_subscriptions_are_seeded_once(tmp_path: Path, kafka: str) -> None:
     """A subscription in the settings file is added when missing; later changes made through the
     store (here: disabled) survive a restart that seeds again."""
-    configured = SubscriptionSeed(name="seeded", url="https://x.example/h", secret=SecretStr(new_secret()))
+    configured = SubscriptionSeed(
+        name="seeded", url="https://x.example/h", secret=SecretStr(new_secret()), all_watchlists=True
+    )
     async with notifier(tmp_path, kafka, subscriptions=(configured,)) as rig:
         assert rig.store.get("seeded") is not None
         await rig.store.disable("seeded", "paused by an operator")
@@ -90,7 +95,7 @@ async def test_configured_subscriptions_are_seeded_once(tmp_path: Path, kafka: s
 async def test_rotation_keeps_old_secrets_for_the_grace_period(tmp_path: Path, kafka: str) -> None:
     async with notifier(tmp_path, kafka) as rig:
         old = new_secret()
-        await rig.store.add(Subscription.new("r", "https://x.example/h", old))
+        await rig.store.add(Subscription.new("r", "https://x.example/h", old, all_watchlists=True))
         sub, new = await rig.store.rotate_secret("r", grace_s=0.5)
         assert sub.signing_secrets(time.time()) == [old, new]
         assert sub.signing_secrets(time.time() + 1) == [new]
@@ -116,7 +121,9 @@ async def test_cli_manages_subscriptions_and_replays_dead_letters(
                 assert await asyncio.to_thread(main, ["--config", str(config), *args]) == rc
                 return capsys.readouterr().out
 
-            added = await cli("subscriptions", "add", "cases", "--url", receiver.url, "--min-score", "0.5")
+            added = await cli(
+                "subscriptions", "add", "cases", "--url", receiver.url, "--all-watchlists", "--min-score", "0.5"
+            )
             receiver.secrets = [added.split("shown once; give it to the receiver): ")[1].strip()]
             await rig.wait_for(lambda: rig.store.get("cases") is not None, what="the notifier to see it")
             assert "cases" in await cli("subscriptions", "list")
@@ -152,7 +159,7 @@ async def test_unknown_fields_do_not_make_a_subscription_unreadable(tmp_path: Pa
     takes effect; a record that cannot be read at all leaves the last readable state, and the
     store keeps following."""
     async with notifier(tmp_path, kafka) as rig:
-        await rig.store.add(Subscription.new("cases", "https://cases.example/h", new_secret()))
+        await rig.store.add(Subscription.new("cases", "https://cases.example/h", new_secret(), all_watchlists=True))
         sub = rig.store.require("cases")
         record = orjson.loads(encode(replace(sub, state="disabled", disabled_reason="newer writer"), rig.store.box))
         record["priority"] = "high"  # a field this version does not know
@@ -161,7 +168,7 @@ async def test_unknown_fields_do_not_make_a_subscription_unreadable(tmp_path: Pa
         await rig.wait_for(lambda: rig.store.require("cases").state == "disabled", what="the newer record")
         await rig.store.producer.send_and_wait(topic, b"{not json", key=b"cases")
         await rig.store.producer.send_and_wait(topic, None, key=b"other")  # the follow task is still alive:
-        await rig.store.add(Subscription.new("later", "https://later.example/h", new_secret()))
+        await rig.store.add(Subscription.new("later", "https://later.example/h", new_secret(), all_watchlists=True))
         reader = await started(rig.settings)
         try:
             assert reader.require("later").active

@@ -1,7 +1,7 @@
 """`facestream`: the command line.
 
 facestream kafka up|down|status        local single-node Kafka (KRaft) on 127.0.0.1
-facestream run [--service NAME ...]    the four stages and the API in one process, or some of them
+facestream run [--service NAME ...]    the four stages, the API and the audit sequencer in one process, or some
 facestream enroll ...                  enrol photos of one subject (consent record required)
 facestream submit ...                  submit photos for search (purpose, case, requester)
 facestream tail [TOPIC]                print events from matches (default) or dlq
@@ -9,7 +9,8 @@ facestream lag [--watch] | status      consumer lag; throughput, lag and dead le
 facestream config show|check           the effective settings and where each comes from; validate a file
 facestream dlq list|replay             the pipeline's dead letters, filtered; send them through again
 and the services' own commands (the matcher's `gallery`, the notifier's `subscriptions` and
-`deliveries`), and `calibrate` (services/calibrate.py: the threshold from your labelled photos).
+`deliveries`, `tokens`, `audit`, `report`, `review`), and `calibrate` (services/calibrate.py: the
+threshold from your labelled photos).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from facestream.io.broker import local_broker
 from facestream.io.kafka import TOPICS, consumer, ensure_topics, producer, running, topic_partitions
 from facestream.ops.lag import consumer_lag, pipeline_groups, table
 from facestream.runtime.app import consumer_groups
-from facestream.runtime.service import Service, own_topics
+from facestream.runtime.service import Service, own_topics, runnable
 from facestream.runtime.worker import run
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
@@ -235,7 +236,8 @@ def _cmd_kafka(args: argparse.Namespace, services: Sequence[Service]) -> int:
 
 
 def _cmd_run(args: argparse.Namespace, services: Sequence[Service]) -> int:
-    chosen = [s for s in services if s.name in args.service] if args.service else list(services)
+    workers = runnable(services)  # review only adds topics, commands and API operations
+    chosen = [s for s in workers if s.name in args.service] if args.service else workers
     run(load_settings(args.config), chosen, services, args.log_level)
     return 0
 
@@ -257,7 +259,7 @@ def _cmd_config(args: argparse.Namespace) -> int:
 def parser(services: Sequence[Service], commands: Sequence[Callable[[Any], None]] = ()) -> argparse.ArgumentParser:
     """The `facestream` command for the pipeline made of `services`, with `commands` (each adds
     its subparser) that work across them."""
-    names = [s.name for s in services]
+    names = [s.name for s in runnable(services)]
     p = argparse.ArgumentParser(
         prog="facestream", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -16,8 +16,9 @@ from typing import Any
 import orjson
 from aiokafka import TopicPartition
 
+from facestream import audit
 from facestream.config import Settings, load_settings
-from facestream.contracts.timeutil import parse_iso
+from facestream.contracts.timeutil import now_iso, parse_iso
 from facestream.io.kafka import consumer, producer, read_topic, running
 
 
@@ -87,7 +88,16 @@ async def replay(settings: Settings, letters: list[dict[str, Any]], dry_run: boo
     held = await originals(settings, ours)
     sendable = [held[x["event_id"]] for x in ours if x["event_id"] in held and held[x["event_id"]].value is not None]
     if not dry_run and sendable:
+        replayed = [x["event_id"] for x in ours if x["event_id"] in held]
+        entry = audit.entry(
+            "replay",
+            audit.cli_actor(),
+            "dlq",
+            f"dlq/{now_iso()}/{','.join(replayed)}",
+            details={"replayed": len(sendable), "of": "pipeline dead letters"},
+        )
         async with running(producer(settings)) as prod:
+            await audit.AuditLog(settings, prod).write(entry)
             futures = [await prod.send(r.topic, r.value, key=r.key, headers=list(r.headers or ())) for r in sendable]
             await asyncio.gather(*futures)
     return len(sendable), len(letters) - len(sendable)

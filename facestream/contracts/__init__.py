@@ -36,6 +36,10 @@ EVENT_TYPES = (
     "subject.erased",
     "gallery.replica",
     "subject.notified",
+    "audit.entry",
+    "audit.record",
+    "audit.checkpoint",
+    "review.decision",
 )
 _BASE = "https://facestream.dev/contracts/"
 _UUID = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"

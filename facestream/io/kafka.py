@@ -64,7 +64,18 @@ def pipeline_topics(settings: Settings) -> list[TopicSpec]:
     ]
     ttl_ms = int(settings.webhook_event_ttl_s * 1000)
     specs.append(TopicSpec(settings.topic("crops"), settings.partitions, 1 * MiB, ttl_ms))
-    return specs
+    return specs + audit_topics(settings)
+
+
+def audit_topics(settings: Settings) -> list[TopicSpec]:
+    """The audit's topics, one partition each: one order for the chain. Every part writes entries
+    to `audit.entries`; the sequencer (services/audit/) chains them into `audit`, kept without a
+    time limit, and copies each signed checkpoint to `audit.checkpoints`, its witness."""
+    return [
+        TopicSpec(settings.topic("audit.entries"), 1, 1 * MiB, 30 * DAY_MS),
+        TopicSpec(settings.topic("audit"), 1, 1 * MiB, -1),
+        TopicSpec(settings.topic("audit.checkpoints"), 1, 1 * MiB, -1),
+    ]
 
 
 async def ensure_topics(settings: Settings, extra: Iterable[TopicSpec] = ()) -> list[str]:
@@ -267,17 +278,19 @@ async def each_record(cons: AIOKafkaConsumer, handle: Callable[[Any], Awaitable[
 
 
 async def read_topic(
-    settings: Settings, topic: str, group_id: str | None = None, since: float | None = None
+    settings: Settings, topic: str, group_id: str | None = None, since: float | None = None, committed: bool = False
 ) -> list[Any]:
     """Every record of `topic` (a full name) from the group's position (the beginning without a
     group; the first record written at or after the epoch time `since`, when given) up to the
-    end offsets taken at the start. With a group, commits what was read."""
+    end offsets taken at the start. With a group, commits what was read. `committed`: only what
+    transactions committed (the audit chain)."""
     cons = AIOKafkaConsumer(
         bootstrap_servers=settings.kafka_bootstrap,
         group_id=group_id,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         max_partition_fetch_bytes=MAX_REQUEST,
+        isolation_level="read_committed" if committed else "read_uncommitted",
     )
     try:
         await cons.start()

@@ -27,7 +27,7 @@ from facestream.ops.server import Health, OpsServer
 from facestream.runtime.acks import InOrderAcks, Ticket
 from facestream.runtime.compute import ModelPool
 from facestream.runtime.emit import Emitter
-from facestream.runtime.service import Server, Service, own_topics
+from facestream.runtime.service import Server, Service, own_topics, runnable
 from facestream.runtime.stage import Outcome, Record, Stage, screen
 
 log = get_logger(__name__)
@@ -53,7 +53,8 @@ def consumer_groups(
 ) -> dict[str, list[str]]:
     """The consumer groups a worker running `services` uses (out of all those in `catalogue`),
     each with the full names of the topics it reads: its agents' group and the services' own."""
-    groups = {app_id_for(settings, services, len(catalogue)): [settings.topic(s.source) for s in services if s.source]}
+    agents = app_id_for(settings, runnable(services), len(runnable(catalogue)))
+    groups = {agents: [settings.topic(s.source) for s in services if s.source]}
     for service in services:
         groups.update(service.groups(settings))
     return groups
@@ -96,7 +97,7 @@ def create_app(
         name: app.topic(
             settings.topic(name), key_type=bytes, value_type=bytes, partitions=settings.partitions, internal=False
         )
-        for name in (*TOPICS, "crops", *_own_topics(settings, services))
+        for name in (*TOPICS, "crops", "audit.entries", *_own_topics(settings, services))
     }
 
     async def assigned(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
@@ -107,7 +108,7 @@ def create_app(
         log.info("partitions_assigned", partitions=mine)
 
     app.on_partitions_assigned.connect(assigned)
-    health = Health(["kafka", *(s.name for s in services)])
+    health = Health(["kafka", *(s.name for s in runnable(services))])
     if isinstance(executor, ModelPool):
         health.check("models", lambda: executor.ready)
     for service in services:

@@ -15,6 +15,7 @@ dead letter:
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,13 +27,14 @@ from aiokafka.errors import (
     RecordTooLargeError,
 )
 
-from facestream import contracts
-from facestream.errors import OutputRejected
+from facestream import audit, contracts
+from facestream.errors import OutputRejected, RejectedEvent
 from facestream.ops.logs import get_logger
 from facestream.ops.metrics import DEAD_LETTERS, EMIT_RETRIES, EVENTS_PRODUCED
 from facestream.runtime.stage import Outcome, Record, dead_letter, safe_trace_header
 
 log = get_logger(__name__)
+_IMAGE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$")  # contracts' image_id
 
 # Sends one message (short topic name, key, value, headers); resolves to the broker's answer.
 Send = Callable[[str, bytes | None, bytes, dict[str, bytes]], Awaitable[Awaitable[Any]]]
@@ -64,6 +66,30 @@ class _Plan:
     produced: list[str] = field(default_factory=list)
 
 
+def refusal_entry(stage: str, letter: dict[str, Any], intent: dict[str, Any] | None) -> dict[str, Any]:
+    """The audit entry of a refused event: the stage, the reason and, when the stage had read the
+    event's intent, who asked (requester or enroller), for which case or subject."""
+    intent = intent or {}
+    asker = intent.get("requester") or intent.get("consent", {}).get("enrolled_by")
+    image_id = letter["image_id"] if letter["image_id"] and _IMAGE_ID.match(letter["image_id"]) else None
+    return audit.entry(
+        "refusal",
+        asker or "upstream:unknown",
+        stage,
+        letter["event_id"],
+        occurred_at=letter["occurred_at"],
+        details={
+            "stage": stage,
+            "reason": letter["reason"],
+            "kind": intent.get("kind"),
+            "purpose": intent.get("purpose"),
+        },
+        image_id=image_id,
+        case_ref=intent.get("case_ref"),
+        subject_id=intent.get("subject_id"),
+    )
+
+
 class Emitter:
     def __init__(self, stage: str, send: Send, retry_initial_s: float = 0.2, retry_max_s: float = 10.0) -> None:
         self.stage = stage
@@ -76,6 +102,9 @@ class Emitter:
         headers = safe_trace_header(plan.record)
         plan.letter = letter
         plan.messages = [_Message("dlq", plan.record.key_bounded, contracts.dumps(letter), headers)]
+        if isinstance(error, RejectedEvent) and not error.transient:  # a refusal: who asked, and why not
+            entry = refusal_entry(self.stage, letter, error.intent)
+            plan.messages.append(_Message(audit.ENTRIES, entry["entry_id"].encode(), contracts.dumps(entry), headers))
 
     def _plan(self, record: Record, outcome: Outcome) -> _Plan:
         plan = _Plan(record, [])

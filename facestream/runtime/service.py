@@ -73,6 +73,12 @@ class Service:
     status: Callable[[Settings], Awaitable[list[str]]] | None = field(default=None)
 
 
+def runnable(services: Sequence[Service]) -> list[Service]:
+    """Those of `services` a worker runs something of (a stage or a server); the others (review)
+    only add topics, commands and API operations."""
+    return [s for s in services if s.stage is not None or s.server is not None]
+
+
 def own_topics(settings: Settings, services: Sequence[Service]) -> list[TopicSpec]:
     """The topics `services` own, besides the pipeline's (created with them)."""
     return [spec for service in services for spec in service.topics(settings)]

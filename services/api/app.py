@@ -306,7 +306,8 @@ def create_api(
     @app.post("/v1/tokens", status_code=201, tags=["tokens"], summary="Create a token; its text is shown only here")
     async def create_token(body: TokenIn, who: Annotated[Token, require(Role.admin)]) -> dict[str, Any]:
         expires = None if body.expires_in_days is None else body.expires_in_days * 86400
-        token, text = await tokens.create(body.name, [r.value for r in body.roles], expires, created_by=who.name)
+        roles = [r.value for r in body.roles]
+        token, text = await tokens.create(body.name, roles, expires, created_by=f"token:{who.name}")
         log.info("api_token_created", token=token.name, token_id=token.id, roles=list(token.roles), by=who.name)
         return {**token.public(time.time()), "token": text}
 
@@ -314,7 +315,7 @@ def create_api(
     async def revoke_token(token_id: str, who: Annotated[Token, require(Role.admin)]) -> dict[str, Any]:
         if tokens.get(token_id) is None:
             raise Problem(404, "not-found", f"no token {token_id!r}")
-        token = await tokens.revoke(token_id)
+        token = await tokens.revoke(token_id, actor=f"token:{who.name}")
         log.info("api_token_revoked", token=token.name, token_id=token.id, by=who.name)
         return token.public(time.time())
 

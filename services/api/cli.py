@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import getpass
 import json
 import time
 
+from facestream import audit
 from facestream.api import Role
 from facestream.config import load_settings
 from facestream.io.kafka import ensure_topics
@@ -24,14 +24,14 @@ async def _tokens(args: argparse.Namespace) -> int:
         now = time.time()
         if args.action == "create":
             expires = None if args.expires_days <= 0 else args.expires_days * 86400
-            token, text = await store.create(args.name, args.role, expires, created_by=f"cli:{getpass.getuser()}")
+            token, text = await store.create(args.name, args.role, expires, created_by=audit.cli_actor())
             print(json.dumps(token.public(now)))
             print(f"token (shown once, keep it secret): {text}")
         elif args.action == "list":
             for token in store.all():
                 print(json.dumps(token.public(now)))
         else:
-            print(json.dumps((await store.revoke(args.id)).public(now)))
+            print(json.dumps((await store.revoke(args.id, actor=audit.cli_actor())).public(now)))
     finally:
         await store.stop()
     return 0

@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer
 
+from facestream import audit
 from facestream.api import Role
 from facestream.config import Settings
 from facestream.contracts.timeutil import iso
@@ -145,18 +146,28 @@ class TokenStore:
     async def create(
         self, name: str, roles: list[str], expires_in_s: float | None, created_by: str
     ) -> tuple[Token, str]:
+        """A new token, audited as made by `created_by` (`token:<name>` or `cli:<user>`)."""
         token, text = new_token(name, roles, expires_in_s, created_by)
+        await self._audit(token, created_by, "created")
         await self._put(token)
         return token, text
 
-    async def revoke(self, token_id: str) -> Token:
+    async def revoke(self, token_id: str, actor: str) -> Token:
         token = self._tokens.get(token_id)
         if token is None:
             raise ConfigError(f"no token with id {token_id!r}")
         if token.revoked_at is None:
             token = replace(token, revoked_at=time.time())
+            await self._audit(token, actor, "revoked")
             await self._put(token)
         return token
+
+    async def _audit(self, token: Token, actor: str, change: str) -> None:
+        details = {"change": change, "name": token.name, "roles": ",".join(token.roles)}
+        if token.expires_at is not None:
+            details["expires_at"] = iso(token.expires_at)
+        entry = audit.entry("token_change", actor, "api", f"{token.id}/{change}", details=details, token=token.id)
+        await audit.AuditLog(self.settings, self.producer).write(entry)
 
     def all(self) -> list[Token]:
         return sorted(self._tokens.values(), key=lambda t: (t.name, t.created_at))

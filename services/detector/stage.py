@@ -15,12 +15,12 @@ from typing import Any
 import cv2
 import httpx
 
-from facestream import contracts
+from facestream import audit, contracts, purposes
 from facestream.config import Settings
 from facestream.contracts import ids
 from facestream.contracts.consent import consent_problem
 from facestream.contracts.timeutil import now_iso
-from facestream.errors import EnrolmentRejected
+from facestream.errors import EnrolmentRejected, RejectedEvent
 from facestream.io.net import guarded_client
 from facestream.ops.logs import bind_event, get_logger
 from facestream.runtime.stage import Outcome, Output, Record, carry
@@ -119,14 +119,31 @@ def face_events(event: dict[str, Any], analysis: Analysis, trace_id: str, second
     now = now_iso()
     if not analysis.faces:
         reason = "no face found" if analysis.found == 0 else "; ".join(analysis.rejected)[:500]
+        result_id = ids.event_id("match", event["image_id"], None, sha)
+        intent = event["intent"]
+        searched: list[Output] = []
+        if intent["kind"] == "search":  # a search all the same: who, why, which case, that no face was found
+            entry = audit.entry(
+                "search",
+                intent["requester"],
+                "detector",
+                result_id,
+                details={"purpose": intent["purpose"], "status": "no_face", "candidates": 0},
+                image_id=event["image_id"],
+                case_ref=intent["case_ref"],
+                match_event_id=result_id,
+                watchlists=intent.get("watchlists"),
+            )
+            searched.append(audit.output(entry))
         return [
+            *searched,
             Output(
                 "matches",
                 event["image_id"],
                 {
                     "schema_version": 1,
                     "event_type": "match.result",
-                    "event_id": ids.event_id("match", event["image_id"], None, sha),
+                    "event_id": result_id,
                     "trace_id": trace_id,
                     "status": "no_face",
                     "face_index": None,
@@ -138,7 +155,7 @@ def face_events(event: dict[str, Any], analysis: Analysis, trace_id: str, second
                     "timings": {"detector": seconds},
                     **base,
                 },
-            )
+            ),
         ]
     outputs = []
     search = event["intent"]["kind"] == "search"
@@ -213,6 +230,7 @@ class DetectorStage:
 
     async def _one(self, record: Record) -> Outcome:
         assert self.client is not None
+        event: dict[str, Any] | None = None
         try:
             event = contracts.loads(record.value, "image.submitted")
             trace_id = event.get("trace_id") or record.trace_id or ids.event_id("trace", event["image_id"])
@@ -221,6 +239,9 @@ class DetectorStage:
                 problem = consent_problem(event["intent"]["consent"], self.settings.max_retention_days)
                 if problem is not None:
                     raise EnrolmentRejected(problem, reason="enrolment_rejected")
+                purposes.check_enrolment(self.settings, event["intent"])
+            else:
+                purposes.search_scope(self.settings, event["intent"])  # refused here, before the work
             fetch_started = time.perf_counter()
             image = event["image"]
             source: bytes | tuple[str, str | None]
@@ -244,6 +265,8 @@ class DetectorStage:
             )
             return Outcome(face_events(event, analysis, trace_id, seconds))
         except Exception as exc:
+            if isinstance(exc, RejectedEvent) and event is not None:
+                exc.intent = event["intent"]  # the refusal's audit entry names who asked
             return Outcome(error=exc)
 
     async def process(self, records: Sequence[Record]) -> list[Outcome]:

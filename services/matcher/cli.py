@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from facestream import contracts
+from facestream import audit, contracts
 from facestream.config import Settings, load_settings
 from facestream.contracts.timeutil import now_iso, parse_iso
 from facestream.errors import UsageError
@@ -168,9 +168,12 @@ def _show_receipt(receipt: dict[str, Any], settings: Settings) -> str:
     return orjson.dumps(receipt, option=orjson.OPT_INDENT_2).decode() + f"\nsignature: {state}"
 
 
-async def request_erasure(settings: Settings, subject: str, reason: str, requested_by: str) -> dict[str, Any]:
-    """Ask the matchers to erase `subject` (a subject.erasure_requested on gallery.requests)."""
-    request = {
+async def request_erasure(
+    settings: Settings, subject: str, reason: str, requested_by: str, actor: str
+) -> dict[str, Any]:
+    """Ask the matchers to erase `subject` (a subject.erasure_requested on gallery.requests),
+    audited as asked by `actor`."""
+    request: dict[str, Any] = {
         "schema_version": 1,
         "event_type": "subject.erasure_requested",
         "request_id": uuid.uuid4().hex,
@@ -180,7 +183,16 @@ async def request_erasure(settings: Settings, subject: str, reason: str, request
         "requested_at": now_iso(),
     }
     contracts.validate("subject.erasure_requested", request)
+    entry = audit.entry(
+        "erasure_requested",
+        actor,
+        "matcher",
+        request["request_id"],
+        details={"reason": reason, "requested_by": requested_by},
+        subject_id=subject,
+    )
     async with running(producer(settings)) as prod:
+        await audit.AuditLog(settings, prod).write(entry)
         topic = settings.topic("gallery.requests")
         await prod.send_and_wait(topic, contracts.dumps(request), key=subject.encode())
     return request
@@ -205,7 +217,7 @@ async def _erase(settings: Settings, args: argparse.Namespace) -> str:
         if done is not None:  # erasing twice: the same receipt
             return "already erased:\n" + _show_receipt(done, settings)
         raise UsageError(f"no subject {args.subject!r} in the gallery (nothing to erase)")
-    request = await request_erasure(settings, args.subject, args.reason, args.requested_by)
+    request = await request_erasure(settings, args.subject, args.reason, args.requested_by, audit.cli_actor())
     receipt = await receipt_for(settings, request, args.wait)
     if receipt is not None:
         return _show_receipt(receipt, settings)

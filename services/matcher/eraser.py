@@ -39,7 +39,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from facestream import contracts
+from facestream import audit, contracts
 from facestream.config import Settings
 from facestream.contracts.timeutil import iso_of, now_iso, parse_iso
 from facestream.errors import RejectedEvent
@@ -238,6 +238,16 @@ class Eraser:
         )
         contracts.validate("subject.erased", receipt)
         await send(self.settings.topic("gallery.receipts"), contracts.dumps(receipt), key=subject.encode())
+        details = {k: receipt[k] for k in ("reason", "requested_by", "points_removed", "data_keys_destroyed")}
+        entry = audit.entry(
+            "erasure",
+            "system:matcher",
+            "matcher",
+            request["request_id"],
+            details={**details, "replicas_pending": len(pending), "subject_was_held": receipt["subject_was_held"]},
+            subject_id=subject,
+        )
+        await audit.AuditLog(self.settings, self._producer).write(entry)
         return receipt
 
     async def _sweep_every(self) -> None:
@@ -277,10 +287,28 @@ class Eraser:
             contracts.validate("subject.erasure_requested", request)
             topic = self.settings.topic("gallery.requests")
             await self._producer.send_and_wait(topic, contracts.dumps(request), key=subject.encode())
+            entry = audit.entry(
+                "erasure_requested",
+                f"system:{SWEEPER}",
+                "matcher",
+                request_id,
+                details={"reason": "retention_expired", "requested_by": SWEEPER, "term": term},
+                subject_id=subject,
+            )
+            await audit.AuditLog(self.settings, self._producer).write(entry)
             self._requested.add(request_id)
             requested.append(subject)
             log.info("retention_expired", request_id=request_id, term=term)
         for point_id in points:  # the subject stays (under a later term): only this point goes
             await self._producer.send_and_wait(self.settings.topic("gallery"), None, key=point_id.encode())
             log.info("gallery_point_expired", point_id=point_id)
+        if requested or points:
+            entry = audit.entry(
+                "retention_sweep",
+                f"system:{SWEEPER}",
+                "matcher",
+                f"{now_iso()}/{','.join(requested)}/{','.join(points)}",
+                details={"subjects_expired": len(requested), "points_expired": len(points)},
+            )
+            await audit.AuditLog(self.settings, self._producer).write(entry)
         return requested, points

@@ -64,7 +64,7 @@ def routes(settings: Settings) -> Routes:
                 raise Problem(404, "not-found", f"no subject {subject_id!r} in the gallery (nothing to erase)")
             response.status_code = 200
             return with_signature(done)
-        request = await request_erasure(settings, subject_id, reason, who.name)
+        request = await request_erasure(settings, subject_id, reason, who.name, f"token:{who.name}")
         log.info("erasure_requested", subject_id=subject_id, request_id=request["request_id"], by=who.name)
         receipt = await receipt_for(settings, request, wait) if wait else None
         if receipt is not None:

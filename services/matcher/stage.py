@@ -11,11 +11,11 @@ from typing import Any
 
 from qdrant_client import AsyncQdrantClient
 
-from facestream import contracts
+from facestream import audit, contracts, purposes
 from facestream.config import Settings
 from facestream.contracts import ids
 from facestream.contracts.timeutil import now_iso, parse_iso
-from facestream.errors import DependencyUnavailable, EnrolmentRejected
+from facestream.errors import DependencyUnavailable, EnrolmentRejected, RejectedEvent
 from facestream.ops.logs import get_logger
 from facestream.ops.metrics import SEARCH_SECONDS
 from facestream.runtime.stage import FACE_FIELDS, Outcome, Output, Record, carry
@@ -91,9 +91,12 @@ class MatcherStage:
             self._gallery = EdgeGallery(
                 folder / "index", EMBEDDING_DIM, self.settings.gallery_name, self.settings.gallery_index_after
             )
+        if not purposes.bound(self.settings):
+            log.warning("searches_not_purpose_bound", hint="declare [[watchlists]] with their purposes")
         if not self.follow:  # the stage's logic alone (tests without a broker)
             await self.gallery.open()
             return
+        await audit.write(self.settings, self.operating_entry())
         self.replica = Replica(self.settings, self.gallery, folder, self.ring)
         await self.replica.start()  # refuses a gallery key that cannot unwrap the stored data keys
         self.eraser = Eraser(self.settings, self.replica, self.keys)
@@ -111,6 +114,19 @@ class MatcherStage:
             if self._lock_fd is not None:
                 os.close(self._lock_fd)
                 self._lock_fd = None
+
+    def operating_entry(self) -> dict[str, Any]:
+        """The audit entry of this matcher's threshold setting; one per distinct setting (its id
+        derives from the setting), so restarts with the same one add nothing while the sequencer
+        remembers it."""
+        setting = {
+            "threshold": self.settings.threshold,
+            "threshold_fpir": self.settings.threshold_fpir,
+            "calibration": self.calibration.source,
+            "top_k": self.settings.top_k,
+        }
+        basis = "/".join(f"{k}={v}" for k, v in setting.items())
+        return audit.entry("operating_point", "system:matcher", "matcher", basis, details=setting)
 
     def operating_point(self, size: int) -> tuple[float, dict[str, Any]]:
         """The threshold for a gallery of `size` subjects, and what it means: unless a fixed
@@ -150,6 +166,12 @@ class MatcherStage:
         prepared: list[tuple[int, dict[str, Any], dict[str, Any], dict[str, Any] | None]] = []
         for i, event in enrols:
             subject = event["intent"]["subject_id"]
+            try:
+                purposes.check_enrolment(self.settings, event["intent"])
+            except RejectedEvent as exc:
+                exc.intent = event["intent"]
+                outcomes[i].error = exc
+                continue
             erased_at = self.replica.erased.get(subject) if self.replica is not None else None
             submitted = event.get("submitted_at") or event["occurred_at"]
             if erased_at is not None and parse_iso(submitted) <= parse_iso(erased_at):
@@ -178,7 +200,6 @@ class MatcherStage:
                 outcomes[i].outputs.append(
                     Output("gallery.keys", f"{record['subject_id']}/{key_record['key_id']}", key_record)
                 )
-            # Audit line: who enrolled whom, under which consent record (reference only).
             log.info(
                 "enrolled",
                 image_id=event["image_id"],
@@ -189,6 +210,22 @@ class MatcherStage:
             )
             # The system of record first: the emitter writes outputs in order, all before the ack.
             outcomes[i].outputs.append(Output("gallery", point.point_id, record))
+            # Who enrolled whom, under which consent record (its reference only).
+            outcomes[i].outputs.append(
+                audit.output(
+                    audit.entry(
+                        "enrolment",
+                        intent["consent"]["enrolled_by"],
+                        "matcher",
+                        point.point_id,
+                        details={"consent_ref": intent["consent"]["consent_ref"], "face_index": event["face_index"]},
+                        image_id=event["image_id"],
+                        subject_id=intent["subject_id"],
+                        point_id=point.point_id,
+                        watchlists=[intent["watchlist"]],
+                    )
+                )
+            )
             outcomes[i].outputs.append(
                 self._result(
                     event,
@@ -217,7 +254,13 @@ class MatcherStage:
             if intent["kind"] == "enroll":
                 enrols.append((i, event))
             else:
-                searches[tuple(sorted(intent.get("watchlists", ())))].append((i, event))
+                try:
+                    scope = purposes.search_scope(self.settings, intent)
+                except RejectedEvent as exc:
+                    exc.intent = intent
+                    outcomes[i].error = exc
+                    continue
+                searches[tuple(scope or ())].append((i, event))
         if enrols:
             await self._enrol(enrols, outcomes)
         try:
@@ -246,28 +289,46 @@ class MatcherStage:
             for (i, event), hits in zip(group, results, strict=True):
                 found = candidates(hits, threshold, self.settings.top_k)
                 status = "match" if found else "no_match"
-                # Audit line: who searched, why, for which case, and what came back (ids only).
+                intent = event["intent"]
                 log.info(
                     "searched",
                     image_id=event["image_id"],
                     trace_id=event["trace_id"],
-                    case_ref=event["intent"]["case_ref"],
-                    requester=event["intent"]["requester"],
+                    case_ref=intent["case_ref"],
+                    requester=intent["requester"],
                     status=status,
                     candidates=len(found),
                 )
-                outcomes[i].outputs.append(
-                    self._result(
-                        event,
-                        status,
-                        seconds,
-                        size,
-                        threshold=threshold,
-                        operating_point=operating_point,
-                        candidates=[
-                            {"subject_id": c.subject_id, "watchlist": c.watchlist, "score": c.score, "rank": c.rank}
-                            for c in found
-                        ],
-                    )
+                result = self._result(
+                    event,
+                    status,
+                    seconds,
+                    size,
+                    threshold=threshold,
+                    operating_point=operating_point,
+                    candidates=[
+                        {"subject_id": c.subject_id, "watchlist": c.watchlist, "score": c.score, "rank": c.rank}
+                        for c in found
+                    ],
                 )
+                # Who searched, why, for which case, where, at which threshold, and what came back.
+                entry = audit.entry(
+                    "search",
+                    intent["requester"],
+                    "matcher",
+                    result.value["event_id"],
+                    details={
+                        "purpose": intent["purpose"],
+                        "status": status,
+                        "candidates": len(found),
+                        "threshold": round(threshold, 6),
+                        "gallery_size": size,
+                        "face_index": event["face_index"],
+                    },
+                    image_id=event["image_id"],
+                    case_ref=intent["case_ref"],
+                    match_event_id=result.value["event_id"],
+                    watchlists=list(watchlists) or None,
+                )
+                outcomes[i].outputs += [result, audit.output(entry)]
         return outcomes

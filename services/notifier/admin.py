@@ -6,9 +6,9 @@ from typing import Any
 
 import orjson
 
-from facestream import contracts
+from facestream import audit, contracts
 from facestream.config import Settings
-from facestream.contracts.timeutil import now_iso, parse_iso
+from facestream.contracts.timeutil import iso, now_iso, parse_iso
 from facestream.io.kafka import producer, read_topic, running
 from facestream.services.notifier.topics import dlq_topic
 
@@ -42,12 +42,14 @@ async def replay(
     webhook_ids: set[str] | None = None,
     since: float | None = None,
     until: float | None = None,
+    actor: str = "system:notifier",
 ) -> list[dict[str, Any]]:
     """Send dead-lettered deliveries of `subscription` again, with their webhook ids unchanged and
     a fresh set of attempts. With `webhook_ids`: just those, wherever they are in the topic. With
     `since` and/or `until` (epoch seconds): those dead-lettered in that time. Otherwise: those
     dead-lettered since the last such replay (a consumer group keeps the place). Expired ones are
-    replayed too, and are dead-lettered again as expired: late is never fresh."""
+    replayed too, and are dead-lettered again as expired: late is never fresh. Audited as done by
+    `actor`."""
     topic = dlq_topic(settings, subscription)
     if webhook_ids is not None:
         records = [r for r in await read_topic(settings, topic) if orjson.loads(r.value)["webhook_id"] in webhook_ids]
@@ -68,6 +70,21 @@ async def replay(
         now = now_iso()
         jobs[letter["webhook_id"]] = {**letter, "attempt": 0, "due_at": now, "replayed_at": now}
     async with running(producer(settings)) as prod:
+        if jobs:
+            entry = audit.entry(
+                "replay",
+                actor,
+                "notifier",
+                f"{subscription}/{now_iso()}/{','.join(sorted(jobs))}",
+                details={
+                    "replayed": len(jobs),
+                    "by": "ids" if webhook_ids is not None else "time" if since or until else "since last replay",
+                    "since": iso(since) if since is not None else None,
+                    "until": iso(until) if until is not None else None,
+                },
+                subscription=subscription,
+            )
+            await audit.AuditLog(settings, prod).write(entry)
         for job in jobs.values():
             contracts.validate("webhook.delivery", job)
             await prod.send_and_wait(settings.topic("deliveries"), contracts.dumps(job), key=subscription.encode())

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any, TypeVar
 
+from facestream import audit
 from facestream.config import WEBHOOK_EVENT_TYPES, Settings, load_settings
 from facestream.errors import ConfigError
 from facestream.services.notifier.admin import delivery_log, replay
@@ -36,7 +37,7 @@ def _describe(sub: Subscription) -> str:
     )
     state = sub.state + (f": {sub.disabled_reason}" if sub.disabled_reason else "")
     filters = (
-        f"watchlists={','.join(sub.watchlists) or '*'} min_score={sub.min_score} "
+        f"watchlists={'*' if sub.all_watchlists else ','.join(sub.watchlists)} min_score={sub.min_score} "
         f"types={','.join(sub.event_types) or '*'}"
     )
     limits = f"concurrency={sub.max_concurrency} rate={sub.rate_per_s or 'unlimited'}/s"
@@ -56,12 +57,13 @@ def _cmd_subscriptions(args: argparse.Namespace) -> int:
                 args.url,
                 secret,
                 watchlists=tuple(args.watchlist or ()),
+                all_watchlists=args.all_watchlists,
                 min_score=args.min_score,
                 event_types=tuple(args.event_type or ()),
                 max_concurrency=args.max_concurrency,
                 rate_per_s=args.rate,
             )
-            await store.add(sub)
+            await store.add(sub, actor=audit.cli_actor())
             return f"added {args.name}\nsigning secret (shown once; give it to the receiver): {secret}"
         if args.action == "update":
             sub = store.require(args.name)
@@ -69,7 +71,8 @@ def _cmd_subscriptions(args: argparse.Namespace) -> int:
                 k: v
                 for k, v in {
                     "url": args.url,
-                    "watchlists": tuple(args.watchlist) if args.watchlist else None,
+                    "watchlists": tuple(args.watchlist) if args.watchlist else () if args.all_watchlists else None,
+                    "all_watchlists": True if args.all_watchlists else False if args.watchlist else None,
                     "min_score": args.min_score,
                     "event_types": tuple(args.event_type) if args.event_type else None,
                     "max_concurrency": args.max_concurrency,
@@ -77,15 +80,17 @@ def _cmd_subscriptions(args: argparse.Namespace) -> int:
                 }.items()
                 if v is not None
             }
-            return _describe(await store.put(replace(sub, **changes), check_url="url" in changes))
+            return _describe(
+                await store.put(replace(sub, **changes), check_url="url" in changes, actor=audit.cli_actor())
+            )
         if args.action == "disable":
-            return _describe(await store.disable(args.name, args.reason))
+            return _describe(await store.disable(args.name, args.reason, actor=audit.cli_actor()))
         if args.action == "enable":
-            return _describe(await store.enable(args.name))
+            return _describe(await store.enable(args.name, actor=audit.cli_actor()))
         if args.action == "rotate-secret":
-            sub, secret = await store.rotate_secret(args.name, args.grace)
+            sub, secret = await store.rotate_secret(args.name, args.grace, actor=audit.cli_actor())
             return f"{_describe(sub)}\nnew signing secret (shown once): {secret}"
-        await store.remove(args.name)
+        await store.remove(args.name, actor=audit.cli_actor())
         return f"removed {args.name}"
 
     try:
@@ -120,7 +125,8 @@ def _cmd_deliveries(args: argparse.Namespace) -> int:
         state = "does not exist" if sub is None else f"is disabled ({sub.disabled_reason})"
         print(f"error: subscription {args.subscription} {state}; enable it first")
         return 2
-    sent = asyncio.run(replay(settings, args.subscription, set(args.webhook_id) if args.webhook_id else None))
+    ids = set(args.webhook_id) if args.webhook_id else None
+    sent = asyncio.run(replay(settings, args.subscription, ids, actor=audit.cli_actor()))
     for job in sent:
         print(f"replayed {job['webhook_id']} (event {job['event_id']})")
     print(f"{len(sent)} replayed to {args.subscription}")
@@ -133,7 +139,8 @@ def add_parsers(sub: Any) -> None:
     s.add_argument("action", choices=["add", "list", "update", "disable", "enable", "rotate-secret", "remove"])
     s.add_argument("name", nargs="?")
     s.add_argument("--url")
-    s.add_argument("--watchlist", action="append", help="repeatable; default every watchlist")
+    s.add_argument("--watchlist", action="append", help="a watchlist whose matches it receives (repeatable)")
+    s.add_argument("--all-watchlists", action="store_true", help="receives every watchlist's matches")
     s.add_argument("--min-score", type=float)
     s.add_argument("--event-type", action="append", choices=WEBHOOK_EVENT_TYPES)
     s.add_argument("--max-concurrency", type=int)

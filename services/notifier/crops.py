@@ -26,6 +26,7 @@ import orjson
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from facestream import audit
 from facestream.config import Settings
 from facestream.contracts.timeutil import parse_iso
 from facestream.io.http import serve
@@ -175,6 +176,20 @@ class CropServer:
         path = self.dir / f"{event_id}.jpg"
         if not path.exists():
             return web.Response(status=404, text="no crop for this match (not yet received, or erased)")
+        entry = audit.entry(
+            "crop_fetch",
+            f"subscription:{subscription}",
+            "notifier",
+            f"{event_id}/{subscription}/{time.time()}",
+            details={"peer": request.remote},
+            match_event_id=event_id,
+            subscription=subscription,
+        )
+        try:  # served only once audited
+            await audit.AuditLog(self.settings, self.store.producer).write(entry)
+        except Exception as exc:
+            log.error("crop_fetch_unaudited", event_id=event_id, error=f"{type(exc).__name__}: {exc}"[:300])
+            return web.Response(status=503, text="cannot audit this fetch now; try again")
         log.info("crop_served", subscription=subscription, event_id=event_id)
         return web.Response(
             body=path.read_bytes(),

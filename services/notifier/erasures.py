@@ -12,21 +12,17 @@ offset is committed after all of that is on the broker; a crash in between repea
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from facestream import contracts
 from facestream.config import Settings
 from facestream.errors import RejectedEvent
-from facestream.io.kafka import consumer, each_record, producer, read_topic
+from facestream.io.kafka import read_topic
 from facestream.ops.logs import get_logger
-from facestream.runtime.stage import Record, dead_letter
-from facestream.runtime.tasks import cancel
 from facestream.services.notifier.logic import erased_payload, job_for
-from facestream.services.notifier.subscriptions import SubscriptionStore
+from facestream.services.notifier.notices import NoticeFollower
 
 log = get_logger(__name__)
 
@@ -46,51 +42,23 @@ async def notified(settings: Settings, subject: str) -> dict[str, str]:
     return found
 
 
-class ErasureNotices:
-    def __init__(self, settings: Settings, store: SubscriptionStore) -> None:
-        self.settings = settings
-        self.store = store
-        self._consumer: AIOKafkaConsumer | None = None
-        self._producer: AIOKafkaProducer | None = None
-        self._task: asyncio.Task[None] | None = None
+class ErasureNotices(NoticeFollower):
+    topic = "gallery.receipts"
+    name = "erasure-notices"
 
-    async def start(self) -> None:
-        self._producer = producer(self.settings)
-        await self._producer.start()
-        group = f"{self.settings.app_id}-erasure-notices"
-        self._consumer = consumer(self.settings, "gallery.receipts", group_id=group, enable_auto_commit=False)
-        await self._consumer.start()
-        self._task = asyncio.create_task(self._run())
-
-    async def stop(self) -> None:
-        await cancel(self._task)
-        for client in (self._consumer, self._producer):
-            if client is not None:
-                await client.stop()
-
-    async def _run(self) -> None:
-        assert self._consumer is not None
-        await each_record(self._consumer, self._handle, "erasure_notice_failed")
-
-    async def _handle(self, record: Any) -> None:
-        assert self._producer is not None
+    async def handle(self, record: Any) -> None:
         if record.value is None:
             return  # a receipt removed by compaction's tombstone: nothing to tell
         try:
             receipt = contracts.loads(record.value, "subject.erased")
         except RejectedEvent as exc:  # not a receipt the eraser wrote: to the dead letters
-            refused = Record(record.value, record.key, record.topic, record.partition, record.offset)
-            letter = dead_letter("notifier", refused, exc)
-            await self._producer.send_and_wait(
-                self.settings.topic("dlq"), contracts.dumps(letter), key=refused.key_bounded
-            )
+            await self.refuse(record, exc)
             return
         told = await self.notify(receipt)
         log.info("erasure_notices_sent", request_id=receipt["request_id"], subscriptions=sorted(told))
 
     async def notify(self, receipt: dict[str, Any]) -> list[str]:
         """Write the notices of one erasure; the subscriptions they go to."""
-        assert self._producer is not None
         entries = await notified(self.settings, receipt["subject_id"])
         payload = erased_payload(receipt)
         sent = []
@@ -100,10 +68,8 @@ class ErasureNotices:
                 continue  # removed since: nobody to tell
             job = job_for(payload, sub, payload)
             contracts.validate("webhook.delivery", job)
-            await self._producer.send_and_wait(
-                self.settings.topic("deliveries"), contracts.dumps(job), key=name.encode()
-            )
+            await self.out.send_and_wait(self.settings.topic("deliveries"), contracts.dumps(job), key=name.encode())
             sent.append(name)
         for key in entries.values():
-            await self._producer.send_and_wait(self.settings.topic("deliveries.subjects"), None, key=key.encode())
+            await self.out.send_and_wait(self.settings.topic("deliveries.subjects"), None, key=key.encode())
         return sent

@@ -20,10 +20,11 @@ from facestream.config import WEBHOOK_EVENT_TYPES
 from facestream.contracts import ids
 from facestream.contracts.timeutil import iso, now_iso, parse_iso
 from facestream.errors import UnsafeDestination
+from facestream.review import CandidateReview
 from facestream.services.notifier.signing import sign_headers
 from facestream.services.notifier.subscriptions import Subscription
 
-EVENT_TYPE, ERASED_TYPE = WEBHOOK_EVENT_TYPES
+EVENT_TYPE, ERASED_TYPE, REVIEWED_TYPE = WEBHOOK_EVENT_TYPES
 # An erasure notice outlives any match it concerns: a subscriber away for weeks must still purge.
 ERASED_TTL_S = 30 * 86400.0
 
@@ -69,6 +70,29 @@ def erased_payload(receipt: dict[str, Any]) -> dict[str, Any]:
         "erasure_request_id": receipt["request_id"],
         "retention_expired": receipt["reason"] == "retention_expired",
         "action": "purge every copy of match results naming this subject",
+    }
+
+
+def reviewed_payload(decision: dict[str, Any], review: CandidateReview, ttl_s: float) -> dict[str, Any]:
+    """The `face.match.reviewed` body: which candidate of which match, the decision, who made it,
+    and the candidate's review after it; never the reviewer's note."""
+    expires = parse_iso(decision["decided_at"]) + timedelta(seconds=ttl_s)
+    return {
+        "type": REVIEWED_TYPE,
+        "timestamp": decision["decided_at"],
+        "event_id": decision["event_id"],
+        "occurred_at": decision["decided_at"],
+        "expires_at": iso(expires.timestamp()),
+        "match_event_id": decision["match_event_id"],
+        "image_id": decision["image_id"],
+        "case_ref": decision.get("case_ref"),
+        "subject_id": decision["subject_id"],
+        "watchlist": decision["watchlist"],
+        "score": decision["score"],
+        "rank": decision["rank"],
+        "decision": decision["decision"],
+        "reviewer": decision["reviewer"],
+        **review.describe(),
     }
 
 

@@ -32,7 +32,10 @@ EventType = Literal[WEBHOOK_EVENT_TYPES]  # type: ignore[valid-type]
 class SubscriptionIn(Strict):
     name: str = Field(pattern=NAME.pattern, description="also part of its dead-letter topic's name")
     url: str = Field(min_length=8, max_length=2048, description="http(s)://…; checked against the SSRF policy")
-    watchlists: list[str] = Field(default_factory=list, description="empty: every watchlist")
+    watchlists: list[str] = Field(
+        default_factory=list, max_length=100, description="the watchlists whose matches it receives"
+    )
+    all_watchlists: bool = Field(False, description="receives every watchlist's matches (instead of `watchlists`)")
     min_score: float = Field(0.0, ge=-1, le=1)
     event_types: list[EventType] = Field(default_factory=list, description="empty: every event type")
     max_concurrency: int = Field(4, ge=1, le=256)
@@ -41,7 +44,8 @@ class SubscriptionIn(Strict):
 
 class SubscriptionPatch(Strict):
     url: str | None = Field(None, min_length=8, max_length=2048)
-    watchlists: list[str] | None = None
+    watchlists: list[str] | None = Field(None, max_length=100)
+    all_watchlists: bool | None = None
     min_score: float | None = Field(None, ge=-1, le=1)
     event_types: list[EventType] | None = None
     max_concurrency: int | None = Field(None, ge=1, le=256)
@@ -70,6 +74,7 @@ def describe(sub: Subscription) -> dict[str, Any]:
         "name": sub.name,
         "url": sub.url,
         "watchlists": list(sub.watchlists),
+        "all_watchlists": sub.all_watchlists,
         "min_score": sub.min_score,
         "event_types": list(sub.event_types),
         "state": sub.state,
@@ -129,12 +134,13 @@ def routes(settings: Settings) -> Routes:
             body.url,
             secret,
             watchlists=tuple(body.watchlists),
+            all_watchlists=body.all_watchlists,
             min_score=body.min_score,
             event_types=tuple(body.event_types),
             max_concurrency=body.max_concurrency,
             rate_per_s=body.rate_per_s,
         )
-        sub = await saved(store.add(sub))
+        sub = await saved(store.add(sub, actor=f"token:{who.name}"))
         log.info("subscription_created", subscription=sub.name, by=who.name)
         return {**describe(sub), "signing_secret": secret}
 
@@ -151,20 +157,24 @@ def routes(settings: Settings) -> Routes:
                 changes[key] = tuple(changes[key])
         if changes.get("state") == "active":
             changes["disabled_reason"] = ""
-        sub = await saved(store.put(replace(sub, **changes), check_url="url" in changes))
+        if changes.get("all_watchlists") and "watchlists" not in changes:
+            changes["watchlists"] = ()  # bound to every watchlist instead of some
+        if changes.get("watchlists") and "all_watchlists" not in changes:
+            changes["all_watchlists"] = False
+        sub = await saved(store.put(replace(sub, **changes), check_url="url" in changes, actor=f"token:{who.name}"))
         log.info("subscription_updated", subscription=name, fields=sorted(changes), by=who.name)
         return describe(sub)
 
     @router.delete("/{name}", status_code=204, summary="Remove a subscription")
     async def remove(name: str, who: Admin) -> None:
         named(name)
-        await store.remove(name)
+        await store.remove(name, actor=f"token:{who.name}")
         log.info("subscription_removed", subscription=name, by=who.name)
 
     @router.post("/{name}/rotate-secret", summary="A new signing secret (shown only here); the old ones expire")
     async def rotate(name: str, who: Admin, body: RotateIn | None = None) -> dict[str, Any]:
         named(name)
-        sub, secret = await store.rotate_secret(name, body.grace_s if body else GRACE_S)
+        sub, secret = await store.rotate_secret(name, body.grace_s if body else GRACE_S, actor=f"token:{who.name}")
         log.info("subscription_secret_rotated", subscription=name, by=who.name)
         return {**describe(sub), "signing_secret": secret}
 
@@ -217,7 +227,7 @@ def routes(settings: Settings) -> Routes:
             raise Problem(409, "subscription-disabled", f"{name} is disabled ({sub.disabled_reason}); enable it first")
         since, until = _time(body.since, "since"), _time(body.until, "until")
         ids = set(body.webhook_ids) if body.webhook_ids else None
-        sent = await replay(settings, name, ids, since=since, until=until)
+        sent = await replay(settings, name, ids, since=since, until=until, actor=f"token:{who.name}")
         log.info("deliveries_replayed", subscription=name, count=len(sent), by=who.name)
         return {"replayed": [{"webhook_id": j["webhook_id"], "event_id": j["event_id"]} for j in sent]}
 

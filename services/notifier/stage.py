@@ -22,6 +22,7 @@ from facestream.services.notifier.crops import CropServer
 from facestream.services.notifier.engine import DeliveryEngine
 from facestream.services.notifier.erasures import ErasureNotices
 from facestream.services.notifier.logic import job_for, payload_for
+from facestream.services.notifier.reviews import ReviewNotices
 from facestream.services.notifier.subscriptions import SubscriptionStore
 
 log = get_logger(__name__)
@@ -36,6 +37,7 @@ class NotifierStage:
         self.engine = DeliveryEngine(settings, self.store, client) if engine else None
         self.crops = CropServer(settings, self.store) if settings.crops_port >= 0 else None
         self.notices = ErasureNotices(settings, self.store) if engine else None
+        self.reviews = ReviewNotices(settings, self.store) if engine else None
 
     async def start(self) -> None:
         await self.store.start()
@@ -46,8 +48,12 @@ class NotifierStage:
             await self.engine.start()
         if self.notices is not None:
             await self.notices.start()
+        if self.reviews is not None:
+            await self.reviews.start()
 
     async def stop(self) -> None:
+        if self.reviews is not None:
+            await self.reviews.stop()
         if self.notices is not None:
             await self.notices.stop()
         if self.engine is not None:

@@ -23,6 +23,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 from cryptography.fernet import Fernet, InvalidToken
 
+from facestream import audit
 from facestream.config import WEBHOOK_EVENT_TYPES, Settings, SubscriptionSeed
 from facestream.errors import ConfigError, UnsafeDestination
 from facestream.io.kafka import close, follow, producer, table_reader
@@ -32,6 +33,7 @@ from facestream.ops.logs import get_logger
 from facestream.runtime.tasks import cancel
 
 log = get_logger(__name__)
+SYSTEM = "system:notifier"  # the actor of changes the notifier makes on its own (a 410 Gone, the settings)
 
 
 @dataclass(frozen=True)
@@ -56,9 +58,10 @@ class Subscription:
     name: str
     url: str
     secrets: tuple[SigningSecret, ...] = ()
-    watchlists: tuple[str, ...] = ()
+    watchlists: tuple[str, ...] = ()  # the watchlists whose matches it receives
     min_score: float = 0.0
     event_types: tuple[str, ...] = ()
+    all_watchlists: bool = False  # ... or every watchlist's, said explicitly
     state: str = "active"  # or "disabled"
     disabled_reason: str = ""
     max_concurrency: int = 4
@@ -79,7 +82,7 @@ class Subscription:
 
     def wants(self, watchlist: str, score: float) -> bool:
         """Whether a candidate from `watchlist` with `score` passes this subscriber's filters."""
-        return (not self.watchlists or watchlist in self.watchlists) and score >= self.min_score
+        return (self.all_watchlists or watchlist in self.watchlists) and score >= self.min_score
 
     def wants_type(self, event_type: str) -> bool:
         return not self.event_types or event_type in self.event_types
@@ -149,6 +152,7 @@ def from_seed(seed: SubscriptionSeed) -> Subscription:
         seed.url,
         seed.signing_secret,
         watchlists=seed.watchlists,
+        all_watchlists=seed.all_watchlists,
         min_score=seed.min_score,
         event_types=seed.event_types,
     )
@@ -164,6 +168,11 @@ def validate(sub: Subscription, settings: Settings) -> None:
         raise ConfigError(f"subscription {sub.name}: url must be http(s)://host/...")
     if parts.username or parts.password:
         raise ConfigError(f"subscription {sub.name}: no credentials in the url")
+    if sub.all_watchlists == bool(sub.watchlists):
+        raise ConfigError(
+            f"subscription {sub.name}: name the watchlists whose matches it receives, or say all_watchlists "
+            "(one of the two)"
+        )
     unknown = set(sub.event_types) - set(WEBHOOK_EVENT_TYPES)
     if unknown:
         raise ConfigError(f"subscription {sub.name}: unknown event types {sorted(unknown)}")
@@ -258,15 +267,34 @@ class SubscriptionStore:
     def active(self) -> list[Subscription]:
         return [s for s in self.all() if s.active]
 
-    async def put(self, sub: Subscription, check_url: bool = False) -> Subscription:
+    async def put(
+        self, sub: Subscription, check_url: bool = False, actor: str = SYSTEM, change: str = "updated"
+    ) -> Subscription:
+        """Write `sub` (audited as `change` by `actor`)."""
         validate(sub, self.settings)
         if check_url:
             await check_destination(sub, self.settings)
         sub = replace(sub, updated_at=time.time())
         record = encode(sub, self.box)
+        await self._audit(sub.name, actor, change, sub)
         await self.producer.send_and_wait(self.topic, record, key=sub.name.encode())
         self._apply(sub.name.encode(), record)
         return sub
+
+    async def _audit(self, name: str, actor: str, change: str, sub: Subscription | None) -> None:
+        details: dict[str, Any] = {"change": change}
+        if sub is not None:
+            details |= {"state": sub.state, "host": urlsplit(sub.url).hostname, "min_score": sub.min_score}
+        entry = audit.entry(
+            "subscription_change",
+            actor,
+            "notifier",
+            f"{name}/{change}/{time.time()}",
+            details=details,
+            subscription=name,
+            watchlists=list(sub.watchlists) if sub is not None else None,
+        )
+        await audit.AuditLog(self.settings, self.producer).write(entry)
 
     def require(self, name: str) -> Subscription:
         sub = self.get(name)
@@ -274,26 +302,30 @@ class SubscriptionStore:
             raise ConfigError(f"no subscription named {name!r}")
         return sub
 
-    async def add(self, sub: Subscription) -> Subscription:
+    async def add(self, sub: Subscription, actor: str = SYSTEM) -> Subscription:
         if self.get(sub.name) is not None:
             raise ConfigError(f"subscription {sub.name!r} exists")
-        return await self.put(sub, check_url=True)
+        return await self.put(sub, check_url=True, actor=actor, change="added")
 
     async def seed(self, seeds: Iterable[SubscriptionSeed]) -> None:
         """Add configured subscriptions that the store does not have yet (existing ones win:
         their state, secrets and limits may have changed since)."""
         for sub in map(from_seed, seeds):
             if self.get(sub.name) is None:
-                await self.put(sub)
+                await self.put(sub, change="added from the settings")
                 log.info("subscription_seeded", subscription=sub.name)
 
-    async def disable(self, name: str, reason: str) -> Subscription:
-        return await self.put(replace(self.require(name), state="disabled", disabled_reason=reason))
+    async def disable(self, name: str, reason: str, actor: str = SYSTEM) -> Subscription:
+        sub = replace(self.require(name), state="disabled", disabled_reason=reason)
+        return await self.put(sub, actor=actor, change="disabled")
 
-    async def enable(self, name: str) -> Subscription:
-        return await self.put(replace(self.require(name), state="active", disabled_reason=""))
+    async def enable(self, name: str, actor: str = SYSTEM) -> Subscription:
+        sub = replace(self.require(name), state="active", disabled_reason="")
+        return await self.put(sub, actor=actor, change="enabled")
 
-    async def rotate_secret(self, name: str, grace_s: float, secret: str | None = None) -> tuple[Subscription, str]:
+    async def rotate_secret(
+        self, name: str, grace_s: float, secret: str | None = None, actor: str = SYSTEM
+    ) -> tuple[Subscription, str]:
         """Add a new signing secret; the current ones stay valid for `grace_s` (0: retire now).
         Returns the subscription and the new secret (shown once to the operator)."""
         sub = self.require(name)
@@ -305,9 +337,10 @@ class SubscriptionStore:
             if s.active(now) and grace_s > 0
         )
         fresh = SigningSecret(f"s{uuid.uuid4().hex[:8]}", value, now)
-        return await self.put(replace(sub, secrets=(*kept, fresh))), value
+        return await self.put(replace(sub, secrets=(*kept, fresh)), actor=actor, change="secret rotated"), value
 
-    async def remove(self, name: str) -> None:
+    async def remove(self, name: str, actor: str = SYSTEM) -> None:
         self.require(name)
+        await self._audit(name, actor, "removed", None)
         await self.producer.send_and_wait(self.topic, None, key=name.encode())
         self._apply(name.encode(), None)

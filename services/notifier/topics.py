@@ -50,8 +50,10 @@ def notifier_topics(settings: Settings) -> list[TopicSpec]:
 
 def delivery_groups(settings: Settings) -> dict[str, list[str]]:
     """The delivery engine's consumer group and the topics it reads (its lag is the deliveries
-    still pending, new and retrying); the erasure notices' group, on the erasure receipts."""
+    still pending, new and retrying); the erasure notices' group, on the erasure receipts; the
+    review notices' group, on the reviewers' decisions."""
     return {
         f"{settings.app_id}-deliveries": [settings.topic("deliveries"), *retry_topics(settings).values()],
         f"{settings.app_id}-erasure-notices": [settings.topic("gallery.receipts")],
+        f"{settings.app_id}-review-notices": [settings.topic("reviews")],
     }

@@ -15,7 +15,15 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError
 
 from facestream.config import Settings
-from facestream.io.kafka import DAY_MS, MAX_REQUEST, TopicSpec, create_topics, delete_topics, read_topic
+from facestream.io.kafka import (
+    DAY_MS,
+    MAX_REQUEST,
+    TopicSpec,
+    audit_topics,
+    create_topics,
+    delete_topics,
+    read_topic,
+)
 from facestream.runtime.emit import Emitter
 from facestream.runtime.stage import Outcome, Output, Record
 
@@ -28,7 +36,11 @@ async def rig(kafka: str, tmp_path: Path) -> AsyncIterator[tuple[Settings, AIOKa
     # larger than a producer batch (16 KB), so an oversized record is refused in a batch of its own.
     await create_topics(
         settings,
-        [TopicSpec(settings.topic("faces"), 1, 40_000, DAY_MS), TopicSpec(settings.topic("dlq"), 1, 120_000, DAY_MS)],
+        [
+            TopicSpec(settings.topic("faces"), 1, 40_000, DAY_MS),
+            TopicSpec(settings.topic("dlq"), 1, 120_000, DAY_MS),
+            *audit_topics(settings),
+        ],
     )
     # Configured as faust's producer is (acks=all, not idempotent: at-least-once processing).
     prod = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all", max_request_size=MAX_REQUEST)
@@ -68,6 +80,9 @@ async def test_refused_outputs_become_dead_letters_alone(rig: tuple[Settings, AI
         assert "payload_b64" not in letter
         assert letter["source_topic"] == "x.images"
         assert len(orjson.dumps(letter)) < 4000
+    # Each refusal is also an audit entry, written with its dead letter.
+    entries = [orjson.loads(r.value) for r in await read_topic(settings, settings.topic("audit.entries"))]
+    assert sorted((e["action"], e["details"]["reason"]) for e in entries) == [("refusal", "output_rejected")] * 2
 
 
 async def test_transient_failures_are_retried_not_skipped(rig: tuple[Settings, AIOKafkaProducer]) -> None:
