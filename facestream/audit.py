@@ -3,7 +3,7 @@
 An entry (`audit.entry`, contracts/) says who did what, when, about which image, subject, case or
 subscription, by reference only. Stages return it as one more output of the record they processed
 (so it is written before the record is acknowledged, like the rest); servers and commands write it
-with `AuditLog`. The audit sequencer (services/audit/) chains the entries into the tamper-evident
+with `send` or `write`. The audit sequencer (services/audit/) chains the entries into the tamper-evident
 audit log. Entry ids derive from what happened, so an action redelivered is chained once.
 """
 
@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaProducer
 from facestream import contracts
 from facestream.config import Settings
 from facestream.contracts.timeutil import now_iso
-from facestream.io.kafka import close, producer
+from facestream.io.kafka import producer, running
 from facestream.runtime.stage import Output
 
 ENTRIES = "audit.entries"  # short topic name (see facestream.io.kafka.pipeline_topics)
@@ -67,42 +67,16 @@ def output(value: dict[str, Any]) -> Output:
     return Output(ENTRIES, value["entry_id"], value)
 
 
-class AuditLog:
-    """Writes entries for a server or a command (stages return them as outputs instead). `write`
-    returns once the broker has the entry: an action is not reported done before its audit is."""
-
-    def __init__(self, settings: Settings, producer: AIOKafkaProducer | None = None) -> None:
-        self.settings = settings
-        self._producer = producer
-        self._own = producer is None
-
-    async def start(self) -> None:
-        if self._producer is None:
-            self._producer = producer(self.settings)
-            await self._producer.start()
-
-    async def stop(self) -> None:
-        if self._own and self._producer is not None:
-            await close(self._producer)
-            self._producer = None
-
-    async def write(self, *entries: dict[str, Any]) -> None:
-        if self._producer is None:
-            raise RuntimeError("the audit log is not started")
-        topic = self.settings.topic(ENTRIES)
-        sent = [
-            await self._producer.send(topic, contracts.dumps(e), key=e["entry_id"].encode(), partition=0)
-            for e in entries
-        ]
-        for ack in sent:
-            await ack
+async def send(settings: Settings, producer: AIOKafkaProducer, *entries: dict[str, Any]) -> None:
+    """Write `entries` with `producer` (a server's or a command's own); returns once the broker has
+    them: an action is not reported done before its audit is."""
+    topic = settings.topic(ENTRIES)
+    sent = [await producer.send(topic, contracts.dumps(e), key=e["entry_id"].encode(), partition=0) for e in entries]
+    for ack in sent:
+        await ack
 
 
 async def write(settings: Settings, *entries: dict[str, Any]) -> None:
-    """Write `entries` with a producer of their own (commands)."""
-    log = AuditLog(settings)
-    try:
-        await log.start()
-        await log.write(*entries)
-    finally:
-        await log.stop()
+    """Write `entries` with a producer of their own."""
+    async with running(producer(settings)) as prod:
+        await send(settings, prod, *entries)

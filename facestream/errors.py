@@ -34,8 +34,9 @@ class RejectedEvent(FacestreamError):
 
     reason = "rejected"
     transient = False
-    # The event's intent, when the stage had read it: the refusal's audit entry names who asked.
-    intent: dict[str, Any] | None = None
+    # The refused event, when the stage could read it: its dead letter carries its `submitted_at`
+    # (so any API worker finds the submission it belongs to) and its audit entry names who asked.
+    event: dict[str, Any] | None = None
 
     def __init__(self, detail: str, *, reason: str | None = None, transient: bool | None = None) -> None:
         super().__init__(detail)

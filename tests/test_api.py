@@ -19,7 +19,7 @@ import pytest
 
 from facestream.api import Role
 from facestream.config import Settings, load_settings
-from facestream.io.kafka import delete_topics
+from facestream.io.kafka import delete_topics, read_topic
 from facestream.services.api.outcomes import Outcomes
 from facestream.services.api.server import ApiServer
 from facestream.services.api.service import SERVICE as API
@@ -417,6 +417,53 @@ async def test_wait_returns_the_outcome_a_webhook_carries(kafka: str, tmp_path: 
         await api.http.aclose()
     finally:
         await pipeline.stop()
+
+
+async def test_purpose_and_watchlist_refusals_come_at_once_and_are_audited(kafka: str) -> None:
+    declared = [{"name": "staff", "purposes": ["building access review"], "retention_days": 30}]
+    settings = _settings(watchlists=declared)
+    await ensure_topics(settings)
+    api = await _start(settings)
+    try:
+        token = await _token(api, "publisher", name="desk-7")
+        searched = await api.call("post", "/v1/searches", token, json=_search_body(sample("azure_family2_man")))
+        problem = _is_problem(searched, 422)
+        assert problem["errors"][0]["field"] == "purpose"
+        assert "no declared watchlist may be searched for purpose 'api test search'" in problem["detail"]
+        enrolled = await api.call("post", "/v1/enrolments", token, json=_enrol_body(sample("azure_family2_man")))
+        assert _is_problem(enrolled, 422)["errors"][0]["field"] == "watchlist"  # test-list is not declared
+        assert await read_topic(settings, settings.topic("images")) == []  # nothing was published
+        entries = [orjson.loads(r.value) for r in await read_topic(settings, settings.topic("audit.entries"))]
+        refusals = sorted((e["actor"], e["details"]["reason"]) for e in entries if e["action"] == "refusal")
+        assert refusals == [("desk-7", "purpose_not_allowed"), ("desk-7", "watchlist_refused")]
+    finally:
+        await api.http.aclose()
+        await api.server.stop()
+        await delete_topics(settings)
+
+
+def test_a_dead_letter_naming_its_submission_reaches_every_api_worker() -> None:
+    """A stage that could read the refused event puts its `submitted_at` in the dead letter: an API
+    worker that did not publish the submission finds its outcome all the same, shown to auditors
+    only (the letter names no submitter). (Records handed in, as `Outcomes.start` reads them.)"""
+    settings = _settings()
+    outcomes = Outcomes(settings)  # another worker: it never saw the submission
+    letter = {
+        "stage": "detector",
+        "reason": "undecodable",
+        "detail": "not an image",
+        "image_id": "img-7",
+        "submitted_at": "2026-12-02T10:00:00.000Z",
+        "source_topic": settings.topic("images"),
+        "partition": 2,
+        "offset": 9,
+        "occurred_at": "2026-12-02T10:00:01.000Z",
+    }
+    outcomes._record(SimpleNamespace(topic=settings.topic("dlq"), value=orjson.dumps(letter), offset=1))
+    found = outcomes.get("img-7")
+    assert found is not None
+    assert (found.state, found.as_json()["rejection"]["reason"]) == ("rejected", "undecodable")
+    assert found.requester == "(unknown)"
 
 
 def test_a_later_stage_s_dead_letter_ends_its_submission_s_wait() -> None:

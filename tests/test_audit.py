@@ -219,11 +219,8 @@ async def test_entries_are_chained_once_and_verified_and_each_forgery_is_named(
         await sequencer.start()
         try:
             written = entries(12)
-            writer = audit.AuditLog(settings)
-            await writer.start()
-            await writer.write(*written[:7])
-            await writer.write(*written[5:])  # 5 and 6 again: at-least-once upstream
-            await writer.stop()
+            await audit.write(settings, *written[:7])
+            await audit.write(settings, *written[5:])  # 5 and 6 again: at-least-once upstream
             values = await chained(settings, 12)
         finally:
             await sequencer.stop()
@@ -262,17 +259,18 @@ async def test_a_second_sequencer_takes_over_the_chain_without_a_fork(tmp_path: 
         first, second = Sequencer(settings), Sequencer(settings)
         await first.start()
         await second.start()
-        writer = audit.AuditLog(settings)
-        await writer.start()
         try:
             batch = entries(20, case="CASE-2")
-            await writer.write(*batch[:10])
+            await audit.write(settings, *batch[:10])
             await chained(settings, 10)
-            await first.stop()  # the holder goes; the other takes the chain on from its head
-            await writer.write(*batch[10:])
+            holder, other = (first, second) if first.holding else (second, first)
+            assert holder.holding
+            assert not other.holding
+            await holder.stop()  # the holder goes; the other takes the chain on from its head
+            await audit.write(settings, *batch[10:])
             values = await chained(settings, 20, timeout_s=60)
+            assert other.holding
         finally:
-            await writer.stop()
             await first.stop()
             await second.stop()
         assert [v["seq"] for v in values] == list(range(len(values)))
@@ -289,13 +287,35 @@ async def test_an_unreadable_entry_is_dead_lettered_and_the_chain_goes_on(tmp_pa
         try:
             async with running(producer(settings)) as prod:
                 await prod.send_and_wait(settings.topic(audit.ENTRIES), b"{not an entry", partition=0)
-            writer = audit.AuditLog(settings)
-            await writer.start()
-            await writer.write(*entries(2, case="CASE-3"))
-            await writer.stop()
+            await audit.write(settings, *entries(2, case="CASE-3"))
             values = await chained(settings, 2)
         finally:
             await sequencer.stop()
         assert [v["entry"]["refs"]["case_ref"] for v in values if v["event_type"] == "audit.record"] == ["CASE-3"] * 2
         letters = [orjson.loads(r.value) for r in await read_topic(settings, settings.topic("dlq"), committed=True)]
         assert [(x["stage"], x["reason"]) for x in letters] == [("audit", "malformed_event")]
+
+
+async def test_verify_while_the_chain_grows_finds_nothing_wrong(tmp_path: Path, kafka: str) -> None:
+    """A checkpoint committed between verify's reads must not look like a chain cut short: the
+    witnesses are read first (the race the devset run found)."""
+    async with audited(tmp_path, kafka, audit_checkpoint_records=2) as settings:
+        sequencer = Sequencer(settings)
+        await sequencer.start()
+        batches = [entries(24, case="CASE-4")[i : i + 2] for i in range(0, 24, 2)]
+
+        async def grow() -> None:
+            for batch in batches:
+                await audit.write(settings, *batch)
+                await asyncio.sleep(0.05)
+
+        try:
+            writing = asyncio.create_task(grow())
+            verdicts = []
+            while not writing.done():
+                verdicts.append(await log.check(settings))
+            await writing
+        finally:
+            await sequencer.stop()
+        assert len(verdicts) >= 3
+        assert [str(v.problem) for v in verdicts if not v.ok] == []

@@ -19,7 +19,7 @@ from facestream.contracts import ids
 from facestream.errors import EnrolmentRejected, MalformedEvent
 from facestream.models import YUNET, path_of
 from facestream.runtime.compute import model_executor
-from facestream.runtime.stage import Record
+from facestream.runtime.stage import Record, dead_letter
 from facestream.services.detector.logic import (
     TEMPLATE,
     Face,
@@ -244,6 +244,11 @@ async def test_stage_emits_valid_events_and_rejects_bad_input(settings: Settings
     assert no_face.value["status"] == "no_face"
     contracts.validate("match.result", no_face.value)
     assert getattr(outcomes[2].error, "reason", None) == "undecodable"
+    # Its dead letter names the submission (image id and submitted_at: any API worker finds it).
+    letter = dead_letter("detector", _record(corrupt, 2), outcomes[2].error)  # type: ignore[arg-type]
+    assert (letter["image_id"], letter["submitted_at"]) == ("k", corrupt["submitted_at"])
+    contracts.validate("dead.letter", letter)
+    assert "submitted_at" not in dead_letter("detector", _record(b"{oops", 3), outcomes[3].error)  # type: ignore[arg-type]
     assert isinstance(outcomes[3].error, MalformedEvent)
     # Deterministic ids: the same submission again gives the same event id.
     stage2 = DetectorStage(settings)

@@ -11,6 +11,7 @@ from typing import Any
 from facestream import audit
 from facestream.services.audit.report import tally, text, to_html
 from tests.conftest import ROOT
+from tests.figures import report_figure
 
 NOW = datetime.now(UTC)
 SINCE, UNTIL = NOW - timedelta(days=1), NOW + timedelta(days=1)
@@ -105,3 +106,4 @@ async def test_the_html_report_draws_its_charts_in_a_browser(tmp_path: Path, bro
     out = ROOT / "out"
     out.mkdir(exist_ok=True)
     assert await asyncio.to_thread(browser.save_screenshot, str(out / "report.png"))
+    report_figure(f"transparency report screenshot (headless Chromium): {out / 'report.png'}")

@@ -21,6 +21,7 @@ from facestream.review import Ledger
 from facestream.services.audit import log as audit_log
 from facestream.services.main import main
 from tests.conftest import ROOT, SAMPLES
+from tests.figures import report_figure
 from tests.harness import Pipeline
 from tests.helpers import api_knows, new_token
 from tests.test_pipeline_e2e import enrol_gallery, search
@@ -215,3 +216,4 @@ async def test_the_review_page_shows_the_probe_and_takes_a_decision(
     await pipeline.wait_for(lambda: status().startswith("confirming"), what="the decision on the page")
     assert status() == "confirming by token:reviewer-a"
     assert await asyncio.to_thread(browser.save_screenshot, str(out / "review.png"))
+    report_figure(f"review page screenshot (headless Chromium): {out / 'review.png'}")

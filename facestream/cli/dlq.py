@@ -97,7 +97,7 @@ async def replay(settings: Settings, letters: list[dict[str, Any]], dry_run: boo
             details={"replayed": len(sendable), "of": "pipeline dead letters"},
         )
         async with running(producer(settings)) as prod:
-            await audit.AuditLog(settings, prod).write(entry)
+            await audit.send(settings, prod, entry)
             futures = [await prod.send(r.topic, r.value, key=r.key, headers=list(r.headers or ())) for r in sendable]
             await asyncio.gather(*futures)
     return len(sendable), len(letters) - len(sendable)

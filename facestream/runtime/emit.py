@@ -103,7 +103,7 @@ class Emitter:
         plan.letter = letter
         plan.messages = [_Message("dlq", plan.record.key_bounded, contracts.dumps(letter), headers)]
         if isinstance(error, RejectedEvent) and not error.transient:  # a refusal: who asked, and why not
-            entry = refusal_entry(self.stage, letter, error.intent)
+            entry = refusal_entry(self.stage, letter, (error.event or {}).get("intent"))
             plan.messages.append(_Message(audit.ENTRIES, entry["entry_id"].encode(), contracts.dumps(entry), headers))
 
     def _plan(self, record: Record, outcome: Outcome) -> _Plan:

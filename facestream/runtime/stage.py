@@ -128,6 +128,9 @@ def dead_letter(stage: str, record: Record, error: BaseException) -> dict[str, A
         "transient": bool(getattr(error, "transient", False)),
         "occurred_at": now_iso(),
     }
+    submitted = error.event.get("submitted_at") if isinstance(error, RejectedEvent) and error.event else None
+    if isinstance(submitted, str):
+        event["submitted_at"] = submitted
     if not isinstance(error, RejectedEvent):
         log.error(
             "stage_internal_error",

@@ -14,20 +14,26 @@ import time
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, Protocol
+from typing import Annotated, Any, Literal, NoReturn, Protocol
 
 from fastapi import APIRouter, FastAPI, Query, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import Field, model_validator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from facestream import client
+from facestream import audit, client, purposes
 from facestream.api import Role, Strict, problems, require
 from facestream.api.problems import Problem
 from facestream.config import Settings
 from facestream.contracts.consent import consent_problem
 from facestream.contracts.timeutil import iso_of
-from facestream.errors import MalformedEvent
+from facestream.errors import (
+    EnrolmentRejected,
+    MalformedEvent,
+    PurposeNotAllowed,
+    RejectedEvent,
+    WatchlistRefused,
+)
 from facestream.ops.logs import get_logger
 from facestream.services.api.limits import Buckets
 from facestream.services.api.outcomes import Outcomes
@@ -252,6 +258,21 @@ def create_api(
 
     wait_query = Query(0.0, ge=0, le=settings.api_wait_max_s, description="hold the request up to this many seconds")
 
+    async def refuse(status: int, kind: str, error: RejectedEvent, field: str, intent: dict[str, Any]) -> NoReturn:
+        """Answer with a problem naming `field`, once the refusal is audited (who asked, and why not)."""
+        asker = intent.get("requester") or intent["consent"]["enrolled_by"]
+        entry = audit.entry(
+            "refusal",
+            asker,
+            "api",
+            f"api/{uuid.uuid4()}",
+            details={"stage": "api", "reason": error.reason, "kind": intent["kind"], "purpose": intent.get("purpose")},
+            case_ref=intent.get("case_ref"),
+            subject_id=intent.get("subject_id"),
+        )
+        await audit.send(settings, tokens.producer, entry)
+        raise Problem(status, kind, error.detail, [{"field": field, "message": error.detail}])
+
     @app.post("/v1/searches", status_code=200, tags=["images"], summary="Search the gallery for the faces in a photo")
     async def search(
         body: SearchIn,
@@ -262,6 +283,10 @@ def create_api(
         """Answers 202 with the image id at once (or, with `?wait`, the outcome when it is ready within
         that time: 200): the candidate list per face, `no_match`, `no_face`, or the rejection."""
         intent = client.search_intent(body.purpose, body.case_ref, token.name, body.watchlists)
+        try:
+            purposes.search_scope(settings, intent)  # refused here, before anything is published
+        except PurposeNotAllowed as exc:
+            await refuse(422, "purpose-not-allowed", exc, "purpose", intent)
         return await submit(body, intent, wait, response)
 
     @app.post("/v1/enrolments", status_code=200, tags=["images"], summary="Enrol a consenting subject's photo")
@@ -286,8 +311,12 @@ def create_api(
         )
         problem = consent_problem(intent["consent"], settings.max_retention_days)
         if problem is not None:  # refused before anything is published, as `facestream enroll` does
-            name = problem.split(" ", 1)[0]
-            raise Problem(422, "invalid-request", problem, [{"field": name, "message": problem}])
+            rejected = EnrolmentRejected(problem, reason="enrolment_rejected")
+            await refuse(422, "invalid-request", rejected, problem.split(" ", 1)[0], intent)
+        try:
+            purposes.check_enrolment(settings, intent)
+        except WatchlistRefused as exc:
+            await refuse(422, "watchlist-refused", exc, "watchlist", intent)
         return await submit(body, intent, wait, response)
 
     @app.get("/v1/searches/{image_id}", tags=["images"], summary="The outcome of a search or an enrolment")

@@ -2,8 +2,9 @@
 
 Every API worker follows the matches and dead-letter topics (from `api_outcome_window_s` before it
 started) and keeps the recent outcomes in memory, bounded. A match result belongs to the submission
-with the same image id and `submitted_at`; a dead letter to the submission at the topic position it
-names, which the worker that published it knows. `wait` lets a request be held until the outcome
+with the same image id and `submitted_at`; so does a dead letter that carries them (the stage could
+read the event), else it belongs to the submission at the topic position it names, which the worker
+that published it knows. `wait` lets a request be held until the outcome
 is complete: a search is complete when every face it found has its result (or it found none).
 """
 
@@ -26,6 +27,7 @@ from facestream.runtime.tasks import cancel
 
 log = get_logger(__name__)
 MAX_OUTCOMES = 100_000
+UNKNOWN = "(unknown)"  # a submitter no token is named (no token name has parentheses)
 
 
 @dataclass
@@ -147,12 +149,19 @@ class Outcomes:
                 outcome = self._entry(event["image_id"], event["submitted_at"])
                 if outcome.submitted_at == event["submitted_at"]:
                     outcome.kind = outcome.kind or event["intent"]["kind"]
-                    outcome.requester = outcome.requester or _submitter(event)
+                    if outcome.requester in ("", UNKNOWN):
+                        outcome.requester = _submitter(event)
                     outcome.add(event)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             log.warning("outcome_unreadable", topic=record.topic, offset=record.offset, error=str(exc)[:200])
 
     def _letter(self, letter: dict[str, Any]) -> None:
+        if "submitted_at" in letter and letter.get("image_id"):  # it names its submission: any worker knows it
+            named = self._entry(letter["image_id"], letter["submitted_at"])
+            named.requester = named.requester or UNKNOWN  # a letter names no one: auditors only see it
+            if named.submitted_at == letter["submitted_at"] and named.state == "pending":
+                named.reject(letter)
+            return
         if letter.get("source_topic") != self.settings.topic("images"):
             # A later stage refused one of its faces (an enrolment the matcher turns down): the
             # letter names the image, and comes after the submission it belongs to.

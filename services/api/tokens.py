@@ -167,7 +167,7 @@ class TokenStore:
         if token.expires_at is not None:
             details["expires_at"] = iso(token.expires_at)
         entry = audit.entry("token_change", actor, "api", f"{token.id}/{change}", details=details, token=token.id)
-        await audit.AuditLog(self.settings, self.producer).write(entry)
+        await audit.send(self.settings, self.producer, entry)
 
     def all(self) -> list[Token]:
         return sorted(self._tokens.values(), key=lambda t: (t.name, t.created_at))

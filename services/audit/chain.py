@@ -39,7 +39,7 @@ def key_id(public: Ed25519PublicKey) -> str:
     return hashlib.sha256(public.public_bytes(Encoding.Raw, PublicFormat.Raw)).hexdigest()[:16]
 
 
-def signing_key(secret: str) -> Ed25519PrivateKey:
+def key_from_seed(secret: str) -> Ed25519PrivateKey:
     """The Ed25519 key whose 32-byte seed is `secret` (URL-safe base64, as the key files hold)."""
     seed = base64.urlsafe_b64decode(secret.strip().encode())
     if len(seed) != 32:

@@ -17,8 +17,10 @@ from facestream.services.audit.sequencer import verify_key
 
 async def check(settings: Settings, topic: str = "audit", witness_topic: str = "audit.checkpoints") -> Verdict:
     """Verify the chain in `topic` against the witnesses in `witness_topic` (short names)."""
-    chain = await read_topic(settings, settings.topic(topic), committed=True)
+    # Witnesses first: each is committed with the chain records it covers, so a chain read after
+    # them holds every checkpoint they name, however far the sequencer has gone in between.
     witnesses = await read_topic(settings, settings.topic(witness_topic), committed=True)
+    chain = await read_topic(settings, settings.topic(topic), committed=True)
     return verify([(r.offset, r.value) for r in chain], verify_key(settings), [(w.offset, w.value) for w in witnesses])
 
 

@@ -30,8 +30,7 @@ from facestream.keys import configured_key
 from facestream.ops.logs import get_logger
 from facestream.runtime.stage import Record, dead_letter
 from facestream.runtime.tasks import cancel
-from facestream.services.audit.chain import Chainer, Head, head_of
-from facestream.services.audit.chain import signing_key as from_secret
+from facestream.services.audit.chain import Chainer, Head, head_of, key_from_seed
 
 log = get_logger(__name__)
 REMEMBER = 100_000  # entry ids kept for de-duplication (a redelivery comes soon after the original)
@@ -42,7 +41,7 @@ def signing_key(settings: Settings, create: bool = True) -> Ed25519PrivateKey:
     raw = configured_key(
         settings.audit_signing_key.get_secret_value(), settings.data_dir, "audit.key", "audit_signing_key", create
     )
-    return from_secret(raw)
+    return key_from_seed(raw)
 
 
 def verify_key(settings: Settings) -> Ed25519PublicKey:
@@ -107,6 +106,11 @@ class Sequencer:
             await cancel(self._task)
         await self.release()
         await close(self._consumer)
+
+    @property
+    def holding(self) -> bool:
+        """Whether this sequencer is the chain's writer now."""
+        return self._chainer is not None
 
     async def release(self) -> None:
         """Give up the chain (the partition is going elsewhere, or a write failed): the next

@@ -266,7 +266,7 @@ class DetectorStage:
             return Outcome(face_events(event, analysis, trace_id, seconds))
         except Exception as exc:
             if isinstance(exc, RejectedEvent) and event is not None:
-                exc.intent = event["intent"]  # the refusal's audit entry names who asked
+                exc.event = event
             return Outcome(error=exc)
 
     async def process(self, records: Sequence[Record]) -> list[Outcome]:

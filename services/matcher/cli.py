@@ -192,7 +192,7 @@ async def request_erasure(
         subject_id=subject,
     )
     async with running(producer(settings)) as prod:
-        await audit.AuditLog(settings, prod).write(entry)
+        await audit.send(settings, prod, entry)
         topic = settings.topic("gallery.requests")
         await prod.send_and_wait(topic, contracts.dumps(request), key=subject.encode())
     return request

@@ -247,7 +247,7 @@ class Eraser:
             details={**details, "replicas_pending": len(pending), "subject_was_held": receipt["subject_was_held"]},
             subject_id=subject,
         )
-        await audit.AuditLog(self.settings, self._producer).write(entry)
+        await audit.send(self.settings, self._producer, entry)
         return receipt
 
     async def _sweep_every(self) -> None:
@@ -295,7 +295,7 @@ class Eraser:
                 details={"reason": "retention_expired", "requested_by": SWEEPER, "term": term},
                 subject_id=subject,
             )
-            await audit.AuditLog(self.settings, self._producer).write(entry)
+            await audit.send(self.settings, self._producer, entry)
             self._requested.add(request_id)
             requested.append(subject)
             log.info("retention_expired", request_id=request_id, term=term)
@@ -310,5 +310,5 @@ class Eraser:
                 f"{now_iso()}/{','.join(requested)}/{','.join(points)}",
                 details={"subjects_expired": len(requested), "points_expired": len(points)},
             )
-            await audit.AuditLog(self.settings, self._producer).write(entry)
+            await audit.send(self.settings, self._producer, entry)
         return requested, points

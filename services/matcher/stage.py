@@ -169,7 +169,7 @@ class MatcherStage:
             try:
                 purposes.check_enrolment(self.settings, event["intent"])
             except RejectedEvent as exc:
-                exc.intent = event["intent"]
+                exc.event = event
                 outcomes[i].error = exc
                 continue
             erased_at = self.replica.erased.get(subject) if self.replica is not None else None
@@ -257,7 +257,7 @@ class MatcherStage:
                 try:
                     scope = purposes.search_scope(self.settings, intent)
                 except RejectedEvent as exc:
-                    exc.intent = intent
+                    exc.event = event
                     outcomes[i].error = exc
                     continue
                 searches[tuple(scope or ())].append((i, event))

@@ -84,7 +84,7 @@ async def replay(
                 },
                 subscription=subscription,
             )
-            await audit.AuditLog(settings, prod).write(entry)
+            await audit.send(settings, prod, entry)
         for job in jobs.values():
             contracts.validate("webhook.delivery", job)
             await prod.send_and_wait(settings.topic("deliveries"), contracts.dumps(job), key=subscription.encode())

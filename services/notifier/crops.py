@@ -186,7 +186,7 @@ class CropServer:
             subscription=subscription,
         )
         try:  # served only once audited
-            await audit.AuditLog(self.settings, self.store.producer).write(entry)
+            await audit.send(self.settings, self.store.producer, entry)
         except Exception as exc:
             log.error("crop_fetch_unaudited", event_id=event_id, error=f"{type(exc).__name__}: {exc}"[:300])
             return web.Response(status=503, text="cannot audit this fetch now; try again")

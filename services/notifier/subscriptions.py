@@ -294,7 +294,7 @@ class SubscriptionStore:
             subscription=name,
             watchlists=list(sub.watchlists) if sub is not None else None,
         )
-        await audit.AuditLog(self.settings, self.producer).write(entry)
+        await audit.send(self.settings, self.producer, entry)
 
     def require(self, name: str) -> Subscription:
         sub = self.get(name)

@@ -195,7 +195,7 @@ class Board:
             match_event_id=match_event_id,
             watchlists=[candidate["watchlist"]],
         )
-        await audit.AuditLog(self.settings, self._producer).write(entry)
+        await audit.send(self.settings, self._producer, entry)
         topic = self.settings.topic(review.TOPIC)
         await self._producer.send_and_wait(topic, contracts.dumps(decision), key=match_event_id.encode())
         _, after = self.ledger.apply(decision)
@@ -206,10 +206,9 @@ class Board:
         """The probe crop of a case (JPEG), read back from the crops topic while it keeps it;
         audited as fetched by `reader`."""
         case = self.cases.get(match_event_id)
-        where = case.crop if case is not None else None
-        if where is None:
+        if case is None or case.crop is None:
             return None
-        tp, offset = where
+        tp, offset = case.crop
         async with self._reader_lock:
             if self._reader is None:
                 self._reader = AIOKafkaConsumer(
@@ -231,7 +230,7 @@ class Board:
             f"{match_event_id}/{reader}/{now_iso()}",
             details={"for": "review"},
             match_event_id=match_event_id,
-            image_id=case.match["image_id"] if case is not None else None,
+            image_id=case.match["image_id"],
         )
-        await audit.AuditLog(self.settings, self._producer).write(entry)
+        await audit.send(self.settings, self._producer, entry)
         return base64.b64decode(orjson.loads(records[0].value)["data_b64"])
