@@ -30,7 +30,10 @@ fetch() {
 
 running() { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
 
-answers() { (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; }
+answers() { (exec 3<>"/dev/tcp/127.0.0.1/${1:-$port}") 2>/dev/null; }
+# Another checkout's broker (or any process) on our ports: used as it is, never stopped from here.
+foreign() { ! running && answers; }
+other_ports="to run a broker of this checkout's own, choose free ports, e.g. FACESTREAM_KAFKA_BOOTSTRAP=127.0.0.1:19092 FACESTREAM_KAFKA_CONTROLLER_PORT=19093"
 
 write_config() {
   cat > "$state/server.properties" <<CONF
@@ -64,6 +67,13 @@ java_run() {
 up() {
   fetch
   if running && answers; then echo "kafka: already running on 127.0.0.1:$port (pid $(cat "$pidfile"))"; return 0; fi
+  if foreign; then
+    echo "kafka: 127.0.0.1:$port answers, but not from a broker this checkout started: using it ($other_ports)"
+    return 0
+  fi
+  if answers "$ctl_port"; then
+    echo "kafka: controller port 127.0.0.1:$ctl_port is taken by another process; $other_ports" >&2; exit 1
+  fi
   write_config
   if [ ! -f "$data/meta.properties" ]; then
     mkdir -p "$data"
@@ -83,6 +93,7 @@ up() {
 }
 
 down() {
+  if foreign; then echo "kafka: the broker on 127.0.0.1:$port was not started from this checkout: left running"; return 0; fi
   if ! running; then echo "kafka: not running"; rm -f "$pidfile"; return 0; fi
   pid=$(cat "$pidfile"); kill "$pid"
   for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || { rm -f "$pidfile"; echo "kafka: stopped"; return 0; }; sleep 0.5; done
@@ -90,7 +101,9 @@ down() {
 }
 
 status() {
-  if running && answers; then echo "kafka: running on 127.0.0.1:$port (pid $(cat "$pidfile"))"; else echo "kafka: not running"; return 3; fi
+  if running && answers; then echo "kafka: running on 127.0.0.1:$port (pid $(cat "$pidfile"))"; return 0; fi
+  if foreign; then echo "kafka: a broker not started from this checkout answers on 127.0.0.1:$port"; return 0; fi
+  echo "kafka: not running"; return 3
 }
 
 case "${1:-}" in

@@ -216,3 +216,23 @@ async def test_transit_topics_keep_biometric_data_for_hours(kafka: str) -> None:
         assert hours == {"images": 2, "faces": 2, "embeddings": 2, "matches": 720, "dlq": 720}
     finally:
         await delete_topics(settings)
+
+
+def test_a_broker_this_checkout_did_not_start_is_used_and_left_running(kafka: str, tmp_path: Path) -> None:
+    """Another checkout's broker on the ports (here: the suite's, seen from a state folder that
+    never started one) is reported running, used by `up`, and not stopped by `down`."""
+    script = Path(__file__).resolve().parent.parent / "scripts" / "kafka.sh"
+    env = {**os.environ, "FACESTREAM_KAFKA_STATE": str(tmp_path / "elsewhere")}
+
+    def call(action: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["bash", str(script), action], env=env, capture_output=True, text=True, timeout=60)
+
+    status = call("status")
+    assert (status.returncode, "not started from this checkout" in status.stdout) == (0, True), status
+    up = call("up")
+    assert up.returncode == 0
+    assert "using it" in up.stdout
+    assert "FACESTREAM_KAFKA_CONTROLLER_PORT" in up.stdout  # how to run one of your own instead
+    down = call("down")
+    assert "left running" in down.stdout
+    assert subprocess.call(["bash", str(script), "status"], stdout=subprocess.DEVNULL) == 0  # still up

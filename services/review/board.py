@@ -1,33 +1,38 @@
 """The review board: every match waiting for review, its candidates' review state, and decisions.
 
-It follows three topics from their beginning, without a consumer group (every API worker keeps
-the whole board): `matches` (the results with candidates become cases), `reviews` (decisions,
-folded with facestream.review in topic order) and `crops` (only where each probe crop is, read
-back when a reviewer opens it). Decisions are checked against the board as this worker sees it,
-then written to `reviews` with their audit entry; a decision that races another (two workers at
-once) is settled by the fold, which every reader applies in the same order.
+It follows two topics from their beginning, without a consumer group (every API worker keeps the
+whole board): `matches` (the results with candidates become cases) and `reviews` (decisions,
+folded with facestream.review in topic order). A probe crop is read from `crops` only when a
+reviewer opens it, found by its key's partition and its submission time. Decisions are checked
+against the board as this worker sees it, then written to `reviews` with their audit entry; a
+decision that races another (two workers at once) is settled by the fold, which every reader
+applies in the same order.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.partitioner import DefaultPartitioner
 
 from facestream import audit, contracts, review
 from facestream.config import Settings
-from facestream.contracts.timeutil import now_iso
+from facestream.contracts.timeutil import now_iso, parse_iso
 from facestream.errors import UsageError
 from facestream.io.kafka import close, follow, producer, topic_partitions
 from facestream.ops.logs import get_logger
 from facestream.runtime.tasks import cancel
 
 log = get_logger(__name__)
+CROP_SCAN = 20_000  # records read at most to find one crop
+CLOCK_SKEW_S = 60.0  # the publisher's clock (submitted_at) against the broker's timestamps
 _DECISIONS = uuid.UUID("3a0e8f57-1c4b-4b8e-a7d2-6f1e0c9b5d23")
 # What a reviewer sees of a match result (with its intent's purpose, case and requester).
 SHOWN = (
@@ -59,9 +64,8 @@ class Case:
     """A match result with candidates, as a reviewer sees it: no embedding, no image."""
 
     match: dict[str, Any]
-    crop: tuple[TopicPartition, int] | None = None
 
-    def describe(self, ledger: review.Ledger) -> dict[str, Any]:
+    def describe(self, ledger: review.Ledger, crops_kept_s: float) -> dict[str, Any]:
         out = {k: self.match[k] for k in SHOWN if k in self.match}
         intent = self.match.get("intent", {})
         out.update({k: intent[k] for k in ("purpose", "case_ref", "requester") if k in intent})
@@ -71,7 +75,8 @@ class Case:
         ]
         undecided = any(c["review"]["status"] in ("pending", "confirming") for c in out["candidates"])
         out["status"] = "pending" if undecided else "reviewed"
-        out["has_crop"] = self.crop is not None
+        kept_until = parse_iso(self.match["occurred_at"]).timestamp() + crops_kept_s
+        out["has_crop"] = time.time() < kept_until  # the crops topic keeps a probe as long as its match may be sent
         return out
 
 
@@ -85,7 +90,6 @@ class Board:
         self.follow = follow
         self.cases: dict[str, Case] = {}
         self.ledger = review.Ledger()
-        self._crops: dict[str, tuple[TopicPartition, int]] = {}
         self._consumer: AIOKafkaConsumer | None = None
         self._reader: AIOKafkaConsumer | None = None
         self._reader_lock = asyncio.Lock()
@@ -93,7 +97,7 @@ class Board:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        topics = [self.settings.topic(t) for t in ("matches", review.TOPIC, "crops")]
+        topics = [self.settings.topic(t) for t in ("matches", review.TOPIC)]
         known = await topic_partitions(self.settings, topics)
         parts = [TopicPartition(t, p) for t in topics for p in known.get(t, [])]
         self._producer = producer(self.settings)
@@ -123,29 +127,23 @@ class Board:
         try:
             value = orjson.loads(record.value)
             if short == "matches" and value.get("status") == "match" and value.get("candidates"):
-                case = self.cases.setdefault(value["event_id"], Case(value))
-                case.crop = case.crop or self._crops.get(value["event_id"])
+                self.cases.setdefault(value["event_id"], Case(value))
             elif short == review.TOPIC:
                 contracts.validate("review.decision", value)
                 self.ledger.apply(value)
-            elif short == "crops":
-                where = (TopicPartition(record.topic, record.partition), record.offset)
-                self._crops[value["event_id"]] = where
-                if value["event_id"] in self.cases:
-                    self.cases[value["event_id"]].crop = where
         except Exception as exc:  # a record the board cannot read is left out, not fatal
             log.warning("review_board_skipped", topic=short, offset=record.offset, error=str(exc)[:200])
 
     def pending(self, limit: int = 100) -> list[dict[str, Any]]:
         """Cases with a candidate not yet confirmed or rejected, oldest first."""
-        out = [c.describe(self.ledger) for c in self.cases.values()]
+        out = [c.describe(self.ledger, self.settings.webhook_event_ttl_s) for c in self.cases.values()]
         return sorted((c for c in out if c["status"] == "pending"), key=lambda c: c["occurred_at"])[:limit]
 
     def show(self, match_event_id: str) -> dict[str, Any]:
         case = self.cases.get(match_event_id)
         if case is None:
             raise DecisionRefused(f"no match {match_event_id!r} with candidates (or no longer held)", 404)
-        return case.describe(self.ledger)
+        return case.describe(self.ledger, self.settings.webhook_event_ttl_s)
 
     async def decide(
         self, match_event_id: str, subject_id: str, verdict: str, reviewer: str, note: str = ""
@@ -206,21 +204,8 @@ class Board:
         """The probe crop of a case (JPEG), read back from the crops topic while it keeps it;
         audited as fetched by `reader`."""
         case = self.cases.get(match_event_id)
-        if case is None or case.crop is None:
-            return None
-        tp, offset = case.crop
-        async with self._reader_lock:
-            if self._reader is None:
-                self._reader = AIOKafkaConsumer(
-                    bootstrap_servers=self.settings.kafka_bootstrap, enable_auto_commit=False
-                )
-                await self._reader.start()
-            if tp not in self._reader.assignment():
-                self._reader.assign([*self._reader.assignment(), tp])
-            self._reader.seek(tp, offset)
-            batch = await self._reader.getmany(tp, timeout_ms=5000, max_records=1)
-        records = [r for r in batch.get(tp, []) if r.offset == offset]
-        if not records or records[0].value is None:
+        data = await self._find_crop(case.match) if case is not None else None
+        if case is None or data is None:
             return None
         assert self._producer is not None
         entry = audit.entry(
@@ -233,4 +218,36 @@ class Board:
             image_id=case.match["image_id"],
         )
         await audit.send(self.settings, self._producer, entry)
-        return base64.b64decode(orjson.loads(records[0].value)["data_b64"])
+        return data
+
+    async def _find_crop(self, match: dict[str, Any]) -> bytes | None:
+        """The crop the detector wrote for `match`, found without an index: on the partition its
+        image id (the record key) hashes to, from shortly before the image was submitted (the crop
+        was written after that), at most `CROP_SCAN` records on."""
+        topic = self.settings.topic("crops")
+        partitions = (await topic_partitions(self.settings, [topic])).get(topic, [])
+        if not partitions:
+            return None
+        tp = TopicPartition(topic, DefaultPartitioner()(match["image_id"].encode(), partitions, partitions))
+        since = parse_iso(match.get("submitted_at") or match["occurred_at"]).timestamp() - CLOCK_SKEW_S
+        async with self._reader_lock:
+            if self._reader is None:
+                self._reader = AIOKafkaConsumer(
+                    bootstrap_servers=self.settings.kafka_bootstrap, enable_auto_commit=False
+                )
+                await self._reader.start()
+            reader = self._reader
+            reader.assign([tp])
+            start = (await reader.offsets_for_times({tp: int(since * 1000)}))[tp]
+            end = (await reader.end_offsets([tp]))[tp]
+            if start is None:
+                return None
+            reader.seek(tp, start.offset)
+            scanned = 0
+            while scanned < CROP_SCAN and await reader.position(tp) < end:
+                for record in (await reader.getmany(tp, timeout_ms=1000)).get(tp, []):
+                    scanned += 1
+                    crop = orjson.loads(record.value) if record.value else {}
+                    if crop.get("event_id") == match["event_id"]:
+                        return base64.b64decode(crop["data_b64"])
+        return None
