@@ -138,3 +138,4 @@ def test_deploy_settings_file_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CASES_WEBHOOK_SECRET", "whsec_Y29uZmlnIHRlc3Qgc2VjcmV0LCAzMiBieXRlcyBvaw==")
     settings = load_settings(ROOT / "deploy/facestream.toml", environment=False)
     assert [s.name for s in settings.subscriptions] == ["case-system"]
+    assert [w.name for w in settings.watchlists] == ["missing-persons"]  # the deployment is purpose-bound
