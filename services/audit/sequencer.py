@@ -25,7 +25,7 @@ from facestream import contracts
 from facestream.audit import ENTRIES
 from facestream.config import Settings
 from facestream.errors import ConfigError
-from facestream.io.kafka import close, producer
+from facestream.io.kafka import close, consumer, producer
 from facestream.keys import configured_key
 from facestream.ops.logs import get_logger
 from facestream.runtime.stage import Record, dead_letter
@@ -88,13 +88,8 @@ class Sequencer:
 
     async def start(self) -> None:
         self._key = signing_key(self.settings)
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap,
-            group_id=self.group,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            isolation_level="read_committed",
-            metadata_max_age_ms=10_000,
+        self._consumer = consumer(
+            self.settings, group_id=self.group, enable_auto_commit=False, isolation_level="read_committed"
         )
         await self._consumer.start()
         self._consumer.subscribe([self.entries.topic], listener=_Listener(self))
@@ -102,8 +97,7 @@ class Sequencer:
         log.info("audit_sequencer_started", key=public_text(self._key))
 
     async def stop(self) -> None:
-        if self._task is not None:
-            await cancel(self._task)
+        await cancel(self._task)
         await self.release()
         await close(self._consumer)
 
@@ -130,11 +124,7 @@ class Sequencer:
 
     async def _read_tail(self) -> tuple[Head, OrderedDict[str, None]]:
         tp = TopicPartition(self.chain_topic, 0)
-        reader = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap,
-            enable_auto_commit=False,
-            isolation_level="read_committed",
-        )
+        reader = consumer(self.settings, isolation_level="read_committed")
         await reader.start()
         try:
             reader.assign([tp])

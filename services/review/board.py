@@ -26,7 +26,7 @@ from facestream import audit, contracts, review
 from facestream.config import Settings
 from facestream.contracts.timeutil import now_iso, parse_iso
 from facestream.errors import UsageError
-from facestream.io.kafka import close, follow, producer, topic_partitions
+from facestream.io.kafka import close, consumer, follow, producer, topic_partitions
 from facestream.ops.logs import get_logger
 from facestream.runtime.tasks import cancel
 
@@ -102,9 +102,7 @@ class Board:
         parts = [TopicPartition(t, p) for t in topics for p in known.get(t, [])]
         self._producer = producer(self.settings)
         await self._producer.start()
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap, enable_auto_commit=False, max_partition_fetch_bytes=1 << 20
-        )
+        self._consumer = consumer(self.settings)
         await self._consumer.start()
         self._consumer.assign(parts)
         await self._consumer.seek_to_beginning(*parts)
@@ -232,9 +230,7 @@ class Board:
         since = parse_iso(match.get("submitted_at") or match["occurred_at"]).timestamp() - CLOCK_SKEW_S
         async with self._reader_lock:
             if self._reader is None:
-                self._reader = AIOKafkaConsumer(
-                    bootstrap_servers=self.settings.kafka_bootstrap, enable_auto_commit=False
-                )
+                self._reader = consumer(self.settings)
                 await self._reader.start()
             reader = self._reader
             reader.assign([tp])
