@@ -210,6 +210,27 @@ class Settings(BaseSettings):
     # Kafka
     kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka brokers, HOST:PORT[,HOST:PORT...]")
     kafka_controller_port: Port = Field(9093, description="controller port of the local broker (`facestream kafka up`)")
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="how every Kafka client connects: SASL_SSL for a secured cluster"
+    )
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] = Field(
+        "SCRAM-SHA-512", description="SASL mechanism (SASL_SSL, SASL_PLAINTEXT)"
+    )
+    kafka_username: str = Field(
+        "", description="this process's Kafka principal (SASL): one per service for least privilege"
+    )
+    kafka_password: SecretStr = Field(SecretStr(""), description="its SASL password")
+    kafka_ssl_cafile: Path | None = Field(
+        None, description="CA certificate(s) the brokers' certificates are checked with (PEM)"
+    )
+    kafka_ssl_certfile: Path | None = Field(None, description="client certificate (PEM) when the brokers ask for one")
+    kafka_ssl_keyfile: Path | None = Field(None, description="the client certificate's private key (PEM)")
+    kafka_replication_factor: int = Field(
+        1, ge=1, le=15, description="replicas of each topic the pipeline creates (3 on a cluster)"
+    )
+    kafka_min_insync_replicas: int = Field(
+        1, ge=1, le=15, description="replicas that must have a write before it is acknowledged (2 on a cluster)"
+    )
     topic_prefix: KafkaName = Field("facestream", description="every topic is <topic_prefix>.<name>")
     partitions: int = Field(4, ge=1, le=10_000, description="partitions of each pipeline topic (the parallelism)")
     app_id: KafkaName = Field("facestream", description="consumer group id (and prefix of the services' groups)")
@@ -257,6 +278,14 @@ class Settings(BaseSettings):
         "edge", description="edge: Qdrant embedded in the worker; qdrant: a Qdrant server at qdrant_url"
     )
     qdrant_url: str = Field("", description="Qdrant server URL (http://HOST:6333) when gallery_backend = qdrant")
+    qdrant_api_key: SecretStr = Field(SecretStr(""), description="Qdrant API key, when the server requires one")
+    qdrant_timeout_s: Seconds = Field(10.0, description="timeout of one request to the Qdrant server")
+    qdrant_shards: int = Field(
+        1, ge=1, le=1000, description="shards of the gallery collection when a matcher creates it (a Qdrant cluster)"
+    )
+    qdrant_replicas: int = Field(
+        1, ge=1, le=10, description="peers holding each shard (2 or more: a peer may fail without losing searches)"
+    )
     gallery_name: KafkaName = Field("faces", description="the gallery's collection name")
     gallery_index_after: int = Field(
         20_000,
@@ -438,6 +467,26 @@ class Settings(BaseSettings):
         if not value or value[0] != 0 or any(b < a for a, b in itertools.pairwise(value)):
             raise ValueError("must start at 0 (the first attempt is immediate) and never decrease, e.g. 0,5s,5m,30m")
         return value
+
+    @model_validator(mode="after")
+    def _check_kafka_security(self) -> Settings:
+        if self.kafka_security_protocol.startswith("SASL") and not (
+            self.kafka_username and self.kafka_password.get_secret_value()
+        ):
+            raise ValueError(
+                f"kafka_security_protocol = {self.kafka_security_protocol} needs kafka_username and kafka_password"
+            )
+        for name in ("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name}: {path} is not a readable file")
+        if (self.kafka_ssl_certfile is None) != (self.kafka_ssl_keyfile is None):
+            raise ValueError("kafka_ssl_certfile and kafka_ssl_keyfile go together (a client certificate and its key)")
+        if self.kafka_min_insync_replicas > self.kafka_replication_factor:
+            raise ValueError(
+                "kafka_min_insync_replicas is above kafka_replication_factor: no write could be acknowledged"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_backend(self) -> Settings:

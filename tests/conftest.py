@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
+from devtools.qdrant import QdrantCluster, qdrant_binary
 from facestream.config import Settings
 from facestream.services.detector.logic import FaceDetector
 from facestream.services.embedder.logic import OnnxRuntimeBackend, prepared_path
@@ -61,6 +62,17 @@ def kafka() -> Iterator[str]:
     yield "127.0.0.1:9092"
     if started:
         subprocess.call(["bash", str(script), "down"])
+
+
+@pytest.fixture(scope="session")
+def qdrant_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The URL of a real single-node Qdrant server (../shared/bin/qdrant.xz or a `qdrant` on PATH),
+    started for the session; tests keep apart by collection name."""
+    if qdrant_binary() is None:
+        pytest.skip("no Qdrant server binary here: ../shared/bin/qdrant.xz is absent and PATH has no `qdrant`")
+    server = QdrantCluster(tmp_path_factory.mktemp("qdrant")).start()
+    yield server.url
+    server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -40,8 +40,14 @@ class Pipeline:
         roots: Sequence[Path],
         services: Sequence[Sequence[str]] = ((),),
         extra: dict[str, Any] | None = None,
+        admin: dict[str, Any] | None = None,
+        prepare: Callable[[Pipeline], Awaitable[None]] | None = None,
+        slot_env: dict[int, dict[str, str]] | None = None,
     ) -> None:
+        self.slot_env = slot_env or {}  # environment of worker `slot` (of `services`): its own principal
+        self.prepare = prepare  # run once the topics exist, before the workers start (ACLs)
         self.extra = extra or {}
+        self.admin = admin  # settings of an administrator (secured clusters): makes and removes the topics
         self.workdir = workdir
         self.roots = roots
         self.services = services
@@ -79,7 +85,10 @@ class Pipeline:
             )
         )
         self.settings = load_settings(config)
-        await ensure_topics(self.settings)
+        self.admin_settings = load_settings(config, **self.admin) if self.admin else self.settings
+        await ensure_topics(self.admin_settings)
+        if self.prepare is not None:
+            await self.prepare(self)
         self.config = config
         self.spawn_workers()
         self.producer = producer(self.settings)
@@ -100,7 +109,9 @@ class Pipeline:
     def spawn_slot(self, slot: int) -> subprocess.Popen[bytes]:
         """Start worker `slot` (of `services`) again, with the same ports as before."""
         key = self._key(slot)
-        worker = self._spawn(self.services[slot], key, twin=key.rsplit("-", 1)[-1].isdigit())
+        worker = self._spawn(
+            self.services[slot], key, twin=key.rsplit("-", 1)[-1].isdigit(), env=self.slot_env.get(slot)
+        )
         self.slots[slot] = worker
         return worker
 
@@ -108,14 +119,16 @@ class Pipeline:
         """One worker for `group` (empty: all four), with its own operations port."""
         return self._spawn(group, "-".join(group) or "all")
 
-    def _spawn(self, group: Sequence[str], key: str, twin: bool = False) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, group: Sequence[str], key: str, twin: bool = False, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         port = self.ops_ports.setdefault(key, free_port())
         # One crop server per notifier worker: the first serves the links the tests follow.
         crops = self.other_ports.setdefault(key, free_port()) if twin else self.crops_port
         log = self.workdir / f"worker-{key}-{len(list(self.workdir.glob('worker-*.log')))}.log"  # one per process
         api = self.api_ports.setdefault(key, free_port())
-        env = {"FACESTREAM_OPS_PORT": str(port), "FACESTREAM_CROPS_PORT": str(crops), "FACESTREAM_API_PORT": str(api)}
-        worker = spawn(self.config, group, log, env=env)
+        ports = {"FACESTREAM_OPS_PORT": str(port), "FACESTREAM_CROPS_PORT": str(crops), "FACESTREAM_API_PORT": str(api)}
+        worker = spawn(self.config, group, log, env={**ports, **(env or {})})
         self.workers.append(worker)
         self.log_of[worker.pid] = log
         return worker
@@ -145,7 +158,7 @@ class Pipeline:
         await self.producer.stop()
         terminate(self.workers)
         await self.receiver.stop()
-        await delete_topics(self.settings)
+        await delete_topics(self.admin_settings)
 
     def logs(self, limit: int | None = 4000) -> str:
         """The workers' logs (the last `limit` characters of each; all with None)."""

@@ -154,3 +154,29 @@ def test_config_commands(tmp_path: Path) -> None:
     assert shown.returncode == 0, shown.stderr
     assert "partitions = 3  # environment variable FACESTREAM_PARTITIONS" in shown.stdout
     assert f"ops_port = 9500  # file {good}" in shown.stdout
+
+
+def test_kafka_security_and_replication_settings_are_checked(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="SASL_SSL needs kafka_username and kafka_password"):
+        load_settings(environment=False, kafka_security_protocol="SASL_SSL", kafka_username="detector")
+    with pytest.raises(ConfigError, match=r"kafka_ssl_cafile: .* is not a readable file"):
+        load_settings(environment=False, kafka_security_protocol="SSL", kafka_ssl_cafile=tmp_path / "missing.pem")
+    (tmp_path / "client.pem").write_text("x")
+    with pytest.raises(ConfigError, match="kafka_ssl_certfile and kafka_ssl_keyfile go together"):
+        load_settings(environment=False, kafka_ssl_certfile=tmp_path / "client.pem")
+    with pytest.raises(ConfigError, match="kafka_min_insync_replicas is above kafka_replication_factor"):
+        load_settings(environment=False, kafka_replication_factor=1, kafka_min_insync_replicas=2)
+    secured = load_settings(
+        environment=False, kafka_security_protocol="SASL_SSL", kafka_username="detector", kafka_password="Xq7-secret"
+    )
+    assert "Xq7-secret" not in "\n".join(describe(secured))
+
+
+def test_topics_are_made_with_the_configured_replication() -> None:
+    from facestream.io.kafka import pipeline_topics
+
+    settings = load_settings(environment=False, kafka_replication_factor=3, kafka_min_insync_replicas=2)
+    for spec in pipeline_topics(settings):
+        topic = spec.new_topic(settings.kafka_replication_factor, settings.kafka_min_insync_replicas)
+        assert topic.replication_factor == 3
+        assert topic.topic_configs["min.insync.replicas"] == "2"

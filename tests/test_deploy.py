@@ -20,11 +20,11 @@ from cryptography.fernet import Fernet
 from prometheus_client import REGISTRY
 
 import facestream.ops.metrics  # noqa: F401  (registers the metrics)
+from devtools.binaries import binary
 from facestream.cli import parser
 from facestream.config import Settings, load_settings
 from facestream.runtime.service import runnable
 from facestream.services.main import SERVICES
-from tests.binaries import binary
 from tests.conftest import ROOT
 
 COMPOSE: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())

@@ -31,13 +31,18 @@ def unit(*values: float) -> list[float]:
     return (v / np.linalg.norm(v)).tolist()
 
 
-@pytest.fixture(params=["edge", "qdrant-local"])
+def server_gallery(url: str, dim: int) -> QdrantGallery:
+    """A collection of its own on the real Qdrant server."""
+    return QdrantGallery(AsyncQdrantClient(url=url), dim, f"t{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture(params=["edge", "qdrant"])
 async def gallery(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Gallery]:
     g: Gallery
     if request.param == "edge":
         g = EdgeGallery(tmp_path / "gallery", 128)
     else:
-        g = QdrantGallery(AsyncQdrantClient(location=":memory:"), 128)
+        g = server_gallery(request.getfixturevalue("qdrant_server"), 128)
     await g.open()
     yield g
     await g.close()
@@ -289,9 +294,9 @@ def test_retention_due_takes_a_subject_whose_terms_have_all_passed() -> None:
     assert unreadable == ["p6"]
 
 
-async def test_gallery_terms_lists_every_point(tmp_path: Path) -> None:
+async def test_gallery_terms_lists_every_point(tmp_path: Path, qdrant_server: str) -> None:
     """Both implementations give the sweeper every point's subject and term."""
-    for gallery in (EdgeGallery(tmp_path / "edge", 4), QdrantGallery(AsyncQdrantClient(location=":memory:"), 4)):
+    for gallery in (EdgeGallery(tmp_path / "edge", 4), server_gallery(qdrant_server, 4)):
         await gallery.open()
         try:
             await gallery.upsert(

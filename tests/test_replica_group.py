@@ -1,8 +1,7 @@
 """With the Qdrant server backend the collection is one index shared by every matcher, fed from the
 gallery topic by one indexer group that commits its offsets in Kafka: one replica applies, and a
 replica of the same group counts as caught up once the group's committed offset reaches the end.
-Real broker; the shared collection is qdrant-client's in-process mode, standing in for the server
-(the real server's tests belong to the cluster work). A member that starts after an erasure reads it
+Real broker and a real Qdrant server (the `qdrant_server` fixture). A member that starts after an erasure reads it
 from the topic: an enrolment submitted before the erasure request and arriving later is dropped."""
 
 from __future__ import annotations
@@ -59,19 +58,19 @@ def point(subject: str, key_id: str, ring: KeyRing) -> dict[str, object]:
     return record
 
 
-async def test_one_indexer_group_feeds_the_shared_collection(kafka: str) -> None:
+async def test_one_indexer_group_feeds_the_shared_collection(kafka: str, qdrant_server: str) -> None:
     prefix = f"g{uuid.uuid4().hex[:8]}"
     settings = Settings(
         topic_prefix=prefix,
         app_id=prefix,
         gallery_backend="qdrant",
-        qdrant_url="http://127.0.0.1:1",
+        qdrant_url=qdrant_server,
         gallery_keys=SecretStr(Fernet.generate_key().decode()),
     )
     await create_topics(settings, SERVICE.topics(settings))
     ring = KeyRing(gallery_keys(settings).wrapper)
-    shared = AsyncQdrantClient(location=":memory:")
-    first = Replica(settings, SharedGallery(shared, 128), None, KeyRing(ring.wrapper))
+    shared = AsyncQdrantClient(url=qdrant_server)
+    first = Replica(settings, SharedGallery(shared, 128, prefix), None, KeyRing(ring.wrapper))
     try:
         async with running(producer(settings)) as prod:
             for subject in ("alice", "bob", "carol"):
@@ -89,7 +88,7 @@ async def test_one_indexer_group_feeds_the_shared_collection(kafka: str) -> None
         assert await first.gallery.count() == 3
         assert first.group == f"{prefix}-gallery-indexer"
         # A second member of the group: it has nothing to apply, the group has; it is caught up.
-        second = Replica(settings, SharedGallery(shared, 128), None, KeyRing(ring.wrapper))
+        second = Replica(settings, SharedGallery(shared, 128, prefix), None, KeyRing(ring.wrapper))
         await second.start()
         assert second.caught_up
         assert await second.gallery.count() == 3
@@ -128,7 +127,7 @@ async def test_one_indexer_group_feeds_the_shared_collection(kafka: str) -> None
             )
         # A member started now, with no state of its own, knows of the erasure from the topic: the
         # late enrolment does not survive it.
-        third = Replica(settings, SharedGallery(shared, 128), None, KeyRing(ring.wrapper))
+        third = Replica(settings, SharedGallery(shared, 128, prefix), None, KeyRing(ring.wrapper))
         await third.start()
         assert third.erased == {"alice": erased_at}
         assert await third.gallery.point_ids("alice") == []
@@ -136,4 +135,5 @@ async def test_one_indexer_group_feeds_the_shared_collection(kafka: str) -> None
         await third.stop()
     finally:
         await first.stop()
+        await shared.close()
         await delete_topics(settings)

@@ -37,10 +37,11 @@ from facestream.cli.dlq import add_parsers as add_dlq_parsers
 from facestream.config import Settings, describe, load_settings
 from facestream.contracts.consent import consent_problem, retention_ends
 from facestream.errors import ConfigError, ModelError, RejectedEvent, UsageError
+from facestream.io.acls import Acl, acl_set, create_acls
 from facestream.io.broker import local_broker
 from facestream.io.kafka import TOPICS, consumer, ensure_topics, producer, running, topic_partitions
 from facestream.ops.lag import consumer_lag, pipeline_groups, table
-from facestream.runtime.app import consumer_groups
+from facestream.runtime.app import consumer_groups, leader_topic
 from facestream.runtime.service import Service, own_topics, runnable
 from facestream.runtime.worker import run
 
@@ -226,8 +227,32 @@ def _cmd_status(args: argparse.Namespace, services: Sequence[Service]) -> int:
     return 0
 
 
+def principal_acls(settings: Settings, chosen: Sequence[Service], catalogue: Sequence[Service]) -> list[Acl]:
+    """The ACLs of a principal whose workers run `chosen` together (out of `catalogue`): its
+    services' access, its consumer groups, and its app's leader topic (which its worker makes)."""
+    groups = consumer_groups(settings, chosen, catalogue)
+    leader = leader_topic(next(iter(groups)))
+    own = [Acl("topic", leader, operation) for operation in ("create", "read", "write")]
+    return sorted({*acl_set(settings, [s.access(settings) for s in chosen], groups), *own})
+
+
 def _cmd_kafka(args: argparse.Namespace, services: Sequence[Service]) -> int:
     settings = load_settings(args.config)
+    if args.action == "topics":  # an administrator's step on a cluster the services may not change
+        created = asyncio.run(ensure_topics(settings, own_topics(settings, services)))
+        print(f"topics: {len(created)} created ({settings.kafka_replication_factor} replicas each)")
+        return 0
+    if args.action == "acls":
+        if not args.service or not args.principal:
+            raise UsageError("kafka acls needs --service (repeatable: the services one worker runs) and --principal")
+        chosen = [s for s in services if s.name in args.service]
+        rules = principal_acls(settings, chosen, services)
+        for rule in rules:
+            print(rule.line(args.principal))
+        if args.apply:
+            count = asyncio.run(create_acls(settings, args.principal, rules))
+            print(f"acls: {count} created for {args.principal}")
+        return 0
     rc = local_broker(args.action, settings)
     if rc == 0 and args.action == "up":
         created = asyncio.run(ensure_topics(settings, own_topics(settings, services)))
@@ -266,8 +291,15 @@ def parser(services: Sequence[Service], commands: Sequence[Callable[[Any], None]
     p.add_argument("--config", help="TOML settings file (default: $FACESTREAM_CONFIG)")
     sub = p.add_subparsers(dest="command", required=True)
 
-    k = sub.add_parser("kafka", help="local Kafka broker")
-    k.add_argument("action", choices=["up", "down", "status", "fetch", "reset"])
+    k = sub.add_parser(
+        "kafka",
+        help="local Kafka broker (up|down|status|fetch|reset); on any cluster: create the topics (topics), "
+        "a service principal's ACLs (acls)",
+    )
+    k.add_argument("action", choices=["up", "down", "status", "fetch", "reset", "topics", "acls"])
+    k.add_argument("--service", action="append", choices=names, help="acls: a service its workers run (repeatable)")
+    k.add_argument("--principal", help="acls: the services' principal, User:NAME")
+    k.add_argument("--apply", action="store_true", help="acls: create them on the cluster (as an administrator)")
     k.set_defaults(func=functools.partial(_cmd_kafka, services=services))
 
     r = sub.add_parser("run", help="run services")

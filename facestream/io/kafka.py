@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -32,6 +35,7 @@ TOPICS: dict[str, tuple[int, int]] = {
     "dlq": (1 * MiB, 30 * DAY_MS),
 }
 TRANSIT = ("images", "faces", "embeddings")
+REFUSED = {29, 31}  # TOPIC_AUTHORIZATION_FAILED, CLUSTER_AUTHORIZATION_FAILED
 MAX_REQUEST = 8 * MiB + 64 * 1024
 
 
@@ -45,13 +49,19 @@ class TopicSpec:
     retention_ms: int = 30 * DAY_MS
     compact: bool = False
 
-    def new_topic(self) -> NewTopic:
-        configs = {"max.message.bytes": str(self.max_bytes), "cleanup.policy": "delete"}
+    def new_topic(self, replication: int = 1, min_insync: int = 1) -> NewTopic:
+        configs = {
+            "max.message.bytes": str(self.max_bytes),
+            "cleanup.policy": "delete",
+            # With acks=all a write is acknowledged once this many replicas have it: one broker
+            # may be lost without losing an acknowledged record when replication > min_insync.
+            "min.insync.replicas": str(min_insync),
+        }
         if self.compact:
             configs["cleanup.policy"] = "compact"
         else:
             configs["retention.ms"] = str(self.retention_ms)
-        return NewTopic(self.name, self.partitions, 1, topic_configs=configs)
+        return NewTopic(self.name, self.partitions, replication, topic_configs=configs)
 
 
 def pipeline_topics(settings: Settings) -> list[TopicSpec]:
@@ -86,13 +96,22 @@ async def ensure_topics(settings: Settings, extra: Iterable[TopicSpec] = ()) -> 
 
 async def create_topics(settings: Settings, specs: Iterable[TopicSpec]) -> list[str]:
     """Create those of `specs` that do not exist yet (another process may race us: fine)."""
-    wanted = [s.new_topic() for s in specs]
+    wanted = [s.new_topic(settings.kafka_replication_factor, settings.kafka_min_insync_replicas) for s in specs]
     async with running(admin_client(settings, 30)) as admin:
         existing = set(await admin.list_topics())
         new = [t for t in wanted if t.name not in existing]
         if new:
             with contextlib.suppress(TopicAlreadyExistsError):  # another process was first
-                await admin.create_topics(new)
+                response = await admin.create_topics(new)
+                refused = [name for name, code, *_ in response.topic_errors if code in REFUSED]
+                if refused:
+                    # A service's own principal on a secured cluster: an administrator makes the
+                    # topics (`facestream kafka topics`); those this principal may not even see are
+                    # not its to use, and those it uses will fail loudly where they are missing.
+                    log.warning("topics_not_created", topics=refused, reason="this principal may not create topics")
+                    new = [t for t in new if t.name not in refused]
+                    if not new:
+                        return []
             await _wait_for_leaders(admin, [t.name for t in new])
             await _wait_until_serving(settings, {t.name: t.num_partitions for t in new})
             log.info("topics_created", topics=[t.name for t in new])
@@ -120,7 +139,7 @@ async def _wait_until_serving(settings: Settings, names: dict[str, int]) -> None
     level = fetcher_log.level
     fetcher_log.setLevel(logging.CRITICAL)
     try:
-        async with running(AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)) as probe:
+        async with running(AIOKafkaConsumer(**connection(settings))) as probe:
             parts = [TopicPartition(n, p) for n, count in names.items() for p in range(count)]
             await asyncio.wait_for(probe.end_offsets(parts), 15)
     finally:
@@ -156,8 +175,38 @@ async def running(client: Client) -> AsyncIterator[Client]:
         await close()
 
 
+def connection(settings: Settings) -> dict[str, Any]:
+    """Where and how every Kafka client of this process connects: the brokers, and TLS and SASL
+    as the settings say (each service may run as its own principal)."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap,
+        "security_protocol": settings.kafka_security_protocol,
+    }
+    if settings.kafka_security_protocol in {"SSL", "SASL_SSL"}:
+        options["ssl_context"] = ssl_context(settings)
+    if settings.kafka_security_protocol.startswith("SASL"):
+        options["sasl_mechanism"] = settings.kafka_sasl_mechanism
+        options["sasl_plain_username"] = settings.kafka_username
+        options["sasl_plain_password"] = settings.kafka_password.get_secret_value()
+    return options
+
+
+def ssl_context(settings: Settings) -> ssl.SSLContext:
+    """TLS towards the brokers: their certificates checked against `kafka_ssl_cafile` (else the
+    system's CAs), host names checked, and a client certificate where one is configured."""
+    return _ssl_context(settings.kafka_ssl_cafile, settings.kafka_ssl_certfile, settings.kafka_ssl_keyfile)
+
+
+@functools.lru_cache(maxsize=8)
+def _ssl_context(cafile: Path | None, certfile: Path | None, keyfile: Path | None) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(cafile) if cafile else None)
+    if certfile is not None:
+        context.load_cert_chain(str(certfile), str(keyfile) if keyfile else None)
+    return context
+
+
 def admin_client(settings: Settings, timeout_s: float = 10.0) -> AIOKafkaAdminClient:
-    return AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, request_timeout_ms=int(timeout_s * 1000))
+    return AIOKafkaAdminClient(**connection(settings), request_timeout_ms=int(timeout_s * 1000))
 
 
 def producer(settings: Settings, **kwargs: Any) -> AIOKafkaProducer:
@@ -168,7 +217,7 @@ def producer(settings: Settings, **kwargs: Any) -> AIOKafkaProducer:
         "linger_ms": 5,
         **kwargs,  # the caller's choice wins
     }
-    return AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, **options)
+    return AIOKafkaProducer(**connection(settings), **options)
 
 
 # How old a group member's view of the topics may get. A rebalance that runs while a broker is
@@ -186,9 +235,7 @@ def consumer(settings: Settings, *topics: str, group_id: str | None = None, **kw
         "metadata_max_age_ms": METADATA_MAX_AGE_MS,
         **kwargs,  # the caller's choice wins
     }
-    return AIOKafkaConsumer(
-        *(settings.topic(t) for t in topics), bootstrap_servers=settings.kafka_bootstrap, group_id=group_id, **options
-    )
+    return AIOKafkaConsumer(*(settings.topic(t) for t in topics), **connection(settings), group_id=group_id, **options)
 
 
 async def partition_reader(settings: Settings, tp: TopicPartition, fetch_max_wait_ms: int = 20) -> AIOKafkaConsumer:
@@ -220,7 +267,7 @@ async def table_reader(settings: Settings, topic: str, handle: Callable[[Any], N
     """A started consumer, without a group, of the one-partition compacted `topic` (a table kept
     in Kafka: subscriptions, tokens), every record up to its end handed to `handle`; `follow` it to
     keep up with later writes."""
-    cons = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap, enable_auto_commit=False, group_id=None)
+    cons = AIOKafkaConsumer(**connection(settings), enable_auto_commit=False, group_id=None)
     await cons.start()
     tp = TopicPartition(topic, 0)
     cons.assign([tp])
@@ -285,7 +332,7 @@ async def read_topic(
     end offsets taken at the start. With a group, commits what was read. `committed`: only what
     transactions committed (the audit chain)."""
     cons = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap,
+        **connection(settings),
         group_id=group_id,
         enable_auto_commit=False,
         auto_offset_reset="earliest",

@@ -20,7 +20,7 @@ from typing import Any
 import faust
 
 from facestream.config import Settings
-from facestream.io.kafka import MAX_REQUEST, METADATA_MAX_AGE_MS, TOPICS
+from facestream.io.kafka import MAX_REQUEST, METADATA_MAX_AGE_MS, TOPICS, ssl_context
 from facestream.ops.logs import bind_event, get_logger
 from facestream.ops.metrics import EVENTS_CONSUMED, STAGE_SECONDS, TRANSIENT_RETRIES
 from facestream.ops.server import Health, OpsServer
@@ -66,6 +66,27 @@ def _own_topics(settings: Settings, services: Sequence[Service]) -> list[str]:
     return [spec.name.removeprefix(prefix) for spec in own_topics(settings, services)]
 
 
+def leader_topic(app_id: str) -> str:
+    """faust's leader election topic of the app `app_id`: created by the worker (the app may not
+    declare topics), also the one subscription of a worker without agents (the API's)."""
+    return f"{app_id}-__assignor-__leader"
+
+
+def credentials(settings: Settings) -> faust.auth.Credentials | None:
+    """The faust app's TLS and SASL, the same as every other Kafka client's (io.kafka.connection)."""
+    protocol = settings.kafka_security_protocol
+    if protocol.startswith("SASL"):
+        return faust.SASLCredentials(
+            username=settings.kafka_username,
+            password=settings.kafka_password.get_secret_value(),
+            ssl_context=ssl_context(settings) if protocol == "SASL_SSL" else None,
+            mechanism=settings.kafka_sasl_mechanism,
+        )
+    if protocol == "SSL":
+        return faust.SSLCredentials(ssl_context(settings))
+    return None
+
+
 def create_app(
     settings: Settings,
     services: Sequence[Service],
@@ -92,6 +113,8 @@ def create_app(
         consumer_max_fetch_size=MAX_REQUEST,
         consumer_metadata_max_age_ms=METADATA_MAX_AGE_MS,  # see there: a topic unassigned after a broker restart
         datadir=str(settings.data_dir / "faust" / app_id),
+        broker_credentials=credentials(settings),
+        topic_replication_factor=settings.kafka_replication_factor,
     )
     topics = {
         name: app.topic(

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from facestream.api import Routes
 from facestream.config import Settings
+from facestream.io.acls import Access
 from facestream.io.kafka import TopicSpec
 from facestream.runtime.stage import Stage
 
@@ -40,6 +41,10 @@ def _no_topics(settings: Settings) -> list[TopicSpec]:
 
 def _no_groups(settings: Settings) -> dict[str, list[str]]:
     return {}
+
+
+def _no_access(settings: Settings) -> Access:
+    return Access()
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,9 @@ class Service:
     server: Callable[[Settings, Sequence[Service]], Server] | None = None
     # Its operations in the HTTP API (facestream.api), served by whichever worker runs the API.
     routes: Callable[[Settings], Routes] | None = None
+    # What it reads without a consumer group and writes on Kafka: its principal's ACLs
+    # (facestream.io.acls) on a secured cluster.
+    access: Callable[[Settings], Access] = _no_access
     # Lines for `facestream status`.
     status: Callable[[Settings], Awaitable[list[str]]] | None = field(default=None)
 

@@ -11,7 +11,7 @@ import faust
 from facestream.config import Settings
 from facestream.io.kafka import TopicSpec, ensure_topics
 from facestream.ops.logs import configure, library_logging
-from facestream.runtime.app import consumer_groups, create_app
+from facestream.runtime.app import consumer_groups, create_app, leader_topic
 from facestream.runtime.compute import model_executor
 from facestream.runtime.service import Service, own_topics
 
@@ -20,9 +20,7 @@ def run(settings: Settings, services: Sequence[Service], catalogue: Sequence[Ser
     """Run `services` (out of `catalogue`, all there are) until stopped (SIGINT/SIGTERM)."""
     configure(loglevel, service="+".join(s.name for s in services))
     app_id = next(iter(consumer_groups(settings, services, catalogue)))
-    # faust elects a leader through this topic; it is created here with the others because the
-    # app may not declare topics (and would log an error at every start without it).
-    leader = TopicSpec(f"{app_id}-__assignor-__leader", 1)
+    leader = TopicSpec(leader_topic(app_id), 1)
     asyncio.run(ensure_topics(settings, [*own_topics(settings, catalogue), leader]))
     executor = model_executor(settings, services)
     app = create_app(settings, services, catalogue, executor)

@@ -21,7 +21,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from facestream.config import Settings
-from facestream.io.kafka import close, follow, topic_partitions
+from facestream.io.kafka import close, connection, follow, topic_partitions
 from facestream.ops.logs import get_logger
 from facestream.runtime.tasks import cancel
 
@@ -90,9 +90,7 @@ class Outcomes:
     async def start(self) -> None:
         topics = [self.settings.topic("matches"), self.settings.topic("dlq")]
         parts = [TopicPartition(t, p) for t, ps in (await topic_partitions(self.settings, topics)).items() for p in ps]
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap, enable_auto_commit=False, group_id=None
-        )
+        self._consumer = AIOKafkaConsumer(**connection(self.settings), enable_auto_commit=False, group_id=None)
         await self._consumer.start()
         self._consumer.assign(parts)
         since = int((time.time() - self.settings.api_outcome_window_s) * 1000)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from facestream.config import Settings
+from facestream.io.acls import Access
 from facestream.io.kafka import TopicSpec
 from facestream.runtime.service import Service
 from facestream.services.api.cli import add_parsers
@@ -21,4 +22,27 @@ def _server(settings: Settings, catalogue: Sequence[Service]) -> ApiServer:
     return ApiServer(settings, [s.routes(settings) for s in catalogue if s.routes is not None])
 
 
-SERVICE = Service("api", "", server=_server, topics=_topics, commands=add_parsers)
+def _access(settings: Settings) -> Access:
+    # The API serves every service's operations (gallery, subscriptions, deliveries, reviews,
+    # audit): it reads what they list and writes the requests they make.
+    reads = (
+        "matches",
+        "dlq",
+        "crops",
+        "api.tokens",
+        "gallery",
+        "gallery.keys",
+        "gallery.receipts",
+        "gallery.replicas",
+        "subscriptions",
+        "deliveries.log",
+        "deliveries.subjects",
+        "reviews",
+        "audit",
+        "audit.checkpoints",
+    )
+    writes = ("images", "api.tokens", "subscriptions", "gallery.requests", "reviews", "deliveries", "audit.entries")
+    return Access(reads=reads, writes=writes)
+
+
+SERVICE = Service("api", "", server=_server, topics=_topics, commands=add_parsers, access=_access)

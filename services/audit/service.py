@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from facestream.audit import ENTRIES
 from facestream.config import Settings
+from facestream.io.acls import Access
 from facestream.runtime.service import Service
 from facestream.services.audit.cli import add_parsers
 from facestream.services.audit.routes import routes
@@ -22,4 +23,13 @@ def _groups(settings: Settings) -> dict[str, list[str]]:
     return {f"{settings.app_id}-audit": [settings.topic(ENTRIES)]}
 
 
-SERVICE = Service("audit", "", server=_server, groups=_groups, commands=add_parsers, routes=routes)
+def _access(settings: Settings) -> Access:
+    chain = ("audit", "audit.checkpoints")
+    return Access(
+        reads=chain,
+        writes=(*chain, "dlq"),
+        transactional_ids=(f"{settings.app_id}-audit-sequencer",),
+    )
+
+
+SERVICE = Service("audit", "", server=_server, groups=_groups, commands=add_parsers, routes=routes, access=_access)

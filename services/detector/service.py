@@ -6,6 +6,7 @@ import functools
 from concurrent.futures import Executor
 
 from facestream.config import Settings
+from facestream.io.acls import Access
 from facestream.runtime.service import ModelLoader, Service
 from facestream.services.detector.logic import detector_for
 from facestream.services.detector.stage import DetectorStage
@@ -21,4 +22,8 @@ def _models(settings: Settings) -> ModelLoader:
 
 
 # Images are independent: one from a slow source must not hold the images behind it.
-SERVICE = Service("detector", "images", _stage, model_loader=_models, independent=True)
+def _access(settings: Settings) -> Access:
+    return Access(writes=("faces", "crops", "dlq", "audit.entries"))
+
+
+SERVICE = Service("detector", "images", _stage, model_loader=_models, independent=True, access=_access)

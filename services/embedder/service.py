@@ -9,6 +9,7 @@ from concurrent.futures import Executor
 from pathlib import Path
 
 from facestream.config import Settings, load_settings
+from facestream.io.acls import Access
 from facestream.runtime.service import ModelLoader, Service
 from facestream.services.embedder.logic import load_backend, prepared_path
 from facestream.services.embedder.prepare import describe, prepare_sface
@@ -48,4 +49,8 @@ def _commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=_cmd_prepare)
 
 
-SERVICE = Service("embedder", "faces", _stage, model_loader=_models, commands=_commands)
+def _access(settings: Settings) -> Access:
+    return Access(writes=("embeddings", "dlq", "audit.entries"))
+
+
+SERVICE = Service("embedder", "faces", _stage, model_loader=_models, commands=_commands, access=_access)

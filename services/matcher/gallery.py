@@ -2,7 +2,7 @@
 and for local mode).
 
 - `EdgeGallery`: Qdrant's engine in-process (`qdrant-edge-py`) on local disk, the embedded default.
-- `QdrantGallery`: a Qdrant server (or qdrant-client's local mode) through the async client.
+- `QdrantGallery`: a Qdrant server or cluster through the async client.
 
 The embedded engine searches new points by scanning them, and a graph (HNSW) pays once enough
 points are waiting for it: `index_after` (20,000 by default: an exact scan of that many 128-d
@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from qdrant_client import AsyncQdrantClient, models
+from qdrant_client.http.exceptions import UnexpectedResponse
 
 from facestream.ops.logs import get_logger
 
@@ -341,20 +342,37 @@ class EdgeGallery:
 
 
 class QdrantGallery:
-    """A Qdrant collection through `qdrant-client`'s async API (server, or local mode for tests)."""
+    """A Qdrant collection on a server or a cluster, through `qdrant-client`'s async API.
 
-    def __init__(self, client: AsyncQdrantClient, dim: int, name: str = "faces") -> None:
+    On a cluster the collection is made with `shards` shards, each held by `replicas` peers: a
+    search is answered while every shard has a live replica, and an update is applied when one
+    replica of its shard has it (write consistency 1), the others catching up when they return."""
+
+    def __init__(
+        self, client: AsyncQdrantClient, dim: int, name: str = "faces", shards: int = 1, replicas: int = 1
+    ) -> None:
         self.client = client
         self.dim = dim
         self.name = name
+        self.shards = shards
+        self.replicas = replicas
 
     async def open(self) -> None:
         if not await self.client.collection_exists(self.name):
-            await self.client.create_collection(
-                self.name, vectors_config=models.VectorParams(size=self.dim, distance=models.Distance.COSINE)
-            )
-            for field in GALLERY_FIELDS:
-                await self.client.create_payload_index(self.name, field, models.PayloadSchemaType.KEYWORD)
+            try:
+                await self.client.create_collection(
+                    self.name,
+                    vectors_config=models.VectorParams(size=self.dim, distance=models.Distance.COSINE),
+                    shard_number=self.shards,
+                    replication_factor=self.replicas,
+                    write_consistency_factor=1,
+                )
+            except UnexpectedResponse as exc:  # another matcher made it first: the same collection
+                if not await self.client.collection_exists(self.name):
+                    raise
+                log.info("gallery_collection_exists", collection=self.name, status=exc.status_code)
+        for field in GALLERY_FIELDS:  # idempotent: each matcher makes sure, also after a race
+            await self.client.create_payload_index(self.name, field, models.PayloadSchemaType.KEYWORD, wait=True)
 
     async def close(self) -> None:
         await self.client.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 from concurrent.futures import Executor
 
 from facestream.config import Settings
+from facestream.io.acls import Access
 from facestream.io.kafka import DAY_MS, MiB, TopicSpec
 from facestream.runtime.service import Service
 from facestream.services.matcher.cli import add_parsers
@@ -37,4 +38,20 @@ def _groups(settings: Settings) -> dict[str, list[str]]:
     return groups
 
 
-SERVICE = Service("matcher", "embeddings", _stage, topics=_topics, groups=_groups, commands=add_parsers, routes=routes)
+def _access(settings: Settings) -> Access:
+    # Each replica reads the gallery and its keys whole; the eraser reads the receipts and the
+    # replicas' reports, and writes tombstones, receipts and (retention) requests.
+    gallery = ("gallery", "gallery.keys", "gallery.requests", "gallery.receipts", "gallery.replicas")
+    return Access(reads=gallery, writes=("matches", "dlq", "audit.entries", *gallery))
+
+
+SERVICE = Service(
+    "matcher",
+    "embeddings",
+    _stage,
+    topics=_topics,
+    groups=_groups,
+    commands=add_parsers,
+    routes=routes,
+    access=_access,
+)

@@ -31,6 +31,15 @@ REVIEW = "candidate: investigative lead, requires human confirmation"
 EMBEDDING_DIM = 128
 
 
+def qdrant_gallery(settings: Settings) -> QdrantGallery:
+    """The gallery on the Qdrant server or cluster the settings name."""
+    key = settings.qdrant_api_key.get_secret_value() or None
+    client = AsyncQdrantClient(url=settings.qdrant_url, api_key=key, timeout=int(max(1, settings.qdrant_timeout_s)))
+    return QdrantGallery(
+        client, EMBEDDING_DIM, settings.gallery_name, shards=settings.qdrant_shards, replicas=settings.qdrant_replicas
+    )
+
+
 def gallery_record(event: dict[str, Any], key_id: str, ring: KeyRing) -> dict[str, Any]:
     """The `gallery.point` record an enrolment's face becomes (see services/matcher/replica.py),
     its embedding encrypted with the subject's data key `key_id` (see services/matcher/keys.py)."""
@@ -84,8 +93,7 @@ class MatcherStage:
     async def start(self) -> None:
         folder: Path | None = None
         if self._given is None and self.settings.gallery_backend == "qdrant":
-            client = AsyncQdrantClient(url=self.settings.qdrant_url)
-            self._gallery = QdrantGallery(client, EMBEDDING_DIM, self.settings.gallery_name)
+            self._gallery = qdrant_gallery(self.settings)
         elif self._given is None:
             folder, self._lock_fd = claim_directory(self.settings.gallery_path)
             self._gallery = EdgeGallery(

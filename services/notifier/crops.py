@@ -30,7 +30,7 @@ from facestream import audit
 from facestream.config import Settings
 from facestream.contracts.timeutil import parse_iso
 from facestream.io.http import serve
-from facestream.io.kafka import follow, topic_partitions
+from facestream.io.kafka import connection, follow, topic_partitions
 from facestream.ops.logs import get_logger
 from facestream.services.notifier.subscriptions import SubscriptionStore, subscriptions_key
 
@@ -102,7 +102,7 @@ class CropServer:
         self._runner, self.port = await serve(app, self.settings.crops_host, self.settings.crops_port)
         self.links = CropLinks(self.settings, self.base_url)
         topic = self.settings.topic("crops")
-        self._consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka_bootstrap, enable_auto_commit=False)
+        self._consumer = AIOKafkaConsumer(**connection(self.settings), enable_auto_commit=False)
         await self._consumer.start()
         parts = [TopicPartition(topic, p) for p in (await topic_partitions(self.settings, [topic])).get(topic, [])]
         self._consumer.assign(parts)

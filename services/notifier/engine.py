@@ -32,7 +32,7 @@ from facestream import contracts
 from facestream.config import Settings
 from facestream.contracts.timeutil import iso, now_iso, parse_iso
 from facestream.errors import MalformedEvent
-from facestream.io.kafka import MAX_REQUEST, create_topics, read_topic
+from facestream.io.kafka import MAX_REQUEST, connection, create_topics, read_topic
 from facestream.io.net import guarded_client
 from facestream.ops.logs import get_logger
 from facestream.ops.metrics import END_TO_END_SECONDS, WEBHOOK_OUTCOMES, WEBHOOK_SECONDS, WEBHOOKS, status_class
@@ -153,7 +153,7 @@ class DeliveryEngine:
                 self.settings.webhook_allow_private, self.settings.webhook_timeout_s, setting="webhook_allow_private"
             )
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka_bootstrap,
+            **connection(self.settings),
             group_id=f"{self.settings.app_id}-deliveries",
             enable_auto_commit=False,
             auto_offset_reset="earliest",

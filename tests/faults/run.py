@@ -1,8 +1,10 @@
 """A fault run: a real pipeline (broker, one or more worker processes in one group, verifying
 receiver) takes a stream of searches while its workers or their model processes are killed with
-SIGKILL, its receiver goes away for a while and the broker restarts; then every submitted image
-and every match is accounted for.
-`tests/faults/test_kills.py` runs a short one in the suite, `bench/faults.py` longer ones."""
+SIGKILL, its receiver goes away for a while and the broker restarts; on clusters (three Kafka
+nodes, three Qdrant peers), while a Kafka node or a Qdrant peer is SIGKILLed and comes back. Then
+every submitted image and every match is accounted for, and every answer checked.
+`tests/faults/test_kills.py` and `tests/test_cluster.py` run short ones in the suite,
+`bench/faults.py` longer ones."""
 
 from __future__ import annotations
 
@@ -18,14 +20,42 @@ from typing import Any
 
 import orjson
 
+from devtools.kafka_nodes import KafkaNodes
+from devtools.qdrant import QdrantCluster
 from facestream import client
 from facestream.contracts.timeutil import parse_iso
+from facestream.ops.lag import consumer_lag
+from facestream.runtime.app import consumer_groups
+from facestream.runtime.service import runnable
+from facestream.services.main import SERVICES
 from tests.conftest import ROOT, SAMPLES
 from tests.harness import Pipeline
 from tests.helpers import enrolment
 
 GALLERY = sorted((SAMPLES / "gallery").rglob("*.jpg"))
 PROBES = sorted((SAMPLES / "probes").rglob("*.jpg"))
+NOT_ENROLLED = "azure_family1_son"  # no gallery photo: enrolled mid-run on clusters (a peer down)
+
+
+@dataclass
+class Clusters:
+    """A Kafka cluster and a Qdrant cluster for the pipeline. The matcher reaches Qdrant through
+    its first peer (a deployment puts a service address in front of all of them), so the peers
+    killed are the others."""
+
+    kafka: KafkaNodes
+    qdrant: QdrantCluster
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "kafka_bootstrap": self.kafka.bootstrap,
+            "kafka_replication_factor": 3,
+            "kafka_min_insync_replicas": 2,
+            "gallery_backend": "qdrant",
+            "qdrant_url": self.qdrant.url,
+            "qdrant_shards": 3,
+            "qdrant_replicas": 2,
+        }
 
 
 @dataclass
@@ -43,6 +73,12 @@ class Counts:
     kills: int = 0
     model_kills: int = 0
     broker_restarts: int = 0
+    node_kills: int = 0  # Kafka nodes SIGKILLed (clusters)
+    peer_kills: int = 0  # Qdrant peers SIGKILLed (clusters)
+    wrong_answers: int = 0  # a result whose top candidate is not the probe's subject, or no match for one enrolled
+    late_enrolled: bool = False  # enrolled while a Qdrant peer was down, and found by later searches
+    rejoined: bool = False  # every killed peer back, every shard replica active again
+    lag: int = -1  # the pipeline group's lag on its topics at the end (must drain to 0)
     recovery_s: list[tuple[str, float]] = field(default_factory=list)  # fault, seconds to the next result
     seconds: float = 0.0
 
@@ -61,6 +97,10 @@ class Counts:
             ("worker kills (SIGKILL)", self.kills),
             ("model process kills (SIGKILL)", self.model_kills),
             ("broker restarts", self.broker_restarts),
+            ("Kafka nodes SIGKILLed (of 3)", self.node_kills),
+            ("Qdrant peers SIGKILLed (of 3)", self.peer_kills),
+            ("wrong answers (must be 0)", self.wrong_answers),
+            ("lag at the end (must be 0)", self.lag),
             ("next result after each fault, s", ", ".join(f"{a} {s:.1f}" for a, s in self.recovery_s)),
             ("run time, s", f"{self.seconds:.1f}"),
         ]
@@ -74,6 +114,54 @@ def _search(image_id: str, path: Path, settings: Any) -> dict[str, Any]:
 
 def _broker(action: str) -> None:
     subprocess.check_call(["bash", str(ROOT / "scripts/kafka.sh"), action], stdout=subprocess.DEVNULL)
+
+
+NODE_DOWN_S = 5.0
+LATE_ENROLMENT = sorted((SAMPLES / "probes" / NOT_ENROLLED).glob("*.jpg"))[0]
+
+
+def _top(result: dict[str, Any]) -> str | None:
+    return str(result["candidates"][0]["subject_id"]) if result.get("candidates") else None
+
+
+def _wrong_answers(results: list[dict[str, Any]], ids: list[str]) -> int:
+    """Results whose top candidate is not the probe's subject, and enrolled subjects' probes that
+    found no one (the subject not enrolled at first may be found once enrolled late)."""
+    subject = {image_id: PROBES[i % len(PROBES)].parent.name for i, image_id in enumerate(ids)}
+    wrong = 0
+    for m in results:
+        expected = subject.get(m["image_id"])
+        if expected is None:
+            continue
+        top = _top(m)
+        wrong += (top is not None and top != expected) or (top is None and expected != NOT_ENROLLED)
+    return wrong
+
+
+async def _rejoined(clusters: Clusters, collection: str, limit_s: float) -> bool:
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        if await asyncio.to_thread(clusters.qdrant.replicas_active, collection):
+            return True
+        await asyncio.sleep(0.5)
+    return False
+
+
+async def _drained(pipeline: Pipeline, limit_s: float) -> int:
+    """The lag of the pipeline's agent groups (one per worker composition) on the topics they read
+    once it has drained, or what is left at `limit_s`."""
+    settings = pipeline.settings
+    groups: dict[str, list[str]] = {}
+    for names in {tuple(group) for group in pipeline.services}:
+        chosen = [s for s in SERVICES if s.name in names] if names else runnable(SERVICES)
+        agents, topics = next(iter(consumer_groups(settings, chosen, SERVICES).items()))
+        groups[agents] = topics
+    deadline = time.monotonic() + limit_s
+    while True:
+        left = sum(row.lag for row in await consumer_lag(settings, groups))
+        if left == 0 or time.monotonic() > deadline:
+            return left
+        await asyncio.sleep(1.0)
 
 
 async def _results(pipeline: Pipeline) -> list[dict[str, Any]]:
@@ -116,13 +204,18 @@ async def fault_run(
     rate: float = 10.0,
     workers: int = 1,
     model_kills: int = 0,
+    clusters: Clusters | None = None,
+    node_kills: int = 0,
+    peer_kills: int = 0,
 ) -> Counts:
     """`kills` SIGKILLs, `model_kills` SIGKILLs of a model process, a broker restart and a
     receiver outage, each at a random moment of a stream of `images` searches sent at `rate` per
     second. With one worker (all four services), a kill kills it; with `workers` > 1, that many
     workers share the detector and embedder group (the matcher and notifier run in one more: the
     embedded gallery is one process's) and a kill kills one of these workers, brought back once
-    the others have taken its partitions over."""
+    the others have taken its partitions over. On `clusters`, `node_kills` Kafka nodes (one at a
+    time, back after a few seconds) and `peer_kills` Qdrant peers (back once an enrolment made
+    while it was down has been applied) are SIGKILLed too."""
     rng = random.Random(seed)
     started = time.monotonic()
     # Retries doubling from 1 s until they span the receiver's absence and 10 s more: a receiver
@@ -130,7 +223,9 @@ async def fault_run(
     schedule = [0.0, 1.0]
     while sum(schedule) < receiver_down_s + 10:
         schedule.append(schedule[-1] * 2)
-    extra = {"transient_backoff_s": 0.5, "webhook_schedule_s": schedule}
+    extra: dict[str, Any] = {"transient_backoff_s": 0.5, "webhook_schedule_s": schedule}
+    if clusters is not None:
+        extra.update(clusters.settings())
     scaled = ("detector", "embedder")
     services = [()] if workers == 1 else [scaled] * workers + [("matcher", "notifier")]
     pipeline = Pipeline(workdir, [SAMPLES], services=services, extra=extra)
@@ -155,6 +250,7 @@ async def fault_run(
         counts.submitted = len(ids)
         actions = ["kill"] * kills + ["model"] * model_kills
         actions += ["broker"] * broker_restart + ["receiver"] * (receiver_down_s > 0)
+        actions += ["node"] * node_kills + ["peer"] * peer_kills
         rng.shuffle(actions)
         for action in actions:
             await asyncio.sleep(rng.uniform(0.5, images / rate / (len(actions) + 1)))  # a random moment mid-stream
@@ -176,6 +272,24 @@ async def fault_run(
                         counts.model_kills += 1
                         break
                     await asyncio.sleep(0.2)
+            elif action == "node" and clusters is not None:
+                node = rng.randrange(1, clusters.kafka.size + 1)
+                clusters.kafka.kill_node(node)
+                counts.node_kills += 1
+                await asyncio.sleep(NODE_DOWN_S)  # the others lead its partitions meanwhile
+                await asyncio.to_thread(clusters.kafka.start_node, node)
+            elif action == "peer" and clusters is not None:
+                index = rng.randrange(1, len(clusters.qdrant.peers))
+                clusters.qdrant.peers[index].kill()
+                counts.peer_kills += 1
+                late = f"enrol-late-{counts.peer_kills}"
+                await pipeline.submit(late, enrolment(late, LATE_ENROLMENT, pipeline.settings, "faults"))
+
+                async def applied(image_id: str = late) -> bool:
+                    return any(m["image_id"] == image_id for m in await pipeline.events("matches"))
+
+                await pipeline.wait_for(applied, limit_s=limit_s, what="an enrolment while a Qdrant peer is down")
+                await asyncio.to_thread(clusters.qdrant.restart, index)
             elif action == "broker":
                 for step in ("down", "up"):
                     await asyncio.to_thread(_broker, step)
@@ -219,6 +333,13 @@ async def fault_run(
         counts.lost_webhooks = len({f"msg_{e.replace('-', '')}" for e in made} - delivered)
         counts.duplicates = pipeline.receiver.duplicates
         counts.gallery_sizes = {m["gallery"]["size"] for m in results if m["status"] == "match"}
+        counts.wrong_answers = _wrong_answers(results, ids)
+        late_results = [m for m in await pipeline.events("matches") if m["image_id"].startswith("enrol-late-")]
+        counts.late_enrolled = bool(late_results) and all(m["status"] == "enrolled" for m in late_results)
+        counts.late_enrolled &= any(_top(m) == NOT_ENROLLED for m in results)
+        if clusters is not None:
+            counts.rejoined = await _rejoined(clusters, pipeline.settings.gallery_name, limit_s)
+        counts.lag = await _drained(pipeline, limit_s)
     finally:
         await pipeline.stop()
     counts.seconds = time.monotonic() - started

@@ -17,6 +17,8 @@ def _nothing_lost(counts: Counts) -> None:
     assert counts.expected_webhooks > 0
     assert counts.lost_webhooks == 0
     assert counts.gallery_sizes == {len(GALLERY)}  # redelivered enrolments made no second point
+    assert counts.wrong_answers == 0
+    assert counts.lag == 0
 
 
 async def test_kills_and_a_receiver_outage_lose_nothing(kafka: str, tmp_path: Path) -> None:
