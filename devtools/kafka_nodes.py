@@ -4,8 +4,10 @@ quorum), optionally with a SASL_SSL listener (SCRAM-SHA-512, certificates from a
 makes) and the StandardAuthorizer. The jars are the ones `scripts/kafka.sh fetch` resolved from
 Maven Central. Each node can be SIGKILLed and started again on its ports and log directory.
 
-    python -m devtools.kafka_nodes up [--size 3] [--dir .facestream/kafka-cluster]   # prints the bootstrap
-    python -m devtools.kafka_nodes down [--dir ...]
+    .venv/bin/python -m devtools.kafka_nodes up [--size 3] [--dir .facestream/kafka-cluster]   # prints the bootstrap
+    .venv/bin/python -m devtools.kafka_nodes down [--dir ...]
+(`scripts/kafka.sh cluster-up|cluster-down` runs these.) A SASL_SSL listener is made from Python
+(`KafkaNodes(..., secured=Secured(...))` with `make_certificates`), as tests/test_secure.py does.
 """
 
 from __future__ import annotations
@@ -299,6 +301,14 @@ def _kafka_uuid() -> str:
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
 
+def _is_broker(pid: int) -> bool:
+    """`pid` is alive and a Kafka broker (not another process that got its number since)."""
+    try:
+        return b"kafka.Kafka" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
 def _pids(folder: Path) -> list[int]:
     return [int(p.read_text()) for p in sorted(folder.glob("node*/kafka.pid"))]
 
@@ -310,18 +320,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", type=Path, default=ROOT / ".facestream" / "kafka-cluster")
     args = parser.parse_args(argv)
     if args.command == "down":
-        for pid in _pids(args.dir):
+        pids = [pid for pid in _pids(args.dir) if _is_broker(pid)]
+        for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while any(_is_broker(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.3)  # a controlled shutdown hands leadership over first
+        for pid in pids:
+            if _is_broker(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
         for f in args.dir.glob("node*/kafka.pid"):
             f.unlink()
-        print("kafka cluster: stopped")
+        print(f"kafka cluster: {len(pids)} node(s) stopped")
         return 0
-    if _pids(args.dir):
-        print(f"kafka cluster: {args.dir} holds a running cluster's pids; `down` first", file=sys.stderr)
+    if any(_is_broker(pid) for pid in _pids(args.dir)):
+        print(f"kafka cluster: {args.dir} holds a running cluster; `down` first", file=sys.stderr)
         return 1
     cluster = KafkaNodes(args.dir, args.size).start()
     print(cluster.bootstrap)
+    print(
+        f"kafka cluster: {args.size} node(s) running in the background, state in {args.dir}; "
+        f"set FACESTREAM_KAFKA_BOOTSTRAP={cluster.bootstrap} (and a replication factor up to {args.size})",
+        file=sys.stderr,
+    )
     return 0
 
 

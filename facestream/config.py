@@ -548,7 +548,10 @@ def _explain(exc: ValidationError, path: str | Path | None, values: Mapping[str,
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden" and len(loc) == 1:
             message = "unknown setting (see `facestream config show` for every setting)"
-        source = source_of(name, path, values, over) if loc else (f"file {path}" if path else "arguments")
+        if not loc:  # a rule over several settings: each may come from somewhere else
+            lines.append(f"settings: {message}"[:500])
+            continue
+        source = source_of(name, path, values, over)
         given = "" if error["type"] in {"extra_forbidden", "missing"} else f" (got {error.get('input')!r})"
         lines.append(f"{where} from {source}: {message}{given}"[:500])
     return "invalid settings:\n  " + "\n  ".join(lines)

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Local single-node Apache Kafka (KRaft) on loopback, from Maven Central jars.
-#   scripts/kafka.sh fetch | up | down | status
+#   scripts/kafka.sh fetch | up | down | status | reset
+#   scripts/kafka.sh cluster-up | cluster-down   a three-node KRaft cluster on free loopback ports
+#     (devtools/kafka_nodes.py; cluster-up prints its bootstrap), state in $FACESTREAM_HOME/kafka-cluster
 # Jars live under $FACESTREAM_HOME (default .facestream/) in kafka-lib/; the broker's state (log
 # directory kafka-data/, kafka.pid, kafka.log) under $FACESTREAM_KAFKA_STATE (default the same), so a
 # second broker on other ports can share the jars.
@@ -112,5 +114,7 @@ case "${1:-}" in
   down) down ;;
   status) status ;;
   reset) down; rm -rf "$data" ;;
-  *) echo "usage: $0 fetch|up|down|status|reset" >&2; exit 2 ;;
+  cluster-up) fetch; cd "$root" && exec .venv/bin/python -m devtools.kafka_nodes up --dir "$home/kafka-cluster" ;;
+  cluster-down) cd "$root" && exec .venv/bin/python -m devtools.kafka_nodes down --dir "$home/kafka-cluster" ;;
+  *) echo "usage: $0 fetch|up|down|status|reset|cluster-up|cluster-down" >&2; exit 2 ;;
 esac

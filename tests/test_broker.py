@@ -236,3 +236,22 @@ def test_a_broker_this_checkout_did_not_start_is_used_and_left_running(kafka: st
     down = call("down")
     assert "left running" in down.stdout
     assert subprocess.call(["bash", str(script), "status"], stdout=subprocess.DEVNULL) == 0  # still up
+
+
+async def test_a_cluster_refusal_is_a_clear_error_not_a_timeout(kafka: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """More replicas than brokers: the broker's refusal is named with the setting behind it (it
+    used to end in a metadata time-out half a minute later). ACLs on brokers without an
+    authorizer: the refusal, not a traceback."""
+    from facestream.services.main import main
+
+    prefix = f"rf{uuid.uuid4().hex[:8]}"
+    settings = load_settings(environment=False, topic_prefix=prefix, kafka_replication_factor=3)
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match=r"refused to create .*only 1 broker.*kafka_replication_factor 3"):
+        await ensure_topics(settings)
+    assert time.monotonic() - started < 15
+    code = await asyncio.to_thread(
+        main, ["kafka", "acls", "--service", "detector", "--principal", "User:detector", "--apply"]
+    )
+    assert code == 2
+    assert "refused the ACL" in capsys.readouterr().err

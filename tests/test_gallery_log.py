@@ -1,5 +1,5 @@
 """The gallery is a log, each matcher replica's index a view of it (services/matcher/replica.py).
-Real broker, real worker processes: two, and three, matcher replicas in one consumer group each hold
+Real broker, real worker processes: three matcher replicas in one consumer group each hold
 the whole gallery, whichever of them enrolled a subject; a replica killed with SIGKILL resumes from its
 offset and catches up on what was enrolled while it was down; a replica whose disk was emptied
 builds its index again from the beginning of the topic and answers the same."""
@@ -105,7 +105,8 @@ def gallery_cli(pipeline: Pipeline, *args: str) -> str:
     return result.stdout
 
 
-@pytest.mark.parametrize("replicas", [2, 3])
+# Three replicas (two ran too; three covers what two show, and the suite needs the time for the cluster runs).
+@pytest.mark.parametrize("replicas", [3])
 async def test_replicas_each_hold_the_whole_gallery(kafka: str, tmp_path: Path, replicas: int) -> None:
     people = subjects(tmp_path / "mirrored")
     first, later = dict(list(people.items())[:16]), dict(list(people.items())[16:])

@@ -294,23 +294,16 @@ def test_retention_due_takes_a_subject_whose_terms_have_all_passed() -> None:
     assert unreadable == ["p6"]
 
 
-async def test_gallery_terms_lists_every_point(tmp_path: Path, qdrant_server: str) -> None:
+async def test_gallery_terms_lists_every_point(gallery: Gallery) -> None:
     """Both implementations give the sweeper every point's subject and term."""
-    for gallery in (EdgeGallery(tmp_path / "edge", 4), server_gallery(qdrant_server, 4)):
-        await gallery.open()
-        try:
-            await gallery.upsert(
-                [
-                    GalleryPoint(
-                        str(uuid.uuid4()), [1.0, 0, 0, 0], {"subject_id": f"s{i}", "retain_until": f"2027-01-0{i}"}
-                    )
-                    for i in range(1, 4)
-                ]
-            )
-            assert sorted((await gallery.terms()).values()) == [
-                ("s1", "2027-01-01"),
-                ("s2", "2027-01-02"),
-                ("s3", "2027-01-03"),
-            ]
-        finally:
-            await gallery.close()
+    await gallery.upsert(
+        [
+            GalleryPoint(str(uuid.uuid4()), unit(1, i), {"subject_id": f"s{i}", "retain_until": f"2027-01-0{i}"})
+            for i in range(1, 4)
+        ]
+    )
+    assert sorted((await gallery.terms()).values()) == [
+        ("s1", "2027-01-01"),
+        ("s2", "2027-01-02"),
+        ("s3", "2027-01-03"),
+    ]

@@ -1,6 +1,7 @@
 """`facestream`: the command line.
 
-facestream kafka up|down|status        local single-node Kafka (KRaft) on 127.0.0.1
+facestream kafka up|down|status|fetch|reset   local single-node Kafka (KRaft) on 127.0.0.1
+facestream kafka topics|acls           on any cluster: make every topic; a service principal's ACLs
 facestream run [--service NAME ...]    the four stages, the API and the audit sequencer in one process, or some
 facestream enroll ...                  enrol photos of one subject (consent record required)
 facestream submit ...                  submit photos for search (purpose, case, requester)
@@ -295,6 +296,13 @@ def parser(services: Sequence[Service], commands: Sequence[Callable[[Any], None]
         "kafka",
         help="local Kafka broker (up|down|status|fetch|reset); on any cluster: create the topics (topics), "
         "a service principal's ACLs (acls)",
+        description="up, down, status: the local single-node broker on kafka_bootstrap's port (scripts/kafka.sh); "
+        "fetch: its jars; reset: stop it and delete its data. "
+        "topics: make every topic of the pipeline and the services with partitions, kafka_replication_factor and "
+        "kafka_min_insync_replicas (an administrator's step on a secured cluster). "
+        "acls --service S [--service T] --principal User:NAME [--apply]: the ACLs a principal whose workers run "
+        "those services needs; printed, and with --apply created (with an administrator's settings, on brokers "
+        "with an authorizer).",
     )
     k.add_argument("action", choices=["up", "down", "status", "fetch", "reset", "topics", "acls"])
     k.add_argument("--service", action="append", choices=names, help="acls: a service its workers run (repeatable)")

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from aiokafka.protocol.admin import CreateAclsRequest
 
 from facestream.config import Settings
+from facestream.errors import ConfigError
 from facestream.io.kafka import admin_client, running
 
 # Kafka's protocol codes (org.apache.kafka.common.acl / resource).
@@ -84,5 +85,8 @@ async def create_acls(settings: Settings, principal: str, rules: Sequence[Acl]) 
             response = await admin._send_request(request)
             for code, message in response.creation_responses:
                 if code:
-                    raise PermissionError(f"creating {rule.line(principal)} failed: error {code} {message or ''}")
+                    raise ConfigError(
+                        f"the cluster refused the ACL `{rule.line(principal).strip()}`: {message or f'error {code}'} "
+                        "(ACLs need brokers with an authorizer, and an administrator's settings to create them)"
+                    )
     return len(rules)

@@ -18,6 +18,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from facestream.config import Settings
+from facestream.errors import ConfigError
 from facestream.ops.logs import get_logger
 
 log = get_logger(__name__)
@@ -36,6 +37,7 @@ TOPICS: dict[str, tuple[int, int]] = {
 }
 TRANSIT = ("images", "faces", "embeddings")
 REFUSED = {29, 31}  # TOPIC_AUTHORIZATION_FAILED, CLUSTER_AUTHORIZATION_FAILED
+OK = {0, 36, *REFUSED}  # created, TOPIC_ALREADY_EXISTS (another process was first), refused (above)
 MAX_REQUEST = 8 * MiB + 64 * 1024
 
 
@@ -103,6 +105,15 @@ async def create_topics(settings: Settings, specs: Iterable[TopicSpec]) -> list[
         if new:
             with contextlib.suppress(TopicAlreadyExistsError):  # another process was first
                 response = await admin.create_topics(new)
+                failed = [(t[0], t[1], t[2] if len(t) > 2 else None) for t in response.topic_errors if t[1] not in OK]
+                if failed:
+                    name, code, message = failed[0]
+                    raise ConfigError(
+                        f"the brokers refused to create {len(failed)} topic(s), e.g. {name}: "
+                        f"{message or f'error {code}'} "
+                        f"(kafka_replication_factor {settings.kafka_replication_factor}, kafka_min_insync_replicas "
+                        f"{settings.kafka_min_insync_replicas}, partitions {settings.partitions})"
+                    )
                 refused = [name for name, code, *_ in response.topic_errors if code in REFUSED]
                 if refused:
                     # A service's own principal on a secured cluster: an administrator makes the
