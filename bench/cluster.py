@@ -81,8 +81,11 @@ async def latency(gallery: Gallery, vectors: np.ndarray, queries: np.ndarray) ->
         ingest = len(vectors) / (time.perf_counter() - started)
         if isinstance(gallery, EdgeGallery):
             await gallery.index_now()
-        else:
-            await asyncio.sleep(5)  # the server indexes in the background; let it settle
+        elif isinstance(gallery, QdrantGallery):  # the server builds its graphs in the background
+            for _ in range(3600):
+                if (await gallery.client.get_collection(gallery.name)).status == "green":
+                    break
+                await asyncio.sleep(1.0)
         times = []
         for q in queries:
             t0 = time.perf_counter()
@@ -97,7 +100,7 @@ async def latency(gallery: Gallery, vectors: np.ndarray, queries: np.ndarray) ->
 async def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--images", type=int, default=300)
-    p.add_argument("--workers", default="1,2,3")
+    p.add_argument("--workers", default="1,2,3", help="workers per service to try ('': only the gallery part)")
     p.add_argument("--points", type=int, default=100_000)
     p.add_argument("--queries", type=int, default=500)
     args = p.parse_args()
@@ -107,7 +110,8 @@ async def main() -> int:
     clusters = Clusters(kafka, qdrant)
     try:
         print("end to end on 3 Kafka nodes + 3 Qdrant peers, images/s:")
-        for workers in [int(w) for w in args.workers.split(",")]:
+        for workers in [int(w) for w in args.workers.split(",") if w]:
+            (folder / f"w{workers}").mkdir()
             rate = await images_per_s(clusters, folder / f"w{workers}", workers, args.images)
             print(f"  {workers} worker(s) per service: {rate:.1f}", flush=True)
         rng = np.random.default_rng(3)
