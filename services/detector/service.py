@@ -21,9 +21,9 @@ def _models(settings: Settings) -> ModelLoader:
     return functools.partial(detector_for, min(0.5, settings.det_score_threshold))
 
 
-# Images are independent: one from a slow source must not hold the images behind it.
 def _access(settings: Settings) -> Access:
     return Access(writes=("faces", "crops", "dlq", "audit.entries"))
 
 
+# Images are independent: one from a slow source must not hold the images behind it.
 SERVICE = Service("detector", "images", _stage, model_loader=_models, independent=True, access=_access)
