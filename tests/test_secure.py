@@ -2,10 +2,15 @@
 and a broker certificate made here) and the StandardAuthorizer, nothing allowed without an ACL.
 An administrator makes the topics and each principal's ACLs (`facestream kafka topics|acls`); the
 pipeline runs through it as a principal that is not a super user; the detector's principal may do
-its own work and nothing else: it cannot read matches nor write them."""
+its own work and nothing else: it cannot read matches nor write them. An erasure runs through the
+matcher's and the notifier's principals too."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -81,6 +86,26 @@ async def test_the_pipeline_runs_over_sasl_ssl_each_service_as_its_own_principal
         results = {m["image_id"]: m for m in await pipeline.events("matches") if m["image_id"] in ids}
         for image_id in expected:
             assert results[image_id]["candidates"][0]["subject_id"] == ids[image_id].parent.name
+
+        # An erasure (requested by the administrator) runs through the matcher's eraser and the
+        # notifier's erasure notices under their own principals: a receipt, then the signed notice.
+        target = GALLERY[0].parent.name
+        command = [sys.executable, "-m", "facestream.services", "--config", str(pipeline.config), "gallery", "erase"]
+        erased = await asyncio.to_thread(
+            subprocess.run,
+            [*command, target, "--reason", "consent withdrawn", "--requested-by", "dpo@example"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={k: v for k, v in os.environ.items() if not k.startswith("FACESTREAM_")},
+        )
+        assert erased.returncode == 0, erased.stderr
+        assert "signature: valid" in erased.stdout
+
+        def notices() -> bool:
+            return any(d.event["type"] == "face.subject.erased" for d in pipeline.receiver.deliveries)
+
+        await pipeline.wait_for(notices, limit_s=120, what="the erasure notice, over SASL_SSL")
         assert pipeline.receiver.rejected == 0
         logs = pipeline.logs(None)
         assert "not authorized" not in logs
