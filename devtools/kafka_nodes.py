@@ -133,6 +133,10 @@ class KafkaNodes:
             f"share.coordinator.state.topic.replication.factor={replicas}",
             f"share.coordinator.state.topic.min.isr={min_isr}",
             "unclean.leader.election.enable=false",
+            # A node that stops heartbeating is fenced (out of every ISR, its partitions led by
+            # others) after this long; the default 9 s stalls acks=all writes that long.
+            "broker.session.timeout.ms=3000",
+            "broker.heartbeat.interval.ms=500",
             "group.initial.rebalance.delay.ms=0",
             "auto.create.topics.enable=false",
             "message.max.bytes=16777216",

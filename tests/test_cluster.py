@@ -37,13 +37,15 @@ def clusters(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clusters]:
 
 async def test_a_kafka_node_and_a_qdrant_peer_killed_lose_nothing(clusters: Clusters, tmp_path: Path) -> None:
     counts = await fault_run(
-        tmp_path, images=40, kills=0, clusters=clusters, node_kills=1, peer_kills=1, seed=2, limit_s=180, rate=4.0
+        tmp_path, images=60, kills=0, clusters=clusters, node_kills=1, peer_kills=1, seed=2, limit_s=180, rate=4.0
     )
     report_figure(
-        "cluster fault run (40 searches at 4/s, 1 of 3 Kafka nodes and 1 of 3 Qdrant peers SIGKILLed):\n"
+        "cluster fault run (60 searches at 4/s, 1 of 3 Kafka nodes and 1 of 3 Qdrant peers SIGKILLed):\n"
         + counts.table()
     )
     assert (counts.node_kills, counts.peer_kills) == (1, 1)
+    assert counts.searched_while_node_down > 0, "the stream went on while a Kafka node was down"
+    assert counts.unanswered_while_node_down == 0, "searches waited for the killed node (one replica?)"
     assert counts.lost_images == 0
     assert counts.results == counts.submitted
     assert counts.lost_webhooks == 0

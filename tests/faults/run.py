@@ -9,6 +9,7 @@ every submitted image and every match is accounted for, and every answer checked
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import signal
@@ -74,6 +75,8 @@ class Counts:
     model_kills: int = 0
     broker_restarts: int = 0
     node_kills: int = 0  # Kafka nodes SIGKILLed (clusters)
+    searched_while_node_down: int = 0  # searches submitted while a Kafka node was down
+    unanswered_while_node_down: int = 0  # of those, not answered before it came back (must be 0)
     peer_kills: int = 0  # Qdrant peers SIGKILLed (clusters)
     wrong_answers: int = 0  # a result whose top candidate is not the probe's subject, or no match for one enrolled
     late_enrolled: bool = False  # enrolled while a Qdrant peer was down, and found by later searches
@@ -98,6 +101,8 @@ class Counts:
             ("model process kills (SIGKILL)", self.model_kills),
             ("broker restarts", self.broker_restarts),
             ("Kafka nodes SIGKILLed (of 3)", self.node_kills),
+            ("  searches submitted while it was down", self.searched_while_node_down),
+            ("  of those unanswered until it came back", self.unanswered_while_node_down),
             ("Qdrant peers SIGKILLed (of 3)", self.peer_kills),
             ("wrong answers (must be 0)", self.wrong_answers),
             ("lag at the end (must be 0)", self.lag),
@@ -116,7 +121,8 @@ def _broker(action: str) -> None:
     subprocess.check_call(["bash", str(ROOT / "scripts/kafka.sh"), action], stdout=subprocess.DEVNULL)
 
 
-NODE_DOWN_S = 5.0
+NODE_DOWN_S = 8.0  # a node killed stays down this long, and
+NODE_ANSWER_S = 30.0  # at most this long more, until what was submitted meanwhile is answered
 LATE_ENROLMENT = sorted((SAMPLES / "probes" / NOT_ENROLLED).glob("*.jpg"))[0]
 
 
@@ -241,9 +247,12 @@ async def fault_run(
         await pipeline.wait_for(enrolled, limit_s=limit_s, what="the gallery")
         ids = [f"probe-{i:05d}" for i in range(images)]
 
+        submitted_at: dict[str, float] = {}
+
         async def feed() -> None:  # a steady stream, so that every fault lands mid-stream
             for i, image_id in enumerate(ids):
                 await pipeline.submit(image_id, _search(image_id, PROBES[i % len(PROBES)], pipeline.settings))
+                submitted_at[image_id] = time.monotonic()
                 await asyncio.sleep(1 / rate)
 
         feeder = asyncio.create_task(feed())
@@ -275,8 +284,21 @@ async def fault_run(
             elif action == "node" and clusters is not None:
                 node = rng.randrange(1, clusters.kafka.size + 1)
                 clusters.kafka.kill_node(node)
+                killed_at = time.monotonic()
                 counts.node_kills += 1
-                await asyncio.sleep(NODE_DOWN_S)  # the others lead its partitions meanwhile
+                await asyncio.sleep(NODE_DOWN_S)
+                # The other nodes lead its partitions now: what was submitted while it is down is
+                # answered before it comes back (with one replica per partition it would wait).
+                during = [i for i, at in submitted_at.items() if at > killed_at]
+                counts.searched_while_node_down += len(during)
+
+                async def answered(these: list[str] = during) -> bool:
+                    return set(these) <= {m["image_id"] for m in await _results(pipeline)}
+
+                with contextlib.suppress(AssertionError):
+                    await pipeline.wait_for(answered, limit_s=NODE_ANSWER_S, what="searches while a node is down")
+                done = {m["image_id"] for m in await _results(pipeline)}
+                counts.unanswered_while_node_down += len(set(during) - done)
                 await asyncio.to_thread(clusters.kafka.start_node, node)
             elif action == "peer" and clusters is not None:
                 index = rng.randrange(1, len(clusters.qdrant.peers))
