@@ -32,6 +32,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from devtools.ports import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 READY_S = 90.0
 
@@ -43,12 +45,6 @@ def kafka_lib() -> Path:
     if not (lib / ".complete").exists():
         subprocess.check_call(["bash", str(ROOT / "scripts" / "kafka.sh"), "fetch"])
     return lib
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _answers(port: int) -> bool:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Sequence
@@ -17,6 +16,7 @@ from pathlib import Path
 import httpx
 
 from devtools.binaries import binary
+from devtools.ports import free_port
 
 READY_S = 60.0
 
@@ -26,12 +26,6 @@ def qdrant_binary() -> Path | None:
     return binary("qdrant")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Peer:
     """One Qdrant server process: HTTP, gRPC and (in a cluster) peer-to-peer ports on 127.0.0.1."""
 
@@ -39,7 +33,7 @@ class Peer:
         self.exe = exe
         self.folder = folder
         self.cluster = cluster
-        self.http_port, self.grpc_port, self.p2p_port = _free_port(), _free_port(), _free_port()
+        self.http_port, self.grpc_port, self.p2p_port = free_port(), free_port(), free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
     @property

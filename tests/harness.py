@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import os
-import socket
 import subprocess
 import time
 import uuid
@@ -17,6 +16,7 @@ from typing import Any
 import orjson
 from aiokafka import TopicPartition
 
+from devtools.ports import free_port
 from devtools.receiver import WebhookReceiver
 from devtools.workers import spawn, terminate
 from facestream.config import Settings, load_settings, to_toml
@@ -25,12 +25,6 @@ from facestream.services.main import ensure_topics
 from facestream.services.notifier.subscriptions import new_secret
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Pipeline:

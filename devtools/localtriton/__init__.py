@@ -13,7 +13,6 @@ import importlib.util
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import sysconfig
@@ -21,15 +20,10 @@ import time
 import urllib.request
 from pathlib import Path
 
+from devtools.ports import free_port
 from facestream.errors import FacestreamError
 
 MODEL_SOURCE = Path(__file__).with_name("sface_model.py")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _pytriton_dir() -> Path:
@@ -70,7 +64,7 @@ class LocalTritonServer:
         self.repository = repository
         self.workdir = workdir
         self.ready_timeout_s = ready_timeout_s
-        self.grpc_port, self.http_port, self.metrics_port = _free_port(), _free_port(), _free_port()
+        self.grpc_port, self.http_port, self.metrics_port = free_port(), free_port(), free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
