@@ -17,6 +17,7 @@ import httpx
 
 from devtools.binaries import binary
 from devtools.ports import free_port
+from devtools.processes import stop, wait_http
 
 READY_S = 60.0
 
@@ -69,17 +70,7 @@ class Peer:
             self.process = subprocess.Popen(args, env=env, cwd=self.folder, stdout=out, stderr=subprocess.STDOUT)
 
     def wait_ready(self, limit_s: float = READY_S) -> None:
-        deadline = time.monotonic() + limit_s
-        while time.monotonic() < deadline:
-            if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"qdrant exited with {self.process.returncode}:\n{self.log_tail()}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1.0).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"qdrant at {self.url} not ready within {limit_s} s:\n{self.log_tail()}")
+        wait_http(self.process, f"{self.url}/readyz", limit_s, "qdrant", self.log_tail)
 
     def kill(self) -> None:
         """SIGKILL: no shutdown, no flush (a crash)."""
@@ -88,12 +79,7 @@ class Peer:
             self.process.wait()
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        stop(self.process)
 
     def log_tail(self, limit: int = 3000) -> str:
         path = self.folder / "qdrant.log"

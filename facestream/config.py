@@ -239,6 +239,12 @@ class Settings(BaseSettings):
     ops_host: str = Field("127.0.0.1", description="address the operations endpoint binds to")
     ops_port: ServerPort = Field(9464, description="operations endpoint port (-1: off, 0: any free port)")
     lag_interval_s: Seconds = Field(5.0, description="how often a worker reads its consumer lag from the broker")
+    end_to_end_objective_s: Seconds = Field(
+        10.0, description="objective for the p99 time from submission to webhook (exported; an alert compares)"
+    )
+    erasure_objective_s: Seconds = Field(
+        600.0, description="objective for an erasure request to have its receipt (exported; an alert compares)"
+    )
     # Local state
     data_dir: Path = Field(Path(".facestream"), description="local state: gallery index, crops, keys, faust")
     # Images

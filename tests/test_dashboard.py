@@ -5,6 +5,7 @@ screenshot is kept as a test artefact in out/dashboard.png."""
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 
 import httpx
@@ -82,6 +83,13 @@ async def test_dashboard_shows_every_stage_live(kafka: str, tmp_path: Path, brow
         assert int(float(webhooks["dead_lettered"])) == 0
         lines = await asyncio.to_thread(browser.find_elements, By.CSS_SELECTOR, "#lag-chart polyline")  # type: ignore[attr-defined]
         assert len(lines) == 4
+        # End-to-end latency beside the lag: p50 and p99 over the last 30 s, estimated, in ms.
+        legend = (await asyncio.to_thread(browser.find_element, By.ID, "e2e-legend")).text  # type: ignore[attr-defined]
+        assert re.search(r"p50 \d+ ms \(est\.\)", legend), legend
+        assert re.search(r"p99 \d+ ms \(est\.\)", legend), legend
+        quantiles = await asyncio.to_thread(browser.find_elements, By.CSS_SELECTOR, "#e2e-chart polyline")  # type: ignore[attr-defined]
+        assert [q.get_attribute("data-quantile") for q in quantiles] == ["p50", "p99"]
+        assert all(q.get_attribute("points") for q in quantiles)
         out = ROOT / "out"
         out.mkdir(exist_ok=True)
         assert await asyncio.to_thread(browser.save_screenshot, str(out / "dashboard.png"))  # type: ignore[attr-defined]

@@ -4,15 +4,21 @@ python backend serving the same prepared SFace file with ONNX Runtime)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
+import orjson
 import pytest
 import tritonclient.grpc.aio as triton
+import yaml
 from prometheus_client import REGISTRY
 
+from devtools.binaries import binary
 from devtools.localtriton import LocalTritonServer, build_repository
+from devtools.prometheus import LocalPrometheus
 from facestream import contracts
 from facestream.config import Settings
 from facestream.errors import ModelError
@@ -21,7 +27,7 @@ from facestream.services.detector.logic import FaceDetector, align
 from facestream.services.embedder.logic import OnnxRuntimeBackend
 from facestream.services.embedder.stage import EmbedderStage
 from facestream.services.embedder.triton import TritonBackend
-from tests.conftest import MODEL, SAMPLES, read
+from tests.conftest import MODEL, ROOT, SAMPLES, read
 from tests.figures import report_figure
 from tests.harness import Pipeline
 from tests.helpers import face_detected
@@ -138,12 +144,20 @@ async def test_server_killed_mid_stream_loses_and_duplicates_nothing(tmp_path: P
     assert np.abs(got - expected).max() < 1e-5
 
 
-async def test_the_whole_pipeline_with_the_triton_backend(
+async def test_the_whole_pipeline_with_the_triton_backend_watched_by_prometheus(
     kafka: str, tmp_path: Path, triton_server: LocalTritonServer
 ) -> None:
-    pipeline = Pipeline(tmp_path, [SAMPLES], extra={"triton_url": triton_server.url})
+    """The pipeline on Triton, scraped by a real Prometheus (../shared/bin) that evaluates
+    deploy/prometheus/alerts.yml: every query of the Grafana dashboard and every rule evaluates
+    without error and returns series, the worker is ready, no alert fires on a healthy pipeline,
+    and the worker's own percentile equals Prometheus's `histogram_quantile` on the same buckets."""
+    pipeline = Pipeline(tmp_path, [SAMPLES], extra={"triton_url": triton_server.url, "lag_interval_s": 1})
     await pipeline.start()
+    prometheus = None
     try:
+        if binary("prometheus") is not None:
+            prometheus = LocalPrometheus(tmp_path / "prometheus", {"all": f"127.0.0.1:{pipeline.ops_ports['all']}"})
+            await asyncio.to_thread(prometheus.start)
         gallery = sorted((SAMPLES / "gallery").rglob("*.jpg"))
         from tests.test_pipeline_e2e import enrol_gallery, search
 
@@ -151,11 +165,53 @@ async def test_the_whole_pipeline_with_the_triton_backend(
         probes = [p for p in sorted((SAMPLES / "probes").rglob("*.jpg")) if p.parent.name != "azure_family1_son"]
         for i, path in enumerate(probes):
             await pipeline.submit(f"p{i}", search(f"p{i}", path, pipeline.settings))
+        await pipeline.submit("bad-json", b"not json")  # a dead letter, for the dashboard's panel of them
         await pipeline.wait_for(lambda: len(pipeline.receiver.deliveries) >= len(probes), what="webhooks via Triton")
         by_id = {d.event["image_id"]: d.event for d in pipeline.receiver.deliveries}
         for i, path in enumerate(probes):
             assert by_id[f"p{i}"]["candidates"][0]["subject_id"] == path.parent.name
             assert by_id[f"p{i}"]["model"] == {"name": "sface", "version": "2021dec"}
         assert len(gallery) == 5
+        if prometheus is None:
+            pytest.skip("prometheus is neither in ../shared/bin nor on PATH (it is here and in CI): Triton part passed")
+        await _every_query_answers(prometheus, pipeline)
     finally:
+        if prometheus is not None:
+            prometheus.stop()
         await pipeline.stop()
+
+
+async def _every_query_answers(prometheus: LocalPrometheus, pipeline: Pipeline) -> None:
+    dashboard = orjson.loads((ROOT / "deploy/grafana/facestream-dashboard.json").read_bytes())
+    queries = {t["expr"] for panel in dashboard["panels"] for t in panel["targets"]}
+    rules = yaml.safe_load((ROOT / "deploy/prometheus/alerts.yml").read_text())["groups"]
+    recorded = [r["record"] for g in rules for r in g["rules"] if "record" in r]
+    alerts = {r["alert"]: r["expr"] for g in rules for r in g["rules"] if "alert" in r}
+    deadline = time.monotonic() + 60
+    while True:  # rates need two scrapes, and recording rules an evaluation after them
+        empty = [q for q in sorted(queries | set(recorded)) if not await asyncio.to_thread(prometheus.query, q)]
+        if not empty or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(1)
+    assert not empty, f"queries without series: {empty}"
+    for expr in alerts.values():  # each alert's condition evaluates (a failing query raises)
+        await asyncio.to_thread(prometheus.query, expr)
+    loaded = await asyncio.to_thread(prometheus.rules)
+    assert {r["name"] for r in loaded} == set(recorded) | set(alerts)
+    assert [(r["name"], r.get("lastError")) for r in loaded if r["health"] != "ok"] == []
+    assert [r["name"] for r in loaded if r.get("state") == "firing"] == []  # nothing is wrong here
+    [ready] = await asyncio.to_thread(prometheus.query, "facestream:worker_ready")
+    assert ready["metric"]["service"] == "all" and ready["value"][1] == "1"  # noqa: PT018
+    [triton_up] = await asyncio.to_thread(prometheus.query, "facestream:triton_up:min")
+    assert triton_up["value"][1] == "1"
+
+    # The worker's dashboard and Prometheus estimate the same percentile from the same buckets
+    # (the pipeline is idle now: nothing is observed between the scrape and the status).
+    ops = f"http://127.0.0.1:{pipeline.ops_ports['all']}"
+    async with httpx.AsyncClient(timeout=5) as http:
+        shown = (await http.get(f"{ops}/api/status")).json()["stages"]["detector"]
+    await asyncio.sleep(2.5)  # a scrape after it
+    for q, column in ((0.5, "p50_ms"), (0.99, "p99_ms")):
+        expr = f'histogram_quantile({q}, sum by (le) (facestream_stage_seconds_bucket{{stage="detector"}}))'
+        [estimate] = await asyncio.to_thread(prometheus.query, expr)
+        assert 1000 * float(estimate["value"][1]) == pytest.approx(shown[column], abs=0.01), column

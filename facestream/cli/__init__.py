@@ -5,8 +5,8 @@ facestream kafka topics|acls           on any cluster: make every topic; a servi
 facestream run [--service NAME ...]    the four stages, the API and the audit sequencer in one process, or some
 facestream enroll ...                  enrol photos of one subject (consent record required)
 facestream submit ...                  submit photos for search (purpose, case, requester)
-facestream tail [TOPIC]                print events from matches (default) or dlq
-facestream lag [--watch] | status      consumer lag; throughput, lag and dead letters per stage
+facestream tail [TOPIC] [-f]           the last events of matches (default) or another topic; -f follows
+facestream lag [--watch] [--all] | status  the groups that lag (retries scheduled apart); throughput, dead letters
 facestream config show|check           the effective settings and where each comes from; validate a file
 facestream dlq list|replay             the pipeline's dead letters, filtered; send them through again
 and the services' own commands (the matcher's `gallery`, the notifier's `subscriptions` and
@@ -43,7 +43,7 @@ from facestream.io.broker import local_broker
 from facestream.io.kafka import TOPICS, consumer, ensure_topics, producer, running, topic_partitions
 from facestream.ops.lag import consumer_lag, pipeline_groups, table
 from facestream.runtime.app import consumer_groups, leader_topic
-from facestream.runtime.service import Service, own_topics, runnable
+from facestream.runtime.service import Service, own_topics, runnable, scheduled_topics
 from facestream.runtime.worker import run
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
@@ -135,19 +135,58 @@ def summarise(event: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in event.items() if k not in hidden}
 
 
-async def _tail(settings: Any, topic: str, follow: bool) -> None:
-    async with running(consumer(settings, topic)) as cons:
+async def _tail(settings: Settings, topic: str, follow: bool, lines: int | None, from_beginning: bool) -> None:
+    """Print the topic's events: from its beginning, or its last `lines` (default: 10, or none
+    with `follow`, as `tail -f` shows only what comes), then, following, each new one."""
+    async with running(consumer(settings)) as cons:
+        parts = [TopicPartition(settings.topic(topic), p) for p in await _partitions(settings, topic)]
+        cons.assign(parts)
+        ends = await cons.end_offsets(parts)
+        starts = await cons.beginning_offsets(parts)
+        last = (0 if follow else 10) if lines is None else lines
+        if from_beginning:
+            await cons.seek_to_beginning(*parts)
+        else:  # up to `last` per partition, the last `last` of them all by time printed
+            for tp in parts:
+                cons.seek(tp, max(starts[tp], ends[tp] - last))
+        backlog = []
+        while [tp for tp in parts if await cons.position(tp) < ends[tp]]:
+            for records in (await cons.getmany(timeout_ms=1000)).values():
+                backlog += [r for r in records if r.offset < ends[TopicPartition(r.topic, r.partition)]]
+        backlog.sort(key=lambda r: (r.timestamp, r.partition, r.offset))
+        for r in backlog if from_beginning else backlog[len(backlog) - last :] if last else []:
+            _print_event(r.value)
+        if not follow:
+            return
+        for tp in parts:  # what the backlog read past its end offsets comes again, once
+            cons.seek(tp, ends[tp])
+        print(f"following {settings.topic(topic)} (Ctrl-C stops)", file=sys.stderr, flush=True)
         while True:
-            batch = await cons.getmany(timeout_ms=1000)
-            if not batch and not follow:
-                return
-            for records in batch.values():
+            for records in (await cons.getmany(timeout_ms=1000)).values():
                 for r in records:
-                    print(orjson.dumps(summarise(orjson.loads(r.value))).decode(), flush=True)
+                    _print_event(r.value)
+
+
+async def _partitions(settings: Settings, topic: str) -> list[int]:
+    known = await topic_partitions(settings, [settings.topic(topic)])
+    if settings.topic(topic) not in known:
+        where = f"{settings.topic(topic)} on {settings.kafka_bootstrap}"
+        raise UsageError(f"no topic {where}: `facestream kafka up` makes the pipeline's topics")
+    return known[settings.topic(topic)]
+
+
+def _print_event(value: bytes) -> None:
+    try:
+        event = summarise(orjson.loads(value))
+    except (orjson.JSONDecodeError, AttributeError):
+        print(orjson.dumps({"unreadable_event_bytes": len(value)}).decode(), flush=True)
+        return
+    print(orjson.dumps(event).decode(), flush=True)
 
 
 def _cmd_tail(args: argparse.Namespace) -> int:
-    asyncio.run(_tail(load_settings(args.config), args.topic, args.follow))
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_tail(load_settings(args.config), args.topic, args.follow, args.lines, args.from_beginning))
     return 0
 
 
@@ -164,12 +203,14 @@ def _known_groups(settings: Settings, services: Sequence[Service], found: list[s
     return {group: known.get(group, []) for group in found}
 
 
-async def _lag(settings: Settings, services: Sequence[Service], watch: float | None) -> None:
+async def _lag(settings: Settings, services: Sequence[Service], watch: float | None, all_rows: bool) -> None:
+    scheduled = scheduled_topics(settings, services)
     while True:
-        rows = await consumer_lag(settings, _known_groups(settings, services, await pipeline_groups(settings)))
+        groups = _known_groups(settings, services, await pipeline_groups(settings))
+        rows = await consumer_lag(settings, groups, scheduled)
         if watch:
             print("\033[2J\033[H", end="")
-        print(table(rows), flush=True)
+        print(table(rows, all_rows), flush=True)
         if not watch:
             return
         await asyncio.sleep(watch)
@@ -177,7 +218,7 @@ async def _lag(settings: Settings, services: Sequence[Service], watch: float | N
 
 def _cmd_lag(args: argparse.Namespace, services: Sequence[Service]) -> int:
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_lag(load_settings(args.config), services, args.watch))
+        asyncio.run(_lag(load_settings(args.config), services, args.watch, args.all))
     return 0
 
 
@@ -200,8 +241,11 @@ async def _status(settings: Settings, services: Sequence[Service], window_s: flo
         total[tp.topic] += after[tp]
     lag_by_group: Counter[str] = Counter()
     groups = _known_groups(settings, services, await pipeline_groups(settings))
-    for row in await consumer_lag(settings, groups):
-        lag_by_group[f"{row.group} on {row.topic}"] += row.lag
+    scheduled: Counter[str] = Counter()
+    for row in await consumer_lag(settings, groups, scheduled_topics(settings, services)):
+        lag_by_group[f"{row.group} on {row.topic}"] += row.behind
+        if row.scheduled:
+            scheduled[row.topic] += row.waiting
     dead: Counter[str] = Counter()
     async with running(consumer(settings, "dlq")) as cons:
         while batch := await cons.getmany(timeout_ms=500):
@@ -215,6 +259,9 @@ async def _status(settings: Settings, services: Sequence[Service], window_s: flo
         lines.append(f"  {topic:40s} {rate[topic] / window_s:8.1f}/s {total[topic]:10d} events")
     lines.append("consumer lag:")
     lines += [f"  {key:60s} {value:8d}" for key, value in sorted(lag_by_group.items())] or ["  (no consumer groups)"]
+    if scheduled:
+        lines.append("webhook retries scheduled (waiting for their due time, not lag):")
+        lines += [f"  {key:60s} {value:8d}" for key, value in sorted(scheduled.items())]
     lines.append("dead letters by stage and reason:")
     lines += [f"  {key:60s} {value:8d}" for key, value in sorted(dead.items())] or ["  none"]
     for service in services:
@@ -352,13 +399,27 @@ def parser(services: Sequence[Service], commands: Sequence[Callable[[Any], None]
     s.add_argument("--source", default="cli")
     s.set_defaults(func=_cmd_submit)
 
-    t = sub.add_parser("tail", help="print events")
+    t = sub.add_parser(
+        "tail",
+        help="print events: the last 10, or with -f those that come",
+        description="Print a topic's events without their biometric fields: the last 10 (-n), or with -f each new "
+        "one as it comes (after the last -n, none by default); --from-beginning prints the whole topic first.",
+    )
     t.add_argument("topic", nargs="?", default="matches", choices=["images", "faces", "embeddings", "matches", "dlq"])
-    t.add_argument("-f", "--follow", action="store_true")
+    t.add_argument("-f", "--follow", action="store_true", help="keep printing new events (Ctrl-C stops)")
+    t.add_argument("-n", "--lines", type=int, help="print the last N events first (default 10; with -f 0)")
+    t.add_argument("--from-beginning", action="store_true", help="print every event the topic holds first")
     t.set_defaults(func=_cmd_tail)
 
-    lag = sub.add_parser("lag", help="consumer lag per group, topic and partition, from the broker")
+    lag = sub.add_parser(
+        "lag",
+        help="the consumer groups and partitions that lag, and the webhook retries scheduled",
+        description="Consumer lag from the broker: the groups and partitions behind (with the age of the oldest "
+        "record not consumed) and per-group totals; webhook retries waiting in a tier for their due time are listed "
+        "apart as scheduled, with the next due time: they are not lag.",
+    )
     lag.add_argument("--watch", type=float, nargs="?", const=2.0, help="refresh every N seconds (default 2)")
+    lag.add_argument("--all", action="store_true", help="every group, topic and partition, also those not lagging")
     lag.set_defaults(func=functools.partial(_cmd_lag, services=services))
 
     st = sub.add_parser("status", help="throughput, lag and dead letters per stage")

@@ -65,7 +65,57 @@ END_TO_END_SECONDS = Histogram(
     "From submission to webhook delivered",
     buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120),
 )
-CONSUMER_LAG = Gauge("facestream_consumer_lag", "End offset minus committed offset", ["group", "topic", "partition"])
+CONSUMER_LAG = Gauge(
+    "facestream_consumer_lag",
+    "End offset minus committed offset (0 on a retry tier whose next job is not due: that is scheduled, not lag)",
+    ["group", "topic", "partition"],
+)
+CONSUMER_LAG_SECONDS = Gauge(
+    "facestream_consumer_lag_seconds",
+    "Age of the oldest record the group has not consumed (its Kafka timestamp); 0 when it lags not at all",
+    ["group", "topic", "partition"],
+)
+SCHEDULED_RETRIES = Gauge(
+    "facestream_scheduled_retries", "Webhook retries waiting in a tier for their due time (not lag)", ["group", "topic"]
+)
+NEXT_RETRY_DUE = Gauge(
+    "facestream_scheduled_retry_next_due_timestamp_seconds",
+    "When the next scheduled retry in a tier falls due (Unix time); 0 when none waits",
+    ["group", "topic"],
+)
+WORKER_READY = Gauge("facestream_worker_ready", "1 while the worker is ready (its /readyz answers 200), else 0")
+COMPONENT_READY = Gauge("facestream_component_ready", "1 while a component the worker needs is ready", ["component"])
+OBJECTIVE_SECONDS = Gauge(
+    "facestream_objective_seconds",
+    "Service-level objectives from the settings: end_to_end (p99 submission to webhook), erasure (request to receipt)",
+    ["objective"],
+)
+SUBSCRIPTION_DISABLED = Gauge(
+    "facestream_subscription_disabled",
+    "1 while a subscription is disabled; by: 'gone' (its endpoint answered 410) or 'operator'",
+    ["subscription", "by"],
+)
+
+
+def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float:
+    """The q-quantile estimated from cumulative histogram buckets (upper bound, count), sorted,
+    the last `+Inf`: as Prometheus's `histogram_quantile` does it, linear interpolation inside
+    the bucket that holds the rank (from 0 in the first bucket; the last finite bound when the
+    rank falls in `+Inf`). NaN without observations. An estimate: exact only as far as the
+    observations spread evenly inside their bucket."""
+    if not buckets or buckets[-1][1] <= 0:
+        return float("nan")
+    rank = q * buckets[-1][1]
+    lower, below = 0.0, 0.0
+    for upper, count in buckets:
+        if count >= rank:
+            if upper == float("inf"):
+                return lower
+            if count == below:
+                return upper
+            return lower + (upper - lower) * (rank - below) / (count - below)
+        lower, below = upper, count
+    return lower
 
 
 def status_class(status: int | None) -> str:

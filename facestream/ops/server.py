@@ -6,8 +6,9 @@
 - `GET /readyz`: readiness: 200 when Kafka answers and every service has its dependencies
   (the detector its model, the embedder its model or Triton, the matcher its gallery, the
   notifier its subscriptions); 503 with the failing components otherwise.
-- `GET /api/status`: JSON for the dashboard: per-stage counts, processing-time percentiles,
-  dead letters, and consumer lag per topic and partition.
+- `GET /api/status`: JSON for the dashboard: per-stage counts, processing-time percentiles
+  (estimated from the histogram as Prometheus does), dead letters, consumer lag per topic and
+  partition, and the webhook retries scheduled in the tiers (not lag).
 - `GET /`: the live dashboard (plain HTML and JavaScript over `/api/status`).
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from importlib.resources import files
@@ -28,7 +30,16 @@ from facestream.config import Settings
 from facestream.io.http import serve
 from facestream.ops.lag import Lag, consumer_lag
 from facestream.ops.logs import get_logger
-from facestream.ops.metrics import CONSUMER_LAG
+from facestream.ops.metrics import (
+    COMPONENT_READY,
+    CONSUMER_LAG,
+    CONSUMER_LAG_SECONDS,
+    NEXT_RETRY_DUE,
+    OBJECTIVE_SECONDS,
+    SCHEDULED_RETRIES,
+    WORKER_READY,
+    histogram_quantile,
+)
 
 log = get_logger(__name__)
 DASHBOARD = files("facestream.ops") / "static" / "dashboard.html"
@@ -84,23 +95,22 @@ def webhook_status() -> dict[str, dict[str, float]]:
     return out
 
 
+def buckets(name: str, labels: Mapping[str, str] | None = None) -> list[tuple[float, float]]:
+    """A histogram's cumulative buckets (upper bound, count) in this worker, sorted."""
+    return sorted(
+        (float(sample.labels["le"]), sample.value)
+        for family in REGISTRY.collect()
+        if family.name == name
+        for sample in family.samples
+        if sample.name.endswith("_bucket") and all(sample.labels.get(k) == v for k, v in (labels or {}).items())
+    )
+
+
 def percentile(stage: str, q: float) -> float:
-    """Upper bound (ms) of the histogram bucket holding the q-quantile of a stage's times."""
-    buckets = []
-    for family in REGISTRY.collect():
-        if family.name == "facestream_stage_seconds":
-            buckets = sorted(
-                (float(s.labels["le"]), s.value)
-                for s in family.samples
-                if s.name.endswith("_bucket") and s.labels.get("stage") == stage
-            )
-    total = buckets[-1][1] if buckets else 0
-    if not total:
-        return 0.0
-    for bound, count in buckets:
-        if count >= q * total:
-            return round(1000 * bound, 1) if bound != float("inf") else round(1000 * buckets[-2][0], 1)
-    return 0.0
+    """The q-quantile (ms) of a stage's processing times since the worker started, estimated
+    from its histogram as Prometheus's `histogram_quantile` does; 0 before the first event."""
+    value = histogram_quantile(q, buckets("facestream_stage_seconds", {"stage": stage}))
+    return 0.0 if math.isnan(value) else round(1000 * value, 2)
 
 
 def stage_status(sources: Mapping[str, str], lag: list[Lag] | None = None) -> dict[str, dict[str, float]]:
@@ -116,14 +126,19 @@ def stage_status(sources: Mapping[str, str], lag: list[Lag] | None = None) -> di
             "mean_ms": round(1000 * total / count, 2) if count else 0.0,
             "p50_ms": percentile(stage, 0.5),
             "p99_ms": percentile(stage, 0.99),
-            "lag": sum(r.lag for r in lag or () if r.topic.endswith(f".{source}")),
+            "lag": sum(r.behind for r in lag or () if r.topic.endswith(f".{source}")),
         }
     return out
 
 
 class OpsServer:
     def __init__(
-        self, settings: Settings, groups: Mapping[str, Sequence[str]], stages: Mapping[str, str], health: Health
+        self,
+        settings: Settings,
+        groups: Mapping[str, Sequence[str]],
+        stages: Mapping[str, str],
+        health: Health,
+        scheduled: Sequence[str] = (),
     ) -> None:
         self.settings = settings
         # The first group is the agents'; others are the services' own (the delivery engine's).
@@ -131,6 +146,7 @@ class OpsServer:
         self.group = next(iter(self.groups))
         self.stages = dict(stages)
         self.health = health
+        self.scheduled = list(scheduled)
         self.lag: list[Lag] = []
         self.lag_at = 0.0
         self._runner: web.AppRunner | None = None
@@ -143,6 +159,9 @@ class OpsServer:
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/api/status", self._status)
+        OBJECTIVE_SECONDS.labels("end_to_end").set(self.settings.end_to_end_objective_s)
+        OBJECTIVE_SECONDS.labels("erasure").set(self.settings.erasure_objective_s)
+        self._readiness()
         self._runner, self.port = await serve(app, self.settings.ops_host, self.settings.ops_port)
         log.info("ops_listening", host=self.settings.ops_host, port=self.port)
 
@@ -153,15 +172,23 @@ class OpsServer:
     async def refresh(self) -> None:
         """Read this worker's group lag from the broker into the gauges."""
         try:
-            rows = await consumer_lag(self.settings, self.groups)
+            rows = await consumer_lag(self.settings, self.groups, self.scheduled)
         except Exception as exc:
             self.health.set("kafka", False)
             log.warning("lag_unavailable", error=str(exc)[:200])
             return
         self.health.set("kafka", True)
+        now = time.time()
+        tiers: dict[tuple[str, str], list[Lag]] = {(r.group, r.topic): [] for r in rows if r.topic in self.scheduled}
         for row in rows:
-            CONSUMER_LAG.labels(row.group, row.topic, str(row.partition)).set(row.lag)
-        self.lag, self.lag_at = rows, time.time()
+            CONSUMER_LAG.labels(row.group, row.topic, str(row.partition)).set(row.behind)
+            CONSUMER_LAG_SECONDS.labels(row.group, row.topic, str(row.partition)).set(row.age(now))
+            if row.scheduled:
+                tiers[(row.group, row.topic)].append(row)
+        for (group, topic), waiting in tiers.items():
+            SCHEDULED_RETRIES.labels(group, topic).set(sum(r.waiting for r in waiting))
+            NEXT_RETRY_DUE.labels(group, topic).set(min((r.due_at or 0.0 for r in waiting), default=0.0))
+        self.lag, self.lag_at = rows, now
 
     async def run(self) -> None:
         try:
@@ -180,7 +207,14 @@ class OpsServer:
     async def _dashboard(self, request: web.Request) -> web.Response:
         return web.Response(body=DASHBOARD.read_bytes(), content_type="text/html", charset="utf-8")
 
+    def _readiness(self) -> None:
+        components = self.health.components
+        for name, ok in components.items():
+            COMPONENT_READY.labels(name).set(1 if ok else 0)
+        WORKER_READY.set(1 if self.health.ready else 0)
+
     async def _metrics(self, request: web.Request) -> web.Response:
+        self._readiness()  # as /readyz would answer now
         return web.Response(body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _healthz(self, request: web.Request) -> web.Response:
@@ -197,14 +231,30 @@ class OpsServer:
             "components": self.health.components,
             "stages": stage_status(self.stages, self.lag),
             "lag": [
-                {"topic": r.topic, "partition": r.partition, "committed": r.committed, "end": r.end, "lag": r.lag}
+                {
+                    "group": r.group,
+                    "topic": r.topic,
+                    "partition": r.partition,
+                    "committed": r.committed,
+                    "end": r.end,
+                    "lag": r.behind,
+                    "scheduled": r.waiting,
+                }
                 for r in self.lag
             ],
-            "lag_total": sum(r.lag for r in self.lag),
+            "lag_total": sum(r.behind for r in self.lag),
             "webhooks": webhook_status(),
-            # The lag of the services' own groups: today the notifier's delivery engine, whose lag
-            # is the jobs in the deliveries topic and the retry tiers not yet finished.
-            "deliveries_pending": sum(r.lag for r in self.lag if r.group != self.group),
+            # The lag of the services' own groups (the notifier's delivery engine: jobs not yet
+            # taken), and apart from it the retries waiting in the tiers for their due time.
+            "deliveries_pending": sum(r.behind for r in self.lag if r.group != self.group),
+            "retries_scheduled": sum(r.waiting for r in self.lag),
+            "next_retry_due": min((r.due_at for r in self.lag if r.scheduled and r.due_at), default=None),
             "lag_at": self.lag_at,
+            # Submission to webhook (a notifier's): the page estimates percentiles over its last
+            # 30 s from the growth of each bucket, as `histogram_quantile(rate(...))` does.
+            "end_to_end_buckets": [
+                ["+Inf" if math.isinf(bound) else bound, count]
+                for bound, count in buckets("facestream_end_to_end_seconds")
+            ],
         }
         return web.json_response(body)

@@ -27,7 +27,7 @@ from facestream.ops.server import Health, OpsServer
 from facestream.runtime.acks import InOrderAcks, Ticket
 from facestream.runtime.compute import ModelPool
 from facestream.runtime.emit import Emitter
-from facestream.runtime.service import Server, Service, own_topics, runnable
+from facestream.runtime.service import Server, Service, own_topics, runnable, scheduled_topics
 from facestream.runtime.stage import Outcome, Record, Stage, screen
 
 log = get_logger(__name__)
@@ -141,7 +141,8 @@ def create_app(
             build = functools.partial(service.server, settings, catalogue)
             app.task(functools.partial(_serve, service.name, build, health))
     if settings.ops_port >= 0:
-        ops = OpsServer(settings, groups, {s.name: s.source for s in services if s.source}, health)
+        stages = {s.name: s.source for s in services if s.source}
+        ops = OpsServer(settings, groups, stages, health, scheduled_topics(settings, services))
         app.task(ops.run)
     return app
 

@@ -43,6 +43,10 @@ def _no_groups(settings: Settings) -> dict[str, list[str]]:
     return {}
 
 
+def _no_scheduled(settings: Settings) -> list[str]:
+    return []
+
+
 def _no_access(settings: Settings) -> Access:
     return Access()
 
@@ -65,6 +69,9 @@ class Service:
     # Consumer groups the service runs besides its agent's, with the full names of the topics each
     # reads: their lag is watched too.
     groups: Callable[[Settings], dict[str, list[str]]] = _no_groups
+    # Topics of those groups whose records wait for a due time (`due_at`: the webhook retry
+    # tiers), full names: records there before their time are scheduled work, not lag.
+    scheduled: Callable[[Settings], list[str]] = _no_scheduled
     # Its records are independent of one another (no order among them matters): the agent works
     # on up to `records_in_flight` of them at once, each on its own, instead of a batch at a time.
     independent: bool = False
@@ -85,6 +92,11 @@ def runnable(services: Sequence[Service]) -> list[Service]:
     """Those of `services` a worker runs something of (a stage or a server); the others (review)
     only add topics, commands and API operations."""
     return [s for s in services if s.stage is not None or s.server is not None]
+
+
+def scheduled_topics(settings: Settings, services: Sequence[Service]) -> list[str]:
+    """The topics of `services` whose records wait for a due time (full names)."""
+    return [topic for service in services for topic in service.scheduled(settings)]
 
 
 def own_topics(settings: Settings, services: Sequence[Service]) -> list[TopicSpec]:

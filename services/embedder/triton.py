@@ -111,6 +111,7 @@ class TritonBackend:
             raise
         declared = config.get("parameters", {}).get("facestream_model_version", {}).get("string_value")
         self.model_version = declared or f"triton-{metadata['versions'][-1]}"
+        TRITON_UP.labels(self.url).set(1)  # from the start: an alert on it needs the series before any outage
         log.info(
             "triton_ready", url=self.url, model=self.triton_model, version=self.model_version, max_batch=self.max_batch
         )

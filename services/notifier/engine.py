@@ -35,13 +35,22 @@ from facestream.errors import MalformedEvent
 from facestream.io.kafka import MAX_REQUEST, connection, create_topics, read_topic
 from facestream.io.net import guarded_client
 from facestream.ops.logs import get_logger
-from facestream.ops.metrics import END_TO_END_SECONDS, WEBHOOK_OUTCOMES, WEBHOOK_SECONDS, WEBHOOKS, status_class
+from facestream.ops.metrics import (
+    END_TO_END_SECONDS,
+    SUBSCRIPTION_DISABLED,
+    WEBHOOK_OUTCOMES,
+    WEBHOOK_SECONDS,
+    WEBHOOKS,
+    status_class,
+)
 from facestream.runtime.stage import Record, dead_letter
 from facestream.services.notifier.logic import Verdict, attempt, next_delay
 from facestream.services.notifier.subscriptions import Subscription, SubscriptionStore
 from facestream.services.notifier.topics import dlq_spec, dlq_topic, retry_topics
 
 log = get_logger(__name__)
+OUTCOMES = ("delivered", "retry_scheduled", "dead_lettered", "deferred", "dropped")  # delivery.attempt's
+GONE = "endpoint answered 410 Gone"  # how a subscription disabled by its endpoint's 410 is marked
 
 
 class Offsets:
@@ -146,6 +155,25 @@ class DeliveryEngine:
         self._producer = store.producer  # started and stopped with the store
         self._consumer: AIOKafkaConsumer | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        store.listeners.append(self._watch)
+
+    @staticmethod
+    def _watch(sub: Subscription | None, name: str) -> None:
+        """Keep the subscription's series: each outcome counted from 0 (so that a rate or an
+        increase sees the first one), and whether it is disabled, by its endpoint or an operator."""
+        for by in ("gone", "operator"):
+            with contextlib.suppress(KeyError):
+                SUBSCRIPTION_DISABLED.remove(name, by)
+        if sub is None:
+            for outcome in OUTCOMES:
+                with contextlib.suppress(KeyError):
+                    WEBHOOK_OUTCOMES.remove(name, outcome)
+            return
+        for outcome in OUTCOMES:
+            WEBHOOK_OUTCOMES.labels(name, outcome)
+        gone = not sub.active and sub.disabled_reason.startswith(GONE)
+        SUBSCRIPTION_DISABLED.labels(name, "gone").set(1 if gone else 0)
+        SUBSCRIPTION_DISABLED.labels(name, "operator").set(1 if not sub.active and not gone else 0)
 
     async def start(self) -> None:
         if self.client is None:
@@ -376,7 +404,7 @@ class DeliveryEngine:
             error=verdict.error,
         )
         if verdict.outcome == "gone":
-            await self.store.disable(name, f"endpoint answered 410 Gone at {now_iso()}")
+            await self.store.disable(name, f"{GONE} at {now_iso()}")
             await self._dead(job, "gone", verdict.error, verdict, latency)
         elif verdict.outcome == "retry":
             delay = next_delay(self.settings.webhook_schedule_s, number, verdict.retry_after_s)

@@ -43,6 +43,7 @@ SERVICE = Service(
     _stage,
     topics=notifier_topics,
     groups=delivery_groups,
+    scheduled=lambda settings: list(retry_topics(settings).values()),
     commands=add_parsers,
     status=_status,
     routes=routes,
