@@ -107,6 +107,8 @@ def test_mistakes_get_messages_not_tracebacks(kafka: str, tmp_path: Path) -> Non
         ),
         (["lag"], {"FACESTREAM_KAFKA_BOOTSTRAP": "127.0.0.1:1"}, "cannot reach Kafka", "kafka_bootstrap"),
         (["status"], {"FACESTREAM_TOPIC_PREFIX": "nowhere"}, "no pipeline topics", "facestream kafka up"),
+        (["tail", "-f"], {"FACESTREAM_TOPIC_PREFIX": "nowhere"}, "no topic nowhere.matches", "facestream kafka up"),
+        (["tail", "-n", "-3"], {}, "expected a whole number", "'-3'"),
         (
             [*enrol, "--retain-until", "2030-02-30", str(SAMPLES)],
             {},

@@ -53,6 +53,7 @@ async def test_dashboard_shows_every_stage_live(kafka: str, tmp_path: Path, brow
         probes = sorted((SAMPLES / "probes").rglob("*.jpg"))
         for i, path in enumerate(probes):
             await pipeline.submit(f"dash-{i}", search(f"dash-{i}", path, pipeline.settings))
+        await pipeline.submit("bad-json", b"{not json")  # one dead letter, shown by its reason
         await pipeline.wait_for(lambda: len(pipeline.receiver.deliveries) >= 9, what="webhooks")
 
         async def moved() -> bool:
@@ -81,6 +82,16 @@ async def test_dashboard_shows_every_stage_live(kafka: str, tmp_path: Path, brow
         webhooks = await asyncio.to_thread(webhook_row)
         assert int(float(webhooks["delivered"])) >= 9
         assert int(float(webhooks["dead_lettered"])) == 0
+
+        def letters() -> list[str]:
+            rows = browser.find_elements(By.CSS_SELECTOR, "#dead-letters tbody tr[data-reason]")  # type: ignore[attr-defined]
+            return [row.text for row in rows]
+
+        async def letter_shown() -> bool:
+            return bool(await asyncio.to_thread(letters))
+
+        await pipeline.wait_for(letter_shown, what="the dead letter on the page")
+        assert await asyncio.to_thread(letters) == ["detector malformed_event 1"]
         lines = await asyncio.to_thread(browser.find_elements, By.CSS_SELECTOR, "#lag-chart polyline")  # type: ignore[attr-defined]
         assert len(lines) == 4
         # End-to-end latency beside the lag: p50 and p99 over the last 30 s, estimated, in ms.

@@ -72,6 +72,13 @@ def _term(value: str) -> str:
     return value
 
 
+def _count(value: str) -> int:
+    """A whole number from 0 up, for argparse."""
+    if not value.isdigit():
+        raise argparse.ArgumentTypeError(f"{value!r}: expected a whole number from 0 up")
+    return int(value)
+
+
 def _fractions(count: int) -> Callable[[str], list[float]]:
     """`count` comma-separated fractions of the photo's sides (0 to 1), for argparse."""
 
@@ -407,7 +414,7 @@ def parser(services: Sequence[Service], commands: Sequence[Callable[[Any], None]
     )
     t.add_argument("topic", nargs="?", default="matches", choices=["images", "faces", "embeddings", "matches", "dlq"])
     t.add_argument("-f", "--follow", action="store_true", help="keep printing new events (Ctrl-C stops)")
-    t.add_argument("-n", "--lines", type=int, help="print the last N events first (default 10; with -f 0)")
+    t.add_argument("-n", "--lines", type=_count, help="print the last N events first (default 10; with -f 0)")
     t.add_argument("--from-beginning", action="store_true", help="print every event the topic holds first")
     t.set_defaults(func=_cmd_tail)
 

@@ -84,15 +84,20 @@ def _stage_total(counter: str, stage: str) -> float:
     )
 
 
-def webhook_status() -> dict[str, dict[str, float]]:
-    """This worker's webhook delivery outcomes, by subscription and outcome."""
+def counts(counter: str, outer: str, inner: str) -> dict[str, dict[str, float]]:
+    """A counter of this worker by two of its labels (`outer`, then `inner`)."""
     out: dict[str, dict[str, float]] = {}
     for family in REGISTRY.collect():
-        if family.name == "facestream_webhook_outcomes":
+        if family.name == counter:
             for sample in family.samples:
                 if sample.name.endswith("_total"):
-                    out.setdefault(sample.labels["subscription"], {})[sample.labels["outcome"]] = sample.value
+                    out.setdefault(sample.labels[outer], {})[sample.labels[inner]] = sample.value
     return out
+
+
+def webhook_status() -> dict[str, dict[str, float]]:
+    """This worker's webhook delivery outcomes, by subscription and outcome."""
+    return counts("facestream_webhook_outcomes", "subscription", "outcome")
 
 
 def buckets(name: str, labels: Mapping[str, str] | None = None) -> list[tuple[float, float]]:
@@ -244,6 +249,7 @@ class OpsServer:
             ],
             "lag_total": sum(r.behind for r in self.lag),
             "webhooks": webhook_status(),
+            "dead_letters": counts("facestream_dead_letters", "stage", "reason"),
             # The lag of the services' own groups (the notifier's delivery engine: jobs not yet
             # taken), and apart from it the retries waiting in the tiers for their due time.
             "deliveries_pending": sum(r.behind for r in self.lag if r.group != self.group),
