@@ -109,6 +109,7 @@ def test_mistakes_get_messages_not_tracebacks(kafka: str, tmp_path: Path) -> Non
         (["status"], {"FACESTREAM_TOPIC_PREFIX": "nowhere"}, "no pipeline topics", "facestream kafka up"),
         (["tail", "-f"], {"FACESTREAM_TOPIC_PREFIX": "nowhere"}, "no topic nowhere.matches", "facestream kafka up"),
         (["tail", "-n", "-3"], {}, "expected a whole number", "'-3'"),
+        (["lag", "--watch", "-1"], {}, "above 0", "'-1'"),
         (
             [*enrol, "--retain-until", "2030-02-30", str(SAMPLES)],
             {},

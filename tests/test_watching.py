@@ -17,6 +17,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from prometheus_client import REGISTRY
 
+from facestream.cli import summarise
 from facestream.contracts.timeutil import iso
 from facestream.io.kafka import connection
 from facestream.ops.lag import consumer_lag
@@ -26,6 +27,13 @@ from facestream.services.notifier.topics import retry_topics
 from tests.conftest import SAMPLES
 from tests.harness import Pipeline
 from tests.test_cli import cli
+
+
+def test_printed_events_hold_no_biometric_field_at_any_depth() -> None:
+    submission = {"image_id": "i1", "image": {"kind": "inline", "data_b64": "AAAA"}, "intent": {"kind": "search"}}
+    face = {"image_id": "i1", "faces": [{"aligned": "BBBB", "landmarks": [[1, 2]], "score": 0.9}]}
+    assert summarise(submission) == {"image_id": "i1", "image": {"kind": "inline"}}
+    assert summarise(face) == {"image_id": "i1", "faces": [{"score": 0.9}]}
 
 
 def test_percentiles_are_interpolated_inside_the_bucket() -> None:

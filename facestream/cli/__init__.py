@@ -6,7 +6,8 @@ facestream run [--service NAME ...]    the four stages, the API and the audit se
 facestream enroll ...                  enrol photos of one subject (consent record required)
 facestream submit ...                  submit photos for search (purpose, case, requester)
 facestream tail [TOPIC] [-f]           the last events of matches (default) or another topic; -f follows
-facestream lag [--watch] [--all] | status  the groups that lag (retries scheduled apart); throughput, dead letters
+facestream lag [--watch] [--all]       the groups that lag (retries scheduled apart)
+facestream status                      throughput, lag and dead letters per stage, webhook outcomes
 facestream config show|check           the effective settings and where each comes from; validate a file
 facestream dlq list|replay             the pipeline's dead letters, filtered; send them through again
 and the services' own commands (the matcher's `gallery`, the notifier's `subscriptions` and
@@ -70,6 +71,17 @@ def _term(value: str) -> str:
             f"{value!r} is neither a date (YYYY-MM-DD) nor a time with its offset"
         ) from None
     return value
+
+
+def _interval(value: str) -> float:
+    """A positive number of seconds, for argparse."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected a number of seconds above 0")
+    return seconds
 
 
 def _count(value: str) -> int:
@@ -136,10 +148,17 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     return 0
 
 
-def summarise(event: dict[str, Any]) -> dict[str, Any]:
-    """An event without biometric or bulky fields, for printing."""
-    hidden = {"embedding", "aligned", "payload_b64", "landmarks", "intent"}
-    return {k: v for k, v in event.items() if k not in hidden}
+HIDDEN = {"embedding", "aligned", "payload_b64", "data_b64", "landmarks", "intent"}  # biometric or bulky
+
+
+def summarise(event: Any) -> Any:
+    """An event without biometric or bulky fields at any depth (an inline image's `data_b64`
+    sits inside `image`), for printing."""
+    if isinstance(event, dict):
+        return {k: summarise(v) for k, v in event.items() if k not in HIDDEN}
+    if isinstance(event, list):
+        return [summarise(v) for v in event]
+    return event
 
 
 async def _tail(settings: Settings, topic: str, follow: bool, lines: int | None, from_beginning: bool) -> None:
@@ -425,12 +444,14 @@ def parser(services: Sequence[Service], commands: Sequence[Callable[[Any], None]
         "record not consumed) and per-group totals; webhook retries waiting in a tier for their due time are listed "
         "apart as scheduled, with the next due time: they are not lag.",
     )
-    lag.add_argument("--watch", type=float, nargs="?", const=2.0, help="refresh every N seconds (default 2)")
+    lag.add_argument("--watch", type=_interval, nargs="?", const=2.0, help="refresh every N seconds (default 2)")
     lag.add_argument("--all", action="store_true", help="every group, topic and partition, also those not lagging")
     lag.set_defaults(func=functools.partial(_cmd_lag, services=services))
 
     st = sub.add_parser("status", help="throughput, lag and dead letters per stage")
-    st.add_argument("--window", type=float, default=2.0, help="seconds over which throughput is measured")
+    st.add_argument(
+        "--window", type=_interval, default=2.0, help="seconds over which throughput is measured (default 2)"
+    )
     st.set_defaults(func=functools.partial(_cmd_status, services=services))
 
     c = sub.add_parser("config", help="the effective settings and their sources; validate a settings file")
