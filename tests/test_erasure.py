@@ -117,8 +117,12 @@ async def run(pipeline: Pipeline, server: Server, photo: bytes, release: asyncio
 
     await pipeline.wait_for(enrolled, what="the gallery")
     assert TARGET in found(await searches(pipeline, "before"))
-    notices = [d.event for d in pipeline.receiver.deliveries if d.event["type"] == "face.match.candidates"]
-    assert any(c["subject_id"] == TARGET for n in notices for c in n["candidates"]), "the subscriber was sent them"
+
+    def sent() -> bool:  # a result in the matches topic is not yet a webhook received
+        notices = [d.event for d in pipeline.receiver.deliveries if d.event["type"] == "face.match.candidates"]
+        return any(c["subject_id"] == TARGET for n in notices for c in n["candidates"])
+
+    await pipeline.wait_for(sent, what="the subscriber to be sent the target's matches")
 
     # What is held about the subject, for an access request: never the template itself.
     exported = gallery_cli(pipeline, "export", TARGET)
