@@ -3,7 +3,9 @@
 - YuNet: the project's detector (ONNX Runtime, the size-free graph at the image's own size, long
   side capped at 640), the same on a fixed 640x640 input (what the model file pins), and OpenCV's
   `FaceDetectorYN` at the image's size.
-- SFace: ONNX Runtime (the prepared model) and OpenCV's `FaceRecognizerSF`, one aligned face a call.
+- SFace: the prepared model on OpenCV's DNN module (the pipeline's default) and on ONNX Runtime, each
+  one aligned face a call and in batches of 16 (per face), and OpenCV's `FaceRecognizerSF` (the
+  packaged model, what the ceiling in bench/pipeline.py runs), one face a call.
 
 Rounds alternate the runtimes (a shared machine's speed drifts); medians of the per-round means.
 
@@ -30,7 +32,12 @@ sys.path.insert(0, str(ROOT))
 from facestream.cli import IMAGE_SUFFIXES  # noqa: E402
 from facestream.models import SFACE, YUNET, path_of  # noqa: E402
 from facestream.services.detector.logic import MAX_SIDE, FaceDetector, align  # noqa: E402
-from facestream.services.embedder.logic import OnnxRuntimeBackend, prepared_path  # noqa: E402
+from facestream.services.embedder.logic import (  # noqa: E402
+    OnnxRuntimeBackend,
+    OpenCvBackend,
+    prepared_path,
+    preprocess,
+)
 
 
 def load(folder: Path, limit: int, square: int) -> list[np.ndarray]:
@@ -87,13 +94,21 @@ def main() -> int:
         if faces:
             crops.append(align(image, faces[0]))
     backend = OnnxRuntimeBackend(prepared_path(ROOT / "models"))
+    opencv, single = OpenCvBackend(prepared_path(ROOT / "models")), OpenCvBackend(prepared_path(ROOT / "models"), 1)
+    batches = [crops[i : i + 16] for i in range(0, len(crops), 16)]
     sface = cv2.FaceRecognizerSF.create(str(path_of(SFACE)), "")
     runs: dict[str, tuple[list[Any], Callable[[Any], Any]]] = {
         "YuNet, ONNX Runtime at the image's size (the pipeline)": (images, detector.detect),
         "YuNet, ONNX Runtime at 640x640": (images, at_640),
         "YuNet, OpenCV at the image's size": (images, opencv_yunet),
-        "SFace, ONNX Runtime (the pipeline)": (crops, lambda crop: backend.embed([crop])),
-        "SFace, OpenCV": (crops, sface.feature),
+        "SFace, OpenCV DNN, batches of 16 (the pipeline; per face)": (batches, opencv.embed),
+        "SFace, OpenCV DNN, one face a call": (crops, lambda crop: single.embed([crop])),
+        "SFace, ONNX Runtime, one face a call": (crops, lambda crop: backend.embed([crop])),
+        "SFace, ONNX Runtime, batches of 16 (per face)": (
+            batches,
+            lambda batch: backend.session.run(None, {backend.input_name: preprocess(batch)}),
+        ),
+        "SFace, OpenCV FaceRecognizerSF (the ceiling's), one face a call": (crops, sface.feature),
     }
     shape = f", each {args.square}x{args.square}" if args.square else ""
     print(f"{len(images)} photos{shape} from {args.images}, {len(crops)} faces; {args.rounds} rounds, 1 thread")
@@ -106,9 +121,10 @@ def main() -> int:
             started = time.perf_counter()
             for item in items:
                 run(item)
-            seconds[name].append((time.perf_counter() - started) / len(items))
+            calls = sum(len(item) for item in items) if items is batches else len(items)
+            seconds[name].append((time.perf_counter() - started) / calls)
     for name, values in seconds.items():
-        print(f"  {name:58s} {statistics.median(values) * 1000:6.2f} ms per call")
+        print(f"  {name:66s} {statistics.median(values) * 1000:6.2f} ms per call")
     return 0
 
 

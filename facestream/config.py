@@ -246,7 +246,7 @@ class Settings(BaseSettings):
         600.0, description="objective for an erasure request to have its receipt (exported; an alert compares)"
     )
     # Local state
-    data_dir: Path = Field(Path(".facestream"), description="local state: gallery index, crops, keys, faust")
+    data_dir: Path = Field(Path(".facestream"), description="local state: gallery index, keys, faust")
     # Images
     image_roots: Annotated[tuple[Path, ...], NoDecode, _split(os.pathsep)] = Field(
         (), description="file:// claim checks must lie below one of these (env: separated by ':')"
@@ -278,6 +278,11 @@ class Settings(BaseSettings):
     triton_retry_for_s: Delay = Field(300.0, description="how long a batch waits for an unavailable Triton")
     model_repository: Path = Field(
         Path("models"), description="model repository: the prepared SFace (`facestream prepare-model`), also Triton's"
+    )
+    embedder_runtime: Literal["opencv", "onnxruntime"] = Field(
+        "opencv",
+        description="SFace's runtime in the model processes when triton_url is unset: opencv (OpenCV's DNN "
+        "module, the faster one on the CPUs measured by bench/models.py) or onnxruntime; the same embeddings",
     )
     # Matcher
     gallery_backend: Literal["edge", "qdrant"] = Field(

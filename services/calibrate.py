@@ -71,7 +71,7 @@ def embed_photos(photos: list[tuple[Path, str]], settings: Settings) -> Embedded
     """One embedding per photo, through the pipeline's detector and embedder logic; photos the
     pipeline would refuse to enrol are counted by reason and left out."""
     detector = detector_for(min(0.5, settings.det_score_threshold))
-    backend = load_backend(prepared_path(settings.model_repository))
+    backend = load_backend(prepared_path(settings.model_repository), settings.embedder_runtime)
     vectors, labels, refused, left_out = [], [], Counter[str](), []
     for path, person in photos:
         try:

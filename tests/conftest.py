@@ -16,7 +16,7 @@ import pytest
 from devtools.qdrant import QdrantCluster, qdrant_binary
 from facestream.config import Settings
 from facestream.services.detector.logic import FaceDetector
-from facestream.services.embedder.logic import OnnxRuntimeBackend, prepared_path
+from facestream.services.embedder.logic import EmbeddingBackend, load_backend, prepared_path
 from tests.figures import FIGURES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,8 +43,9 @@ def detector() -> FaceDetector:
 
 
 @pytest.fixture(scope="session")
-def backend() -> OnnxRuntimeBackend:
-    return OnnxRuntimeBackend(MODEL)
+def backend() -> EmbeddingBackend:
+    """The embedded default (`embedder_runtime`), as the model processes load it."""
+    return load_backend(MODEL)
 
 
 @pytest.fixture

@@ -1,10 +1,13 @@
-"""Embeddings on real faces: unit length, stable, and same-identity pairs score above others."""
+"""Embeddings on real faces: unit length, stable, and same-identity pairs score above others; the
+in-process runtimes give the same numbers."""
 
 from __future__ import annotations
 
 import base64
 import itertools
+from concurrent.futures import ThreadPoolExecutor
 
+import cv2
 import numpy as np
 
 from facestream import contracts
@@ -12,15 +15,15 @@ from facestream.config import Settings
 from facestream.errors import MalformedEvent
 from facestream.runtime.stage import Record
 from facestream.services.detector.logic import FaceDetector, align
-from facestream.services.embedder.logic import OnnxRuntimeBackend
+from facestream.services.embedder.logic import EmbeddingBackend, OnnxRuntimeBackend, OpenCvBackend, load_backend
 from facestream.services.embedder.stage import EmbedderStage
-from tests.conftest import SAMPLES, read
+from tests.conftest import MODEL, SAMPLES, read
 from tests.helpers import face_detected
 
 PHOTOS = sorted(p for p in SAMPLES.rglob("*.jpg"))
 
 
-def embed(detector: FaceDetector, backend: OnnxRuntimeBackend) -> tuple[np.ndarray, list[str]]:
+def embed(detector: FaceDetector, backend: EmbeddingBackend) -> tuple[np.ndarray, list[str]]:
     crops, labels = [], []
     for path in PHOTOS:
         image = read(path)
@@ -30,7 +33,7 @@ def embed(detector: FaceDetector, backend: OnnxRuntimeBackend) -> tuple[np.ndarr
     return backend.embed(crops), labels
 
 
-def test_unit_length_and_deterministic(detector: FaceDetector, backend: OnnxRuntimeBackend) -> None:
+def test_unit_length_and_deterministic(detector: FaceDetector, backend: EmbeddingBackend) -> None:
     vectors, _ = embed(detector, backend)
     assert vectors.shape == (len(PHOTOS), 128)
     assert vectors.dtype == np.float32
@@ -39,7 +42,7 @@ def test_unit_length_and_deterministic(detector: FaceDetector, backend: OnnxRunt
     assert np.allclose(vectors, again, atol=1e-6)
 
 
-def test_same_identity_scores_above_different_identity(detector: FaceDetector, backend: OnnxRuntimeBackend) -> None:
+def test_same_identity_scores_above_different_identity(detector: FaceDetector, backend: EmbeddingBackend) -> None:
     vectors, labels = embed(detector, backend)
     same, different = [], []
     for i, j in itertools.combinations(range(len(labels)), 2):
@@ -75,3 +78,26 @@ async def test_stage_batches_and_validates(detector: FaceDetector, settings: Set
         assert abs(np.linalg.norm(value["embedding"]) - 1) < 1e-4
     assert out[0]["embedding"] == out[1]["embedding"]
     assert out[0]["event_id"] == out[1]["event_id"]
+
+
+def test_the_runtimes_give_the_same_embeddings(detector: FaceDetector) -> None:
+    """OpenCV's DNN module (the default, faster here) and ONNX Runtime (Triton's runtime) run the same
+    prepared graph: a gallery enrolled on one is searched on the other. Batched or one face a call,
+    and from several threads at once (each gets its own network), the numbers are the same."""
+    opencv = load_backend(MODEL)
+    assert isinstance(opencv, OpenCvBackend)
+    assert cv2.getNumThreads() == 1  # one thread a call: the model processes give the concurrency
+    onnx = OnnxRuntimeBackend(MODEL)
+    reference, _ = embed(detector, onnx)
+    batched, _ = embed(detector, opencv)
+    assert np.abs(batched - reference).max() < 1e-5
+    crops = []
+    for path in PHOTOS:
+        image = read(path)
+        crops.append(align(image, max(detector.detect(image), key=lambda f: f.area)))
+    one_by_one = np.concatenate([OpenCvBackend(MODEL, batch=1).embed([c]) for c in crops[:4]])
+    assert np.abs(one_by_one - reference[:4]).max() < 1e-5
+    with ThreadPoolExecutor(4) as pool:
+        parallel = list(pool.map(lambda i: opencv.embed(crops[i : i + 3]), range(0, len(crops), 3)))
+    assert np.abs(np.concatenate(parallel) - reference).max() < 1e-5
+    assert opencv.embed([]).shape == (0, 128)

@@ -1,11 +1,12 @@
-"""Face embedding backends. `EmbeddingBackend` is the interface; `OnnxRuntimeBackend` runs SFace
-in-process (the embedded default). A Triton backend implements the same interface."""
+"""Face embedding backends. `EmbeddingBackend` is the interface; `OpenCvBackend` (the embedded
+default) and `OnnxRuntimeBackend` run SFace in-process. A Triton backend implements the same interface."""
 
 from __future__ import annotations
 
 import functools
+import threading
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import cv2
 import numpy as np
@@ -16,6 +17,10 @@ from facestream.models import ALIGNED_SIZE, SFACE, session_options
 
 FloatArray = np.ndarray[Any, np.dtype[np.float32]]
 Crop = np.ndarray[Any, np.dtype[np.uint8]]
+Runtime = Literal["opencv", "onnxruntime"]
+# Faces per OpenCV DNN call: there batches of 16 cost less per face than one a call, while on ONNX
+# Runtime's CPU provider they cost more (bench/models.py prints all four).
+CPU_BATCH = 16
 
 
 class EmbeddingBackend(Protocol):
@@ -80,8 +85,9 @@ class OnnxRuntimeBackend:
         shape = inputs[0].shape
         if list(shape[1:]) != [3, ALIGNED_SIZE, ALIGNED_SIZE]:
             raise ModelError(f"SFace input shape {shape} != [N, 3, 112, 112]")
-        # The packaged file has a fixed batch of 1; a prepared model may have a dynamic one.
-        self.max_batch = shape[0] if isinstance(shape[0], int) else 16
+        # The packaged file has a fixed batch of 1; a prepared model may have a dynamic one, but one
+        # face a call is the fastest per face on ONNX Runtime's CPU provider (bench/models.py).
+        self.max_batch = 1
         self.output_name = self.session.get_outputs()[0].name
         self.dim = int(self.session.get_outputs()[0].shape[1])
 
@@ -96,13 +102,53 @@ class OnnxRuntimeBackend:
         return l2_normalise(np.concatenate(parts).astype(np.float32))
 
 
+class OpenCvBackend:
+    """SFace on OpenCV's DNN module in this process: the same graph and the same numbers as ONNX
+    Runtime (within 1e-6), and faster on the CPUs measured (bench/models.py). A `cv2.dnn.Net` is not
+    thread-safe, so each thread that calls `embed` gets its own."""
+
+    model_name = SFACE.name
+    model_version = SFACE.version
+
+    def __init__(self, model: Path, batch: int = CPU_BATCH) -> None:
+        if not model.exists():
+            raise ModelError(
+                f"{model} is missing: prepare it with `facestream prepare-model` (part of scripts/install.sh)"
+            )
+        # One thread a call, like ONNX Runtime's options: concurrency comes from the model processes.
+        cv2.setNumThreads(1)
+        self.model, self.max_batch = model, batch
+        self._local = threading.local()
+        probe = np.zeros((1, 3, ALIGNED_SIZE, ALIGNED_SIZE), np.float32)
+        net = self._net()
+        net.setInput(probe)
+        self.dim = int(net.forward().shape[1])
+
+    def _net(self) -> Any:
+        net = getattr(self._local, "net", None)
+        if net is None:
+            net = self._local.net = cv2.dnn.readNetFromONNX(str(self.model))
+        return net
+
+    def embed(self, crops: list[Crop]) -> FloatArray:
+        if not crops:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        batch, net, parts = preprocess(crops), self._net(), []
+        for i in range(0, len(batch), self.max_batch):
+            net.setInput(batch[i : i + self.max_batch])
+            parts.append(np.array(net.forward(), dtype=np.float32))
+        return l2_normalise(np.concatenate(parts))
+
+
 @functools.cache
-def load_backend(model: Path) -> OnnxRuntimeBackend:
+def load_backend(model: Path, runtime: Runtime = "opencv") -> EmbeddingBackend:
     """The in-process backend for the prepared model file `model`, one per process (a model
     process loads it once, see `facestream.runtime.compute`)."""
-    return OnnxRuntimeBackend(model)
+    if runtime == "onnxruntime":
+        return OnnxRuntimeBackend(model)
+    return OpenCvBackend(model)
 
 
-def embed_with(model: Path, crops: list[Crop]) -> FloatArray:
+def embed_with(model: Path, runtime: Runtime, crops: list[Crop]) -> FloatArray:
     """Embed with this process's backend for `model`; module-level so a process pool can run it."""
-    return load_backend(model).embed(crops)
+    return load_backend(model, runtime).embed(crops)

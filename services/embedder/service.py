@@ -34,7 +34,7 @@ def _stage(settings: Settings, executor: Executor) -> EmbedderStage:
 def _models(settings: Settings) -> ModelLoader | None:
     if settings.triton_url:
         return None
-    return functools.partial(load_backend, prepared_path(settings.model_repository))
+    return functools.partial(load_backend, prepared_path(settings.model_repository), settings.embedder_runtime)
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:

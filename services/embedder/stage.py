@@ -58,7 +58,7 @@ class EmbedderStage:
         self.settings = settings
         self.backend = backend
         self.executor = executor if backend is None else None
-        local = functools.partial(embed_with, prepared_path(settings.model_repository))
+        local = functools.partial(embed_with, prepared_path(settings.model_repository), settings.embedder_runtime)
         self.embed: Callable[[list[Crop]], Any] = backend.embed if backend else local
         self.asynchronous = inspect.iscoroutinefunction(self.embed)
 
