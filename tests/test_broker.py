@@ -7,7 +7,6 @@ import asyncio
 import os
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -29,14 +28,12 @@ from facestream.io.kafka import (
     create_topics,
     delete_topics,
     ensure_topics,
-    follow,
     partition_reader,
     producer,
     read_to_end,
     running,
 )
 from facestream.runtime.app import create_app
-from facestream.runtime.tasks import cancel
 from facestream.services.main import SERVICES
 from tests.conftest import ROOT
 from tests.harness import free_port
@@ -145,49 +142,6 @@ async def test_a_partition_reader_asks_the_broker_nothing_between_reads(kafka: s
             assert got[-1] == b"k3"  # the position was kept across the pause
         finally:
             await reader.stop()
-    finally:
-        await delete_topics(settings)
-
-
-async def test_a_follower_that_blocks_runs_off_the_loop(kafka: str) -> None:
-    """`follow(..., in_thread=True)` (the crop server's file writes) hands records over from a
-    thread, so the loop every stage of the worker shares keeps running while it blocks."""
-    settings = load_settings(topic_prefix=f"t{uuid.uuid4().hex[:10]}", environment=False)
-    topic = settings.topic("crops")
-    await create_topics(settings, [TopicSpec(topic, 1)])
-    loop_thread = threading.get_ident()
-    threads: list[int] = []
-    ticks = 0
-    loop = asyncio.get_running_loop()
-    all_handled = asyncio.Event()
-
-    def handle(record: object) -> None:
-        threads.append(threading.get_ident())
-        time.sleep(0.2)  # a slow disk
-        if len(threads) == 3:
-            loop.call_soon_threadsafe(all_handled.set)
-
-    async def tick() -> None:
-        nonlocal ticks
-        while True:
-            await asyncio.sleep(0.01)
-            ticks += 1
-
-    try:
-        async with running(producer(settings)) as prod:
-            for i in range(3):
-                await prod.send_and_wait(topic, f"c{i}".encode(), key=b"k")
-        async with running(consumer(settings, "crops")) as reader:
-            following = asyncio.create_task(follow(reader, handle, in_thread=True))
-            ticker = asyncio.create_task(tick())
-            try:
-                await asyncio.wait_for(all_handled.wait(), 30)
-            finally:
-                await cancel(following)  # ended before the consumer stops, so it closes cleanly
-                await cancel(ticker)
-        assert len(threads) == 3
-        assert loop_thread not in threads
-        assert ticks >= 20  # 0.6 s of blocking handled while the loop ticked on
     finally:
         await delete_topics(settings)
 

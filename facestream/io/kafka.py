@@ -385,9 +385,8 @@ async def delete_topics(settings: Settings) -> list[str]:
         return names
 
 
-async def follow(consumer: AIOKafkaConsumer, handle: Callable[[Any], None], in_thread: bool = False) -> None:
-    """Hand every record `consumer` receives to `handle`, until cancelled; `in_thread`: from a
-    thread, a batch at a time, for a `handle` that blocks (writes files) and must not hold the loop."""
+async def follow(consumer: AIOKafkaConsumer, handle: Callable[[Any], None]) -> None:
+    """Hand every record `consumer` receives to `handle`, until cancelled."""
     while True:
         try:
             batch = await consumer.getmany(timeout_ms=1000)
@@ -399,13 +398,6 @@ async def follow(consumer: AIOKafkaConsumer, handle: Callable[[Any], None], in_t
             )
             await asyncio.sleep(1.0)
             continue
-        records = [r for part in batch.values() for r in part]
-        if in_thread and records:
-            await asyncio.to_thread(_each, handle, records)
-        else:
-            _each(handle, records)
-
-
-def _each(handle: Callable[[Any], None], records: list[Any]) -> None:
-    for r in records:
-        handle(r)
+        for part in batch.values():
+            for record in part:
+                handle(record)

@@ -4,7 +4,7 @@ The fan-out never waits on a subscriber: it writes jobs to `deliveries` (key: su
 the delivery engine (services/notifier/engine.py), started with the stage, attempts them. For each
 subject a job names it notes, in `deliveries.subjects`, that the subscriber was sent it: when the
 subject is erased, those subscribers are told (services/notifier/erasures.py). The
-stage also runs the crop server (facestream/crops.py) whose signed links the payloads carry.
+stage also runs the crop server (crops.py) whose signed links the payloads carry.
 """
 
 from __future__ import annotations
@@ -79,7 +79,10 @@ class NotifierStage:
                     continue
                 if self.crops is not None and self.crops.links is not None:
                     expires = parse_iso(payload["expires_at"]).timestamp()
-                    payload["probe_crop_url"] = self.crops.links.link(match["event_id"], sub.name, expires)
+                    submitted = parse_iso(match.get("submitted_at") or match["occurred_at"]).timestamp()
+                    payload["probe_crop_url"] = self.crops.links.link(
+                        match["event_id"], sub.name, expires, match["image_id"], submitted
+                    )
                 outcome.outputs.append(Output("deliveries", sub.name, job_for(match, sub, payload)))
                 for candidate in payload["candidates"]:  # whom to tell if this subject is erased
                     outcome.outputs.append(

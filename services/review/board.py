@@ -12,7 +12,6 @@ applies in the same order.
 from __future__ import annotations
 
 import asyncio
-import base64
 import time
 import uuid
 from dataclasses import dataclass
@@ -20,19 +19,17 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.partitioner import DefaultPartitioner
 
 from facestream import audit, contracts, review
 from facestream.config import Settings
 from facestream.contracts.timeutil import now_iso, parse_iso
+from facestream.crops import CropFinder
 from facestream.errors import UsageError
 from facestream.io.kafka import close, consumer, follow, producer, topic_partitions
 from facestream.ops.logs import get_logger
 from facestream.runtime.tasks import cancel
 
 log = get_logger(__name__)
-CROP_SCAN = 20_000  # records read at most to find one crop
-CLOCK_SKEW_S = 60.0  # the publisher's clock (submitted_at) against the broker's timestamps
 _DECISIONS = uuid.UUID("3a0e8f57-1c4b-4b8e-a7d2-6f1e0c9b5d23")
 # What a reviewer sees of a match result (with its intent's purpose, case and requester).
 SHOWN = (
@@ -91,8 +88,7 @@ class Board:
         self.cases: dict[str, Case] = {}
         self.ledger = review.Ledger()
         self._consumer: AIOKafkaConsumer | None = None
-        self._reader: AIOKafkaConsumer | None = None
-        self._reader_lock = asyncio.Lock()
+        self._crops = CropFinder(settings)
         self._producer: AIOKafkaProducer | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -116,7 +112,8 @@ class Board:
 
     async def stop(self) -> None:
         await cancel(self._task)
-        await close(self._consumer, self._reader, self._producer)
+        await self._crops.close()
+        await close(self._consumer, self._producer)
 
     def _apply(self, record: Any) -> None:
         if record.value is None:
@@ -219,31 +216,5 @@ class Board:
         return data
 
     async def _find_crop(self, match: dict[str, Any]) -> bytes | None:
-        """The crop the detector wrote for `match`, found without an index: on the partition its
-        image id (the record key) hashes to, from shortly before the image was submitted (the crop
-        was written after that), at most `CROP_SCAN` records on."""
-        topic = self.settings.topic("crops")
-        partitions = (await topic_partitions(self.settings, [topic])).get(topic, [])
-        if not partitions:
-            return None
-        tp = TopicPartition(topic, DefaultPartitioner()(match["image_id"].encode(), partitions, partitions))
-        since = parse_iso(match.get("submitted_at") or match["occurred_at"]).timestamp() - CLOCK_SKEW_S
-        async with self._reader_lock:
-            if self._reader is None:
-                self._reader = consumer(self.settings)
-                await self._reader.start()
-            reader = self._reader
-            reader.assign([tp])
-            start = (await reader.offsets_for_times({tp: int(since * 1000)}))[tp]
-            end = (await reader.end_offsets([tp]))[tp]
-            if start is None:
-                return None
-            reader.seek(tp, start.offset)
-            scanned = 0
-            while scanned < CROP_SCAN and await reader.position(tp) < end:
-                for record in (await reader.getmany(tp, timeout_ms=1000)).get(tp, []):
-                    scanned += 1
-                    crop = orjson.loads(record.value) if record.value else {}
-                    if crop.get("event_id") == match["event_id"]:
-                        return base64.b64decode(crop["data_b64"])
-        return None
+        submitted = parse_iso(match.get("submitted_at") or match["occurred_at"]).timestamp()
+        return await self._crops.find(match["image_id"], match["event_id"], submitted)
