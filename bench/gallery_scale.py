@@ -1,6 +1,7 @@
 """The embedded gallery engine (qdrant-edge) at scale, without Kafka: identity-clustered synthetic
 points (several per identity, as real enrolments are), ingest rate, the HNSW index build
-(`optimize`), search p50/p99 and recall against exact search, and the process's peak memory.
+(`optimize`), search p50/p99 and recall against exact search, and the process's peak memory; also
+how long the copy of the shard takes that the matcher makes under its lock before a build.
 
 Two recalls. recall@10: the share of exact search's 10 nearest points that the graph search returns
 as well. Past the query's own identity (4 points by default) those 10 are unrelated points at
@@ -9,13 +10,14 @@ is far above them). So also: the share of the query identity's own points found 
 the part of the answer a face search is for.
 
     .venv/bin/python bench/gallery_scale.py [--points 1000000] [--per-identity 4] [--queries 200]
-                                            [--m 16] [--ef-construct 128] [--efs 64,128,512]
+                                            [--m 32] [--ef-construct 256] [--efs 64,128,512] [--no-build]
 """
 
 from __future__ import annotations
 
 import argparse
 import resource
+import shutil
 import statistics
 import sys
 import tempfile
@@ -54,6 +56,7 @@ def main() -> int:
     p.add_argument("--m", type=int, default=HNSW_M)
     p.add_argument("--ef-construct", type=int, default=HNSW_EF_CONSTRUCT)
     p.add_argument("--efs", default="64,128,512", help="search ef values to try")
+    p.add_argument("--no-build", action="store_true", help="stop after ingest, the copy and exact search")
     p.add_argument("--spread", type=float, default=0.06, help="per-dimension noise around an identity's centre")
     args = p.parse_args()
     rng = np.random.default_rng(5)
@@ -77,6 +80,16 @@ def main() -> int:
             f"points {len(vectors):,} ({identities:,} identities x {args.per_identity}): ingested in {ingest:.1f} s "
             f"({len(vectors) / ingest:,.0f} points/s)"
         )
+        # What the matcher does under its gallery lock before it builds a graph aside (EdgeGallery._copy):
+        # flush, then copy the shard's folder. Searches, upserts and erasures wait that long.
+        started = time.perf_counter()
+        shard.flush()
+        shutil.copytree(Path(folder) / "index", Path(folder) / "copy")
+        size = sum(f.stat().st_size for f in (Path(folder) / "copy").rglob("*") if f.is_file()) / 2**20
+        print(
+            f"copy of the shard (held under the matcher's lock): {time.perf_counter() - started:.2f} s, {size:,.0f} MiB"
+        )
+        shutil.rmtree(Path(folder) / "copy")
         chosen = rng.choice(identities, size=args.queries, replace=False)
         queries = vectors[chosen * args.per_identity] + args.spread * rng.standard_normal((args.queries, DIM)).astype(
             np.float32
@@ -98,6 +111,9 @@ def main() -> int:
 
         exact, recall, mated = run(qe.SearchParams(exact=True))
         print(f"exact search (top 10):                 {percentiles(exact)}, recall@10 {recall:.3f}, own {mated:.3f}")
+        if args.no_build:
+            shard.close()
+            return 0
         started = time.perf_counter()
         shard.optimize()
         print(f"optimize (HNSW m={args.m}, ef_construct={args.ef_construct}): {time.perf_counter() - started:.1f} s")

@@ -191,6 +191,7 @@ class EdgeGallery:
         target = self.path / building
         try:
             await asyncio.to_thread(self._copy, target)
+            copied = time.perf_counter() - started  # upserts and erasures wait this long (the lock)
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", __name__, str(target), str(self.dim), str(self.index_after)
             )
@@ -208,6 +209,7 @@ class EdgeGallery:
                 "gallery_graph_built",
                 shard=building,
                 replayed=replayed,
+                copy_s=round(copied, 2),
                 seconds=round(time.perf_counter() - started, 1),
             )
         except asyncio.CancelledError:
