@@ -104,7 +104,7 @@ class OnnxRuntimeBackend:
 
 class OpenCvBackend:
     """SFace on OpenCV's DNN module in this process: the same graph and the same numbers as ONNX
-    Runtime (within 1e-6), and faster on the CPUs measured (bench/models.py). A `cv2.dnn.Net` is not
+    Runtime (within 1e-5), and faster on the CPUs measured (bench/models.py). A `cv2.dnn.Net` is not
     thread-safe, so each thread that calls `embed` gets its own."""
 
     model_name = SFACE.name
