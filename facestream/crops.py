@@ -10,16 +10,24 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 
 from facestream.config import Settings
+from facestream.contracts.timeutil import parse_iso
 from facestream.io.kafka import close, consumer, topic_partitions
 
 CROP_SCAN = 20_000  # records read at most to find one crop
 CLOCK_SKEW_S = 60.0  # the publisher's clock (submitted_at) against the broker's timestamps
+
+
+def submitted(match: dict[str, Any]) -> float:
+    """When a match's image was submitted (the publisher's clock, else the match's own time): a
+    crop is looked for from then on."""
+    return parse_iso(match.get("submitted_at") or match["occurred_at"]).timestamp()
 
 
 class CropFinder:

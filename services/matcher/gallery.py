@@ -191,7 +191,7 @@ class EdgeGallery:
         target = self.path / building
         try:
             await asyncio.to_thread(self._copy, target)
-            copied = time.perf_counter() - started  # upserts and erasures wait this long (the lock)
+            copied = time.perf_counter() - started  # searches and updates wait this long (the lock)
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", __name__, str(target), str(self.dim), str(self.index_after)
             )

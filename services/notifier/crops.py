@@ -39,13 +39,13 @@ def _link_key(settings: Settings) -> bytes:
     return hmac.new(subscriptions_key(settings).encode(), b"facestream crop links v1", hashlib.sha256).digest()
 
 
+SIGNED = ("subscription", "expires", "image", "at")  # with the event id, what a link's signature covers
+
+
 def _signature(key: bytes, event_id: str, fields: Mapping[str, str]) -> str:
     signed = "\n".join([event_id, *(fields.get(name, "") for name in SIGNED)])
     mac = hmac.new(key, signed.encode(), hashlib.sha256).digest()
     return base64.urlsafe_b64encode(mac).decode().rstrip("=")
-
-
-SIGNED = ("subscription", "expires", "image", "at")
 
 
 class CropLinks:
@@ -56,8 +56,12 @@ class CropLinks:
         self.base_url = base_url.rstrip("/")
 
     def link(self, event_id: str, subscription: str, expires: float, image_id: str, submitted: float) -> str:
-        fields = {"subscription": subscription, "expires": str(int(expires))}
-        fields.update(image=image_id, at=str(int(submitted)))
+        fields = {
+            "subscription": subscription,
+            "expires": str(int(expires)),
+            "image": image_id,
+            "at": str(int(submitted)),
+        }
         query = urlencode({**fields, "signature": _signature(self.key, event_id, fields)})
         return f"{self.base_url}/v1/crops/{event_id}?{query}"
 

@@ -16,6 +16,7 @@ import httpx
 from facestream import contracts
 from facestream.config import Settings
 from facestream.contracts.timeutil import now_iso, parse_iso
+from facestream.crops import submitted
 from facestream.ops.logs import get_logger
 from facestream.runtime.stage import Outcome, Output, Record
 from facestream.services.notifier.crops import CropServer
@@ -79,9 +80,8 @@ class NotifierStage:
                     continue
                 if self.crops is not None and self.crops.links is not None:
                     expires = parse_iso(payload["expires_at"]).timestamp()
-                    submitted = parse_iso(match.get("submitted_at") or match["occurred_at"]).timestamp()
                     payload["probe_crop_url"] = self.crops.links.link(
-                        match["event_id"], sub.name, expires, match["image_id"], submitted
+                        match["event_id"], sub.name, expires, match["image_id"], submitted(match)
                     )
                 outcome.outputs.append(Output("deliveries", sub.name, job_for(match, sub, payload)))
                 for candidate in payload["candidates"]:  # whom to tell if this subject is erased

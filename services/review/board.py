@@ -20,10 +20,9 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from facestream import audit, contracts, review
+from facestream import audit, contracts, crops, review
 from facestream.config import Settings
 from facestream.contracts.timeutil import now_iso, parse_iso
-from facestream.crops import CropFinder
 from facestream.errors import UsageError
 from facestream.io.kafka import close, consumer, follow, producer, topic_partitions
 from facestream.ops.logs import get_logger
@@ -88,7 +87,7 @@ class Board:
         self.cases: dict[str, Case] = {}
         self.ledger = review.Ledger()
         self._consumer: AIOKafkaConsumer | None = None
-        self._crops = CropFinder(settings)
+        self._crops = crops.CropFinder(settings)
         self._producer: AIOKafkaProducer | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -216,5 +215,4 @@ class Board:
         return data
 
     async def _find_crop(self, match: dict[str, Any]) -> bytes | None:
-        submitted = parse_iso(match.get("submitted_at") or match["occurred_at"]).timestamp()
-        return await self._crops.find(match["image_id"], match["event_id"], submitted)
+        return await self._crops.find(match["image_id"], match["event_id"], crops.submitted(match))
