@@ -44,13 +44,16 @@ def split(devset: Path, gallery: Path, probes: Path) -> set[str]:
 async def test_devset_rank1_and_false_matches(devset: Path, kafka: str, tmp_path: Path) -> None:
     gallery, probes = tmp_path / "gallery", tmp_path / "probes"
     enrolled = split(devset, gallery, probes)
-    summary = await run_demo(gallery.resolve(), probes.resolve(), quiet=True)
+    # The gallery outgrows an exact scan part way through enrolment: the running matcher builds the
+    # search graph aside (a child process on a copy) and swaps it in; the figures below hold with it.
+    summary = await run_demo(gallery.resolve(), probes.resolve(), quiet=True, overrides={"gallery_index_after": 60})
     totals = summary["totals"]
     # A gallery photo may be refused for quality (with its reason); its subject then counts as not enrolled.
     refused = [g for g in summary["gallery"] if g["status"] != "enrolled"]
     assert len(refused) <= 3, refused
     assert all("enrolment_" in g.get("reason", "") for g in refused), refused
     enrolled -= {Path(g["path"]).parent.name for g in refused}
+    assert totals["gallery_graphs_built"] >= 1
     assert totals["probe_dead_letters"] == 0
     assert totals["webhook_signature_failures"] == 0
     assert totals["duplicate_webhooks"] == 0

@@ -44,6 +44,7 @@ HNSW_EF_CONSTRUCT = 256
 SEARCH_EF = 128
 INDEX_AFTER = 20_000
 RETRY_BUILD_S = 600.0  # a build that failed (disk full, killed) is not tried again on every upsert
+COPY_ATTEMPTS = 5  # a copy that meets a log file renamed under it is made again
 CURRENT = "CURRENT"  # names the live shard's folder, written atomically when a built one replaces it
 
 
@@ -173,7 +174,10 @@ class EdgeGallery:
     async def _maybe_build(self) -> None:
         if self._build is not None or time.monotonic() < self._next_try:
             return
-        if await asyncio.to_thread(self.unindexed) >= self.index_after:
+        waiting = await asyncio.to_thread(self.unindexed)
+        # Asked again after the wait: a concurrent upsert may have started one meanwhile (two
+        # builds on one target folder each removed the other's files and both failed).
+        if waiting >= self.index_after and self._build is None:
             self._build = asyncio.create_task(self._build_graph())
 
     async def index_now(self) -> bool:
@@ -225,11 +229,23 @@ class EdgeGallery:
             self._build = None
 
     def _copy(self, target: Path) -> None:
-        """The live shard as it is now, copied; every change from here on is journaled."""
-        shutil.rmtree(target, ignore_errors=True)
+        """The live shard as it is now, copied; every change from here on is journaled.
+
+        The write-ahead log goes too (it numbers the operations: a copy with a fresh log would skip
+        a later removal of an older point). The engine's own thread adds and renames log files
+        while we copy, so a file listed can be gone when it is read: the copy is made again."""
         with self._lock:  # nothing changes the shard while it is copied
             self._shard.flush()
-            shutil.copytree(self.path / self._live, target)
+            for attempt in range(1, COPY_ATTEMPTS + 1):
+                _clear(target)
+                try:
+                    shutil.copytree(self.path / self._live, target, copy_function=_copy_file)
+                    break
+                except (shutil.Error, OSError) as exc:
+                    if attempt == COPY_ATTEMPTS:
+                        raise
+                    log.warning("gallery_copy_retried", attempt=attempt, error=f"{type(exc).__name__}: {exc}"[:300])
+                    time.sleep(0.05 * attempt)
             self._journal = []
 
     def _swap(self, target: Path) -> int:
@@ -432,6 +448,18 @@ class QdrantGallery:
 
     async def count(self) -> int:
         return (await self.client.count(self.name, exact=True)).count
+
+
+def _copy_file(src: str, dst: str) -> object:
+    return shutil.copy2(src, dst)
+
+
+def _clear(target: Path) -> None:
+    """Removes a folder left by an earlier build; one that cannot be removed is an error here,
+    not a confusing one from the copy."""
+    shutil.rmtree(target, ignore_errors=True)
+    if target.exists():
+        shutil.rmtree(target)  # raises with the reason
 
 
 def _write_current(folder: Path, name: str) -> None:
