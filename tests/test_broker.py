@@ -17,7 +17,7 @@ from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from facestream.config import load_settings
+from facestream.config import Settings, load_settings
 from facestream.errors import ConfigError
 from facestream.io.broker import broker_env
 from facestream.io.kafka import (
@@ -34,6 +34,7 @@ from facestream.io.kafka import (
     running,
 )
 from facestream.runtime.app import create_app
+from facestream.runtime.service import own_topics
 from facestream.services.main import SERVICES
 from tests.conftest import ROOT
 from tests.harness import free_port
@@ -155,21 +156,49 @@ def test_the_faust_app_refreshes_metadata_as_often() -> None:
 
 async def test_transit_topics_keep_biometric_data_for_hours(kafka: str) -> None:
     """Images, faces and embeddings (photos, face pixels, embeddings) are kept
-    `transit_retention_hours`; matches and dead letters (ids, scores, reasons) longer."""
-    settings = load_settings(topic_prefix=f"t{uuid.uuid4().hex[:10]}", transit_retention_hours=2, environment=False)
+    `transit_retention_hours`; matches and dead letters (ids, scores, reasons) longer. Retention
+    deletes whole segments, so each segment rolls at a tenth of the retention (the broker's default
+    is 7 days, which would keep two-hour photos for a week on a quiet topic)."""
+    settings = load_settings(
+        topic_prefix=f"t{uuid.uuid4().hex[:10]}", transit_retention_hours=2, webhook_event_ttl_s=3600, environment=False
+    )
     await ensure_topics(settings)
     try:
-        async with running(admin_client(settings)) as admin:
-            names = [settings.topic(n) for n in ("images", "faces", "embeddings", "matches", "dlq")]
-            described = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, n) for n in names])
-        retention = {}
-        for response in described:
-            for _, _, _, name, entries in response.resources:
-                retention[name] = next(int(e[1]) for e in entries if e[0] == "retention.ms")
-        hours = {name.rsplit(".", 1)[1]: ms / 3_600_000 for name, ms in retention.items()}
-        assert hours == {"images": 2, "faces": 2, "embeddings": 2, "matches": 720, "dlq": 720}
+        names = [settings.topic(n) for n in ("images", "faces", "embeddings", "matches", "dlq", "crops")]
+        configs = await topic_configs(settings, names)
+        hours = {name.rsplit(".", 1)[1]: int(c["retention.ms"]) / 3_600_000 for name, c in configs.items()}
+        assert hours == {"images": 2, "faces": 2, "embeddings": 2, "matches": 720, "dlq": 720, "crops": 1}
+        rolls = {name.rsplit(".", 1)[1]: int(c["segment.ms"]) / 3_600_000 for name, c in configs.items()}
+        assert rolls == {"images": 0.2, "faces": 0.2, "embeddings": 0.2, "matches": 72, "dlq": 72, "crops": 0.1}
     finally:
         await delete_topics(settings)
+
+
+async def test_compacted_topics_drop_a_replaced_record_within_the_hour(kafka: str) -> None:
+    """The gallery and its data keys are compacted: an erased subject's wrapped data key goes when
+    compaction runs, which never touches the segment being written (7 days by default). The
+    maximum compaction lag makes the broker roll and clean it within the hour."""
+    settings = load_settings(topic_prefix=f"t{uuid.uuid4().hex[:10]}", environment=False)
+    specs = own_topics(settings, SERVICES)
+    await create_topics(settings, specs)
+    try:
+        compacted = [s.name for s in specs if s.compact]
+        assert settings.topic("gallery.keys") in compacted
+        configs = await topic_configs(settings, compacted)
+        assert {c["max.compaction.lag.ms"] for c in configs.values()} == {str(3_600_000)}
+        assert {c["cleanup.policy"] for c in configs.values()} == {"compact"}
+    finally:
+        await delete_topics(settings)
+
+
+async def topic_configs(settings: Settings, names: list[str]) -> dict[str, dict[str, str]]:
+    async with running(admin_client(settings)) as admin:
+        described = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, n) for n in names])
+    found: dict[str, dict[str, str]] = {}
+    for response in described:
+        for _, _, _, name, entries in response.resources:
+            found[name] = {e[0]: e[1] for e in entries}
+    return found
 
 
 def test_a_broker_this_checkout_did_not_start_is_used_and_left_running(kafka: str, tmp_path: Path) -> None:

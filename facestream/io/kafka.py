@@ -39,6 +39,8 @@ TRANSIT = ("images", "faces", "embeddings")
 REFUSED = {29, 31}  # TOPIC_AUTHORIZATION_FAILED, CLUSTER_AUTHORIZATION_FAILED
 OK = {0, 36, *REFUSED}  # created, TOPIC_ALREADY_EXISTS (another process was first), refused (above)
 MAX_REQUEST = 8 * MiB + 64 * 1024
+COMPACTION_LAG_MS = 3600 * 1000
+MIN_SEGMENT_MS = 60 * 1000  # a segment at least a minute: not a file per record
 
 
 @dataclass(frozen=True)
@@ -61,8 +63,16 @@ class TopicSpec:
         }
         if self.compact:
             configs["cleanup.policy"] = "compact"
+            # Compaction never touches the segment being written, which rolls after 7 days by
+            # default: a record replaced or tombstoned (an erased subject's wrapped data key) would
+            # stay readable that long. This rolls it, and cleans it, within the hour.
+            configs["max.compaction.lag.ms"] = str(COMPACTION_LAG_MS)
         else:
             configs["retention.ms"] = str(self.retention_ms)
+            if self.retention_ms > 0:
+                # Retention deletes whole segments: on a quiet topic a record lives until its
+                # segment rolls (7 days by default). Rolling at a tenth of the retention bounds it.
+                configs["segment.ms"] = str(max(self.retention_ms // 10, MIN_SEGMENT_MS))
         return NewTopic(self.name, self.partitions, replication, topic_configs=configs)
 
 
