@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -252,6 +253,30 @@ async def test_entries_are_chained_once_and_verified_and_each_forgery_is_named(
         found = [json.loads(line) for line in out]
         assert code == 0
         assert [f["refs"]["image_id"] for f in found] == [f"img-{i}" for i in range(1, 12, 2)]
+
+
+async def test_entries_arriving_one_by_one_are_chained_a_few_transactions_at_a_time(tmp_path: Path, kafka: str) -> None:
+    """Entries come one a search. Each transaction costs the broker about six requests and a
+    commit marker, so the sequencer gathers what arrives within a fifth of a second into one. The
+    markers are visible as gaps in the chain's offsets: one run of offsets per transaction."""
+    async with audited(tmp_path, kafka, audit_checkpoint_records=1000, audit_checkpoint_s=1.0) as settings:
+        sequencer = Sequencer(settings)
+        await sequencer.start()
+        try:
+            written = entries(20, "CASE-T")
+            async with running(producer(settings)) as prod:
+                for e in written:  # 50 a second, each on its own, as stages write them
+                    await audit.send(settings, prod, e)
+                    await asyncio.sleep(0.02)
+            values = await chained(settings, 20)
+        finally:
+            await sequencer.stop()
+        assert [v["entry"]["entry_id"] for v in values if v["event_type"] == "audit.record"] == [
+            e["entry_id"] for e in written
+        ]
+        offsets = [r.offset for r in await read_topic(settings, settings.topic("audit"), committed=True)]
+        transactions = 1 + sum(b - a > 1 for a, b in itertools.pairwise(offsets))
+        assert transactions <= 5, offsets  # one an entry (about 20) before the entries were gathered
 
 
 async def test_a_second_sequencer_takes_over_the_chain_without_a_fork(tmp_path: Path, kafka: str) -> None:
