@@ -150,6 +150,13 @@ def test_config_commands(tmp_path: Path) -> None:
     # The check is of the file alone: an environment variable elsewhere does not hide its error.
     refused = _cli("config", "check", str(bad), env={**env, "FACESTREAM_OPS_PORT": "9464"})
     assert refused.returncode == 2
+    # What a service reads at start is checked too: a calibration file that is not there.
+    missing = tmp_path / "elsewhere" / "calibration.json"
+    (tmp_path / "calibrated.toml").write_text(f'calibration_file = "{missing}"\n')
+    refused = _cli("config", "check", str(tmp_path / "calibrated.toml"), env=env)
+    assert refused.returncode == 2
+    assert f"calibration {missing}" in refused.stderr
+    assert "Traceback" not in refused.stderr
     shown = _cli("--config", str(good), "config", "show", env={**env, "FACESTREAM_PARTITIONS": "3"})
     assert shown.returncode == 0, shown.stderr
     assert "partitions = 3  # environment variable FACESTREAM_PARTITIONS" in shown.stdout

@@ -341,13 +341,15 @@ def _cmd_run(args: argparse.Namespace, services: Sequence[Service]) -> int:
     return 0
 
 
-def _cmd_config(args: argparse.Namespace) -> int:
+def _cmd_config(args: argparse.Namespace, services: Sequence[Service]) -> int:
     if args.action == "check":
         path = args.file or args.config
         if not path:
             raise ConfigError("facestream config check FILE: name the settings file to check")
         # The file alone, as it would load anywhere: this machine's environment does not count.
-        load_settings(path, environment=False)
+        settings = load_settings(path, environment=False)
+        for service in services:  # and what the services read at start (a calibration file)
+            service.check(settings)
         print(f"{path}: valid")
         return 0
     path = args.file or args.config
@@ -457,7 +459,7 @@ def parser(services: Sequence[Service], commands: Sequence[Callable[[Any], None]
     c = sub.add_parser("config", help="the effective settings and their sources; validate a settings file")
     c.add_argument("action", choices=["show", "check"])
     c.add_argument("file", nargs="?", help="settings file (default: --config or $FACESTREAM_CONFIG)")
-    c.set_defaults(func=_cmd_config)
+    c.set_defaults(func=functools.partial(_cmd_config, services=services))
 
     add_dlq_parsers(sub)
 

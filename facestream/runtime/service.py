@@ -51,6 +51,10 @@ def _no_access(settings: Settings) -> Access:
     return Access()
 
 
+def _nothing_to_check(settings: Settings) -> None:
+    return None
+
+
 @dataclass(frozen=True)
 class Service:
     """One stage of the pipeline as the platform sees it."""
@@ -86,6 +90,9 @@ class Service:
     access: Callable[[Settings], Access] = _no_access
     # Lines for `facestream status`.
     status: Callable[[Settings], Awaitable[list[str]]] | None = field(default=None)
+    # What `facestream config check` checks besides the settings themselves: the files the service
+    # would read at start (raises ConfigError), so a wrong path is found before a worker starts.
+    check: Callable[[Settings], None] = _nothing_to_check
 
 
 def runnable(services: Sequence[Service]) -> list[Service]:

@@ -9,6 +9,7 @@ from facestream.config import Settings
 from facestream.io.acls import Access
 from facestream.io.kafka import DAY_MS, MiB, TopicSpec
 from facestream.runtime.service import Service
+from facestream.services.matcher import operating
 from facestream.services.matcher.cli import add_parsers
 from facestream.services.matcher.routes import routes
 from facestream.services.matcher.stage import MatcherStage
@@ -16,6 +17,10 @@ from facestream.services.matcher.stage import MatcherStage
 
 def _stage(settings: Settings, executor: Executor) -> MatcherStage:
     return MatcherStage(settings)
+
+
+def _check(settings: Settings) -> None:
+    operating.load(settings.calibration_file)  # the matcher reads it at start: a ConfigError naming it
 
 
 def _topics(settings: Settings) -> list[TopicSpec]:
@@ -54,4 +59,5 @@ SERVICE = Service(
     commands=add_parsers,
     routes=routes,
     access=_access,
+    check=_check,
 )
