@@ -1,7 +1,9 @@
 """The embedded gallery engine (qdrant-edge) at scale, without Kafka: identity-clustered synthetic
 points (several per identity, as real enrolments are), ingest rate, the HNSW index build
 (`optimize`), search p50/p99 and recall against exact search, and the process's peak memory; also
-how long the copy of the shard takes that the matcher makes under its lock before a build.
+how long the copy of the shard takes that the matcher makes under its lock before a build. The
+graph is built as the matcher builds it: on int8 copies of the vectors, the best candidates scored
+again with the floats (`--float`: without the copies).
 
 Two recalls. recall@10: the share of exact search's 10 nearest points that the graph search returns
 as well. Past the query's own identity (4 points by default) those 10 are unrelated points at
@@ -11,6 +13,7 @@ the part of the answer a face search is for.
 
     .venv/bin/python bench/gallery_scale.py [--points 1000000] [--per-identity 4] [--queries 200]
                                             [--m 32] [--ef-construct 256] [--efs 64,128,512] [--no-build]
+                                            [--float | --oversampling 2]
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import numpy as np
 import qdrant_edge as qe
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from facestream.services.matcher.gallery import HNSW_EF_CONSTRUCT, HNSW_M
+from facestream.services.matcher.gallery import HNSW_EF_CONSTRUCT, HNSW_M, OVERSAMPLING
 
 DIM = 128
 
@@ -58,13 +61,23 @@ def main() -> int:
     p.add_argument("--efs", default="64,128,512", help="search ef values to try")
     p.add_argument("--no-build", action="store_true", help="stop after ingest, the copy and exact search")
     p.add_argument("--spread", type=float, default=0.06, help="per-dimension noise around an identity's centre")
+    p.add_argument("--float", action="store_true", help="the graph on the floats, without the matcher's int8 copies")
+    p.add_argument("--oversampling", type=float, default=OVERSAMPLING, help="int8: candidates rescored, per result")
     args = p.parse_args()
     rng = np.random.default_rng(5)
     identities = args.points // args.per_identity
     vectors = clustered(rng, identities, args.per_identity, args.spread)
     ids = [str(uuid.UUID(int=i + 1)) for i in range(len(vectors))]
     hnsw = qe.HnswIndexConfig(m=args.m, ef_construct=args.ef_construct, full_scan_threshold=10_000)
-    config = qe.EdgeConfig(vectors=qe.EdgeVectorParams(size=DIM, distance=qe.Distance.Cosine), hnsw_config=hnsw)
+    quantization = (
+        None if args.float else qe.ScalarQuantizationConfig(type=qe.ScalarType.Int8, quantile=0.99, always_ram=True)
+    )
+    config = qe.EdgeConfig(
+        vectors=qe.EdgeVectorParams(size=DIM, distance=qe.Distance.Cosine),
+        hnsw_config=hnsw,
+        quantization_config=quantization,
+    )
+    rescored = None if args.float else qe.QuantizationSearchParams(rescore=True, oversampling=args.oversampling)
     with tempfile.TemporaryDirectory(prefix="facestream-scale-") as folder:
         shard = qe.EdgeShard.create(str(Path(folder) / "index"), config)
         started = time.perf_counter()
@@ -118,9 +131,10 @@ def main() -> int:
         shard.optimize()
         print(f"optimize (HNSW m={args.m}, ef_construct={args.ef_construct}): {time.perf_counter() - started:.1f} s")
         for ef in sorted(int(e) for e in args.efs.split(",")):
-            indexed, recall, mated = run(qe.SearchParams(hnsw_ef=ef))
+            indexed, recall, mated = run(qe.SearchParams(hnsw_ef=ef, quantization=rescored))
+            kind = "" if args.float else f"int8 x{args.oversampling:g}, "
             print(
-                f"HNSW search (top 10, ef={ef:<4d}):      {percentiles(indexed)}, recall@10 {recall:.3f}, "
+                f"HNSW search (top 10, {kind}ef={ef:<4d}):      {percentiles(indexed)}, recall@10 {recall:.3f}, "
                 f"identity's own points {mated:.3f}"
             )
         shard.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import shutil
 import sys
 import uuid
@@ -129,10 +130,10 @@ async def test_edge_gallery_builds_its_graph_aside_and_loses_no_change_made_mean
 async def test_a_log_file_that_goes_during_the_copy_does_not_fail_the_build(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The engine's own thread renames write-ahead-log files at any time, and one listed and gone
-    before it was read once failed a build. That timing cannot be provoked on cue, so the first
-    copy of a log file here fails as it did then (ENOENT); the copy is made again and the build
-    goes on. A folder left where the copy goes (a build killed earlier) does not stop it either."""
+    """A write-ahead-log file listed by the copy and gone before it was read once failed a build.
+    That timing cannot be provoked on cue, so the first copy of a log file here fails as it did
+    then (ENOENT); the copy is made again and the build goes on. A folder left where the copy goes
+    (a build killed earlier) does not stop it either."""
     failed: list[str] = []
 
     def vanishing(src: str, dst: str) -> object:
@@ -185,6 +186,36 @@ async def test_concurrent_upserts_start_one_build(tmp_path: Path, monkeypatch: p
     await g._build
     assert (len(started), g.builds) == (1, 1)
     assert await g.count() == 200
+    await g.close()
+
+
+async def test_the_graph_walks_int8_copies_and_answers_as_an_exact_search_does(tmp_path: Path) -> None:
+    """The built graph holds int8 copies of the vectors (a million-point build and search take half
+    as long: bench/gallery_scale.py); its candidates are scored again with the floats, so a
+    candidate just above the threshold is returned with its exact score, as a scan returns it."""
+    rng = np.random.default_rng(16)
+    centres = rng.standard_normal((500, 128)).astype(np.float32)
+    vectors = np.repeat(centres, 4, axis=0) + 0.06 * rng.standard_normal((2000, 128)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    g = EdgeGallery(tmp_path / "g", 128, index_after=2000)
+    await g.open()
+    await g.upsert([point(f"s{i}", "w", vectors[i].tolist()) for i in range(2000)])
+    assert g._build is not None
+    await g._build
+    assert g.builds == 1
+    assert g.unindexed() == 0
+    live = tmp_path / "g" / (tmp_path / "g" / "CURRENT").read_text().strip()
+    config = json.loads((live / "edge_config.json").read_text())
+    assert config["quantization_config"]["scalar"]["type"] == "int8"
+    queries = vectors[rng.choice(2000, 100, replace=False)] + 0.08 * rng.standard_normal((100, 128)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    for q in queries:
+        scores = vectors @ q
+        threshold = float(np.sort(scores)[-3]) - 1e-4  # the third best is just above it
+        [hits] = await g.search([q.tolist()], 10, threshold)
+        want = sorted((float(scores[i]), f"s{i}") for i in np.flatnonzero(scores >= threshold))[::-1]
+        assert [h.subject_id for h in hits] == [name for _, name in want]
+        assert [h.score for h in hits] == pytest.approx([score for score, _ in want], abs=1e-5)
     await g.close()
 
 
