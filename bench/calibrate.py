@@ -25,12 +25,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _help import Help
+
 from bench._devset import DEVSET, embed_all, labelled_images
 from facestream.services.matcher.operating import fit, identities, open_set, pair_scores
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=Help)
     parser.add_argument("--target", type=float, default=0.01)
     parser.add_argument("--sizes", default="25,50,100,150")
     parser.add_argument("--splits", type=int, default=20)

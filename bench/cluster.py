@@ -23,13 +23,16 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-from gallery_scale import clustered
+from gallery_scale import Uniform
 from qdrant_client import AsyncQdrantClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _help import Help
+
 from devtools.kafka_nodes import KafkaNodes
 from devtools.qdrant import QdrantCluster
-from facestream.services.matcher.gallery import EdgeGallery, Gallery, GalleryPoint, QdrantGallery
+from facestream.services.matcher.gallery import EdgeGallery, Gallery, GalleryPoint
+from facestream.services.matcher.server import QdrantGallery
 from tests.conftest import SAMPLES
 from tests.faults.run import GALLERY, PROBES, Clusters, _search
 from tests.harness import Pipeline
@@ -98,7 +101,7 @@ async def latency(gallery: Gallery, vectors: np.ndarray, queries: np.ndarray) ->
 
 
 async def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=Help)
     p.add_argument("--images", type=int, default=300)
     p.add_argument("--workers", default="1,2,3", help="workers per service to try ('': only the gallery part)")
     p.add_argument("--points", type=int, default=100_000)
@@ -115,7 +118,7 @@ async def main() -> int:
             rate = await images_per_s(clusters, folder / f"w{workers}", workers, args.images)
             print(f"  {workers} worker(s) per service: {rate:.1f}", flush=True)
         rng = np.random.default_rng(3)
-        vectors = clustered(rng, args.points // 4, 4, 0.06)
+        vectors = Uniform(rng, 0.06).points(args.points // 4, 4)
         queries = vectors[rng.choice(len(vectors), args.queries, replace=False)]
         print(f"gallery of {args.points:,} points, one query at a time, top 20:")
         cluster_gallery = QdrantGallery(AsyncQdrantClient(url=qdrant.url, timeout=60), 128, "bench", 3, 2)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from _help import Help
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from devtools.prometheus import LocalPrometheus
@@ -111,7 +112,7 @@ def legend(template: str, labels: dict[str, Any], prefix: str) -> str:
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=Help)
     parser.add_argument("--minutes", type=float, default=4.0)
     parser.add_argument("--rate", type=float, default=2.0, help="searches per second")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "dashboard.png")

@@ -24,6 +24,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _help import Help  # noqa: E402
+
 from devtools.localtriton import LocalTritonServer, build_repository  # noqa: E402
 from facestream.services.detector.logic import FaceDetector, align  # noqa: E402
 from facestream.services.embedder.logic import OnnxRuntimeBackend, prepared_path  # noqa: E402
@@ -67,7 +69,7 @@ async def run_async(
 
 
 async def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=Help)
     parser.add_argument("--seconds", type=float, default=8)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--triton-url")

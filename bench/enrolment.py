@@ -17,6 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 from _devset import DEVSET, ROOT, labelled_images
+from _help import Help
 
 from facestream.config import Settings
 from facestream.errors import RejectedEvent
@@ -26,7 +27,7 @@ from facestream.services.embedder.logic import OnnxRuntimeBackend, prepared_path
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=Help)
     p.add_argument("--devset", type=Path, default=DEVSET)
     p.add_argument("--show-refused", action="store_true", help="list each refused photo with its reason")
     args = p.parse_args()

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from _broker import on_local_broker
+from _help import Help
 
 from devtools.kafka_nodes import KafkaNodes
 from devtools.qdrant import QdrantCluster
@@ -55,7 +56,7 @@ def on_clusters(args: argparse.Namespace) -> Counts:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=Help)
     p.add_argument("--images", type=int, default=600)
     p.add_argument("--kills", type=int, default=6)
     p.add_argument("--receiver-down", type=float, default=60.0, help="seconds the receiver is away (0: never)")

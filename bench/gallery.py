@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 from _broker import on_local_broker
+from _help import Help
 from cryptography.fernet import Fernet
 from pydantic import SecretStr
 
@@ -210,7 +211,7 @@ def main() -> int:
     if len(sys.argv) == 4 and sys.argv[1] == "--replica":  # the other replica's process
         asyncio.run(replica_process(sys.argv[2], Path(sys.argv[3])))
         return 0
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=Help)
     p.add_argument("--points", type=int, default=100_000)
     p.add_argument("--per-subject", type=int, default=2)
     p.add_argument("--erasures", type=int, default=50)

@@ -12,12 +12,13 @@ import argparse
 import sys
 
 from _broker import on_local_broker
+from _help import Help
 
 from tests.faults.hostile import hostile_run
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=Help)
     p.add_argument("--events", type=int, default=20_000)
     p.add_argument("--control-every", type=int, default=25)
     args = p.parse_args()

@@ -29,6 +29,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _help import Help  # noqa: E402
+
 from facestream.cli import IMAGE_SUFFIXES  # noqa: E402
 from facestream.models import SFACE, YUNET, path_of  # noqa: E402
 from facestream.services.detector.logic import MAX_SIDE, FaceDetector, align  # noqa: E402
@@ -62,7 +64,7 @@ def fitted(image: np.ndarray) -> np.ndarray:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=Help)
     p.add_argument("--images", type=Path, default=ROOT.parent / "shared/data/faces/devset")
     p.add_argument("--limit", type=int, default=300)
     p.add_argument("--rounds", type=int, default=5)

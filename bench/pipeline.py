@@ -36,6 +36,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from _help import Help
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -190,7 +192,7 @@ def _square(source: Path, target: Path, side: int) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=Help)
     parser.add_argument("--images", type=Path)
     parser.add_argument("--limit", type=int, default=0)
     parser.add_argument("--repeat", type=int, default=1, help="submit each probe this many times (distinct ids)")

@@ -25,6 +25,8 @@ from aiohttp import web
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _help import Help  # noqa: E402
+
 from devtools.receiver import Delivery, WebhookReceiver  # noqa: E402
 from facestream.config import Settings  # noqa: E402
 from facestream.contracts.timeutil import now_iso, parse_iso  # noqa: E402
@@ -140,7 +142,7 @@ async def run(matches: int, subscribers: int, slow: bool) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=Help)
     parser.add_argument("--matches", type=int, default=2000)
     parser.add_argument("--subscribers", type=int, default=3)
     parser.add_argument("--slow", action="store_true", help="add a subscriber that hangs every request")

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import ast
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -114,3 +116,13 @@ def test_readme_layout_names_every_part() -> None:
     ignored = {"facestream.egg-info", "out", "__pycache__"}
     for name in [*subpackages, *SERVICES, *(f for f in folders if f not in ignored)]:
         assert re.search(rf"\b{re.escape(name)}/", layout), f"README layout does not name {name}/"
+
+
+def test_commands_and_workers_start_without_the_optional_clients() -> None:
+    """Every command and worker imports services/main.py; qdrant-client (0.7 s) and onnx (80 ms)
+    are imported only where a server gallery or a detector is made, not by every start."""
+    probe = "import sys, facestream.services.main; print(sorted({m.split('.')[0] for m in sys.modules}))"
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, check=True)
+    modules = set(ast.literal_eval(loaded.stdout))
+    assert "facestream" in modules
+    assert not modules & {"qdrant_client", "onnx"}

@@ -21,8 +21,9 @@ from facestream.config import Settings
 from facestream.contracts import ids
 from facestream.runtime.stage import Record
 from facestream.services.matcher import gallery as gallery_module
-from facestream.services.matcher.gallery import EdgeGallery, Gallery, GalleryPoint, Hit, QdrantGallery
+from facestream.services.matcher.gallery import EdgeGallery, Gallery, GalleryPoint, Hit
 from facestream.services.matcher.logic import candidates, retention_due
+from facestream.services.matcher.server import QdrantGallery
 from facestream.services.matcher.stage import MatcherStage
 from tests.helpers import RETAIN, SHA
 

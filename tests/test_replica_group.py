@@ -16,9 +16,9 @@ from facestream import contracts
 from facestream.config import Settings
 from facestream.contracts import ids
 from facestream.io.kafka import create_topics, delete_topics, producer, running
-from facestream.services.matcher.gallery import QdrantGallery
 from facestream.services.matcher.keys import KeyRing, gallery_keys
 from facestream.services.matcher.replica import Replica
+from facestream.services.matcher.server import QdrantGallery
 from facestream.services.matcher.service import SERVICE
 from tests.helpers import RETAIN
 

@@ -17,7 +17,6 @@ from typing import Any
 
 import cv2
 import numpy as np
-import onnx
 import onnxruntime as ort
 
 from facestream.errors import EnrolmentRejected
@@ -74,6 +73,8 @@ def _anchor_grids(height: int, width: int) -> dict[int, tuple[FloatArray, FloatA
 @functools.cache
 def size_free_yunet() -> bytes:
     """The YuNet graph with its input's height and width (and so every head's length) left open."""
+    import onnx  # here, not at the top: 80 ms of every command's start, needed by the detector alone
+
     model = onnx.load(str(path_of(YUNET)))
     dims = model.graph.input[0].type.tensor_type.shape.dim
     dims[2].dim_param, dims[3].dim_param = "height", "width"

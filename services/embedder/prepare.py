@@ -17,7 +17,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 
 from facestream.errors import ModelError
@@ -55,6 +54,8 @@ def prepare_sface(repository: Path) -> Path:
         done = json.loads(record.read_text())
         if done.get("source_sha256") == SFACE.sha256 and done.get("sha256") == _sha256(target):
             return target
+    import onnx  # here, not at the top: every command's start imports this module (80 ms)
+
     model = onnx.load(str(path_of(SFACE)))
     weights = {init.name for init in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in weights]

@@ -2,7 +2,9 @@
 and for local mode).
 
 - `EdgeGallery`: Qdrant's engine in-process (`qdrant-edge-py`) on local disk, the embedded default.
-- `QdrantGallery`: a Qdrant server or cluster through the async client.
+- `QdrantGallery` (services/matcher/server.py): a Qdrant server or cluster through the async
+  client, in a module of its own so that only a matcher configured for a server imports
+  qdrant-client (0.7 s of every worker's and command's start).
 
 The embedded engine searches new points by scanning them, and a graph (HNSW) pays once enough
 points are waiting for it: `index_after` (20,000 by default: an exact scan of that many 128-d
@@ -27,9 +29,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
-
-from qdrant_client import AsyncQdrantClient, models
-from qdrant_client.http.exceptions import UnexpectedResponse
 
 from facestream.ops.logs import get_logger
 
@@ -84,12 +83,12 @@ class Gallery(Protocol):
     async def count(self) -> int: ...
 
 
-def _hit(point_id: Any, score: float, payload: dict[str, Any] | None) -> Hit:
+def hit_from(point_id: Any, score: float, payload: dict[str, Any] | None) -> Hit:
     payload = payload or {}
     return Hit(str(point_id), float(score), str(payload.get("subject_id", "")), str(payload.get("watchlist", "")))
 
 
-def _term(payload: dict[str, Any] | None) -> tuple[str, str]:
+def term_from(payload: dict[str, Any] | None) -> tuple[str, str]:
     payload = payload or {}
     return str(payload.get("subject_id", "")), str(payload.get("retain_until", ""))
 
@@ -311,7 +310,7 @@ class EdgeGallery:
                         score_threshold=threshold,
                         params=params,
                     )
-                    results.append([_hit(p.id, p.score, p.payload) for p in self._shard.search(request)])
+                    results.append([hit_from(p.id, p.score, p.payload) for p in self._shard.search(request)])
                 return results
 
         return await asyncio.to_thread(run)
@@ -353,7 +352,7 @@ class EdgeGallery:
                     request = qe.ScrollRequest(offset=offset, limit=1024, with_payload=True)
                     records, offset = self._shard.scroll(request)
                 for r in records:
-                    found[str(r.id)] = _term(r.payload)
+                    found[str(r.id)] = term_from(r.payload)
                 if offset is None:
                     return found
 
@@ -365,97 +364,6 @@ class EdgeGallery:
                 return int(self._shard.count(self._qe.CountRequest(exact=True)))
 
         return await asyncio.to_thread(run)
-
-
-class QdrantGallery:
-    """A Qdrant collection on a server or a cluster, through `qdrant-client`'s async API.
-
-    On a cluster the collection is made with `shards` shards, each held by `replicas` peers: a
-    search is answered while every shard has a live replica, and an update is applied when one
-    replica of its shard has it (write consistency 1), the others catching up when they return."""
-
-    def __init__(
-        self, client: AsyncQdrantClient, dim: int, name: str = "faces", shards: int = 1, replicas: int = 1
-    ) -> None:
-        self.client = client
-        self.dim = dim
-        self.name = name
-        self.shards = shards
-        self.replicas = replicas
-
-    async def open(self) -> None:
-        if not await self.client.collection_exists(self.name):
-            try:
-                await self.client.create_collection(
-                    self.name,
-                    vectors_config=models.VectorParams(size=self.dim, distance=models.Distance.COSINE),
-                    shard_number=self.shards,
-                    replication_factor=self.replicas,
-                    write_consistency_factor=1,
-                )
-            except UnexpectedResponse as exc:  # another matcher made it first: the same collection
-                if not await self.client.collection_exists(self.name):
-                    raise
-                log.info("gallery_collection_exists", collection=self.name, status=exc.status_code)
-        for field in GALLERY_FIELDS:  # idempotent: each matcher makes sure, also after a race
-            await self.client.create_payload_index(self.name, field, models.PayloadSchemaType.KEYWORD, wait=True)
-
-    async def close(self) -> None:
-        await self.client.close()
-
-    def _filter(self, watchlists: list[str] | None) -> models.Filter | None:
-        if not watchlists:
-            return None
-        return models.Filter(must=[models.FieldCondition(key="watchlist", match=models.MatchAny(any=watchlists))])
-
-    async def upsert(self, points: list[GalleryPoint]) -> None:
-        await self.client.upsert(
-            self.name,
-            points=[models.PointStruct(id=p.point_id, vector=p.vector, payload=p.payload) for p in points],
-            wait=True,
-        )
-
-    async def search(
-        self, vectors: list[list[float]], limit: int, threshold: float, watchlists: list[str] | None = None
-    ) -> list[list[Hit]]:
-        flt = self._filter(watchlists)
-        requests = [
-            models.QueryRequest(query=v, limit=limit, score_threshold=threshold, filter=flt, with_payload=True)
-            for v in vectors
-        ]
-        responses = await self.client.query_batch_points(self.name, requests=requests)
-        return [[_hit(p.id, p.score, p.payload) for p in r.points] for r in responses]
-
-    async def delete_subject(self, subject_id: str) -> None:
-        flt = models.Filter(must=[models.FieldCondition(key="subject_id", match=models.MatchValue(value=subject_id))])
-        await self.client.delete(self.name, points_selector=models.FilterSelector(filter=flt), wait=True)
-
-    async def delete_points(self, point_ids: list[str]) -> None:
-        await self.client.delete(self.name, points_selector=models.PointIdsList(points=list(point_ids)), wait=True)
-
-    async def point_ids(self, subject_id: str) -> list[str]:
-        flt = models.Filter(must=[models.FieldCondition(key="subject_id", match=models.MatchValue(value=subject_id))])
-        found: list[str] = []
-        offset: Any = None
-        while True:
-            records, offset = await self.client.scroll(self.name, scroll_filter=flt, limit=256, offset=offset)
-            found += [str(r.id) for r in records]
-            if offset is None:
-                return found
-
-    async def terms(self) -> dict[str, tuple[str, str]]:
-        found: dict[str, tuple[str, str]] = {}
-        offset: Any = None
-        while True:
-            records, offset = await self.client.scroll(
-                self.name, limit=1024, offset=offset, with_payload=["subject_id", "retain_until"]
-            )
-            found.update({str(r.id): _term(r.payload) for r in records})
-            if offset is None:
-                return found
-
-    async def count(self) -> int:
-        return (await self.client.count(self.name, exact=True)).count
 
 
 def _copy_file(src: str, dst: str) -> object:

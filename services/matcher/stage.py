@@ -9,8 +9,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from qdrant_client import AsyncQdrantClient
-
 from facestream import audit, contracts, purposes
 from facestream.config import Settings
 from facestream.contracts import ids
@@ -21,7 +19,7 @@ from facestream.ops.metrics import SEARCH_SECONDS
 from facestream.runtime.stage import FACE_FIELDS, Outcome, Output, Record, carry
 from facestream.services.matcher import operating
 from facestream.services.matcher.eraser import Eraser
-from facestream.services.matcher.gallery import EdgeGallery, Gallery, QdrantGallery
+from facestream.services.matcher.gallery import EdgeGallery, Gallery
 from facestream.services.matcher.keys import KeyRing, gallery_keys
 from facestream.services.matcher.logic import candidates
 from facestream.services.matcher.replica import Replica, claim_directory, point_of
@@ -29,15 +27,6 @@ from facestream.services.matcher.replica import Replica, claim_directory, point_
 log = get_logger(__name__)
 REVIEW = "candidate: investigative lead, requires human confirmation"
 EMBEDDING_DIM = 128
-
-
-def qdrant_gallery(settings: Settings) -> QdrantGallery:
-    """The gallery on the Qdrant server or cluster the settings name."""
-    key = settings.qdrant_api_key.get_secret_value() or None
-    client = AsyncQdrantClient(url=settings.qdrant_url, api_key=key, timeout=int(max(1, settings.qdrant_timeout_s)))
-    return QdrantGallery(
-        client, EMBEDDING_DIM, settings.gallery_name, shards=settings.qdrant_shards, replicas=settings.qdrant_replicas
-    )
 
 
 def gallery_record(event: dict[str, Any], key_id: str, ring: KeyRing) -> dict[str, Any]:
@@ -93,7 +82,9 @@ class MatcherStage:
     async def start(self) -> None:
         folder: Path | None = None
         if self._given is None and self.settings.gallery_backend == "qdrant":
-            self._gallery = qdrant_gallery(self.settings)
+            from facestream.services.matcher.server import qdrant_gallery  # qdrant-client only when used
+
+            self._gallery = qdrant_gallery(self.settings, EMBEDDING_DIM)
         elif self._given is None:
             folder, self._lock_fd = claim_directory(self.settings.gallery_path)
             self._gallery = EdgeGallery(
