@@ -15,10 +15,11 @@ ROOT = Path(__file__).resolve().parent.parent
 def spawn(
     config: Path, services: Sequence[str] = (), log: Path | None = None, env: dict[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
-    """Start `facestream run` as a separate worker process with settings file `config`."""
+    """Start `facestream run` as a separate worker process with settings file `config`; it is
+    stopped (SIGTERM) if this process dies first (devtools/child.py)."""
     args = [a for name in services for a in ("--service", name)]
     env = {**os.environ, **(env or {}), "FACESTREAM_CONFIG": str(config)}
-    command = [sys.executable, "-m", "facestream.services", "run", *args]
+    command = [sys.executable, "-m", "devtools.child", str(os.getpid()), "facestream.services", "run", *args]
     if log is None:
         return subprocess.Popen(command, env=env, cwd=ROOT)
     with open(log, "wb") as out:
