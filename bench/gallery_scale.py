@@ -47,7 +47,7 @@ from _help import Help
 
 from facestream.config import Settings
 from facestream.services.matcher import operating
-from facestream.services.matcher.gallery import HNSW_EF_CONSTRUCT, HNSW_M, OVERSAMPLING
+from facestream.services.matcher.gallery import HNSW_EF_CONSTRUCT, HNSW_M, INT8_QUANTILE, OVERSAMPLING
 
 DIM = 128
 
@@ -166,9 +166,8 @@ def main() -> int:
         model.likeness(vectors, args.per_identity)
     ids = [str(uuid.UUID(int=i + 1)) for i in range(len(vectors))]
     hnsw = qe.HnswIndexConfig(m=args.m, ef_construct=args.ef_construct, full_scan_threshold=10_000)
-    quantization = (
-        None if args.float else qe.ScalarQuantizationConfig(type=qe.ScalarType.Int8, quantile=0.99, always_ram=True)
-    )
+    int8 = qe.ScalarQuantizationConfig(type=qe.ScalarType.Int8, quantile=INT8_QUANTILE, always_ram=True)
+    quantization = None if args.float else int8
     config = qe.EdgeConfig(
         vectors=qe.EdgeVectorParams(size=DIM, distance=qe.Distance.Cosine),
         hnsw_config=hnsw,

@@ -11,6 +11,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -21,7 +22,17 @@ from facestream.config import Settings
 from facestream.contracts import ids
 from facestream.runtime.stage import Record
 from facestream.services.matcher import gallery as gallery_module
-from facestream.services.matcher.gallery import EdgeGallery, Gallery, GalleryPoint, Hit
+from facestream.services.matcher.gallery import (
+    HNSW_EF_CONSTRUCT,
+    HNSW_M,
+    INT8_QUANTILE,
+    OVERSAMPLING,
+    SEARCH_EF,
+    EdgeGallery,
+    Gallery,
+    GalleryPoint,
+    Hit,
+)
 from facestream.services.matcher.logic import candidates, retention_due
 from facestream.services.matcher.server import QdrantGallery
 from facestream.services.matcher.stage import MatcherStage
@@ -218,6 +229,35 @@ async def test_the_graph_walks_int8_copies_and_answers_as_an_exact_search_does(t
         assert [h.subject_id for h in hits] == [name for _, name in want]
         assert [h.score for h in hits] == pytest.approx([score for score, _ in want], abs=1e-5)
     await g.close()
+
+
+async def test_a_server_gallery_is_made_and_searched_as_the_embedded_one(qdrant_server: str) -> None:
+    """The collection on the real Qdrant server has the embedded shard's graph and int8 copies,
+    and its searches ask for the same ef and rescoring, so both answer alike."""
+    g = server_gallery(qdrant_server, 128)
+    await g.open()
+    try:
+        info = await g.client.get_collection(g.name)
+        assert (info.config.hnsw_config.m, info.config.hnsw_config.ef_construct) == (HNSW_M, HNSW_EF_CONSTRUCT)
+        scalar = info.config.quantization_config.scalar  # type: ignore[union-attr]
+        assert (scalar.type, scalar.quantile, scalar.always_ram) == ("int8", INT8_QUANTILE, True)
+        sent: list[Any] = []
+        query_batch_points = g.client.query_batch_points
+
+        async def recorded(name: str, requests: list[Any], **kwargs: Any) -> Any:
+            sent.extend(requests)
+            return await query_batch_points(name, requests=requests, **kwargs)
+
+        g.client.query_batch_points = recorded  # type: ignore[method-assign]
+        await g.upsert([point("alice", "w", unit(1)), point("bob", "w", unit(0, 1))])
+        [hits] = await g.search([unit(1, 0.1)], 10, 0.5)
+        assert [h.subject_id for h in hits] == ["alice"]
+        [request] = sent
+        assert request.params.hnsw_ef == SEARCH_EF
+        assert (request.params.quantization.rescore, request.params.quantization.oversampling) == (True, OVERSAMPLING)
+    finally:
+        await g.client.delete_collection(g.name)
+        await g.close()
 
 
 async def test_closing_the_edge_gallery_during_a_build_stops_the_build(tmp_path: Path) -> None:

@@ -46,6 +46,7 @@ SEARCH_EF = 128
 # million points this halved both the build (1,045 s against 2,159 s) and the search time at equal
 # recall (bench/gallery_scale.py, and --float without them; the README has both tables).
 OVERSAMPLING = 2.0
+INT8_QUANTILE = 0.99  # the int8 range covers this share of the values; outliers are clipped
 INDEX_AFTER = 20_000
 RETRY_BUILD_S = 600.0  # a build that failed (disk full, killed) is not tried again on every upsert
 COPY_ATTEMPTS = 5  # a copy that meets a file gone under it is made again
@@ -120,7 +121,9 @@ class EdgeGallery:
             ),
             # A segment is given a graph once it holds index_after points (the threshold is in KB).
             optimizers=qe.EdgeOptimizersConfig(indexing_threshold=max(1, int(self.index_after * vector_kb))),
-            quantization_config=qe.ScalarQuantizationConfig(type=qe.ScalarType.Int8, quantile=0.99, always_ram=True),
+            quantization_config=qe.ScalarQuantizationConfig(
+                type=qe.ScalarType.Int8, quantile=INT8_QUANTILE, always_ram=True
+            ),
         )
 
     async def open(self) -> None:

@@ -11,9 +11,23 @@ from qdrant_client.http.exceptions import UnexpectedResponse
 
 from facestream.config import Settings
 from facestream.ops.logs import get_logger
-from facestream.services.matcher.gallery import GALLERY_FIELDS, GalleryPoint, Hit, hit_from, term_from
+from facestream.services.matcher.gallery import (
+    GALLERY_FIELDS,
+    HNSW_EF_CONSTRUCT,
+    HNSW_M,
+    INT8_QUANTILE,
+    OVERSAMPLING,
+    SEARCH_EF,
+    GalleryPoint,
+    Hit,
+    hit_from,
+    term_from,
+)
 
 log = get_logger(__name__)
+SEARCH = models.SearchParams(
+    hnsw_ef=SEARCH_EF, quantization=models.QuantizationSearchParams(rescore=True, oversampling=OVERSAMPLING)
+)
 
 
 def qdrant_gallery(settings: Settings, dim: int) -> QdrantGallery:
@@ -29,7 +43,13 @@ class QdrantGallery:
 
     On a cluster the collection is made with `shards` shards, each held by `replicas` peers: a
     search is answered while every shard has a live replica, and an update is applied when one
-    replica of its shard has it (write consistency 1), the others catching up when they return."""
+    replica of its shard has it (write consistency 1), the others catching up when they return.
+
+    The collection is made as the embedded gallery's shard is (services/matcher/gallery.py): the
+    same graph (m, ef_construct), walked on int8 copies kept in RAM, the best candidates scored
+    again with the floats, searched at the same ef; so a server gallery answers as the embedded one
+    does. A collection made by an earlier version keeps its settings (change them with Qdrant's
+    update-collection API)."""
 
     def __init__(
         self, client: AsyncQdrantClient, dim: int, name: str = "faces", shards: int = 1, replicas: int = 1
@@ -49,6 +69,12 @@ class QdrantGallery:
                     shard_number=self.shards,
                     replication_factor=self.replicas,
                     write_consistency_factor=1,
+                    hnsw_config=models.HnswConfigDiff(m=HNSW_M, ef_construct=HNSW_EF_CONSTRUCT),
+                    quantization_config=models.ScalarQuantization(
+                        scalar=models.ScalarQuantizationConfig(
+                            type=models.ScalarType.INT8, quantile=INT8_QUANTILE, always_ram=True
+                        )
+                    ),
                 )
             except UnexpectedResponse as exc:  # another matcher made it first: the same collection
                 if not await self.client.collection_exists(self.name):
@@ -77,7 +103,9 @@ class QdrantGallery:
     ) -> list[list[Hit]]:
         flt = self._filter(watchlists)
         requests = [
-            models.QueryRequest(query=v, limit=limit, score_threshold=threshold, filter=flt, with_payload=True)
+            models.QueryRequest(
+                query=v, limit=limit, score_threshold=threshold, filter=flt, params=SEARCH, with_payload=True
+            )
             for v in vectors
         ]
         responses = await self.client.query_batch_points(self.name, requests=requests)
