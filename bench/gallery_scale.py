@@ -154,7 +154,9 @@ def main() -> int:
     p.add_argument("--efs", default="64,128,512", help="search ef values to try")
     p.add_argument("--no-build", action="store_true", help="stop after ingest, the copy and exact search")
     p.add_argument("--spread", type=float, default=0.06, help="per-dimension noise around an identity's centre")
-    p.add_argument("--like", type=Path, help="draw points as the embeddings of this folder's photos lie (docstring)")
+    p.add_argument(
+        "--like", type=Path, help="a folder of photos per person: draw points as their embeddings lie (fit in ~30 s)"
+    )
     p.add_argument("--float", action="store_true", help="the graph on the floats, without the matcher's int8 copies")
     p.add_argument("--oversampling", type=float, default=OVERSAMPLING, help="int8: candidates rescored, per result")
     args = p.parse_args()
@@ -235,8 +237,8 @@ def main() -> int:
 
         exact, recall, mated, listed = run(qe.SearchParams(exact=True))
         print(
-            f"exact search (top 10):                 {percentiles(exact)}, recall@10 {recall:.3f}, own {mated:.3f}, "
-            f"candidates {listed:.3f}"
+            f"exact search (top 10):                 {percentiles(exact)}, recall@10 {recall:.3f}, "
+            f"own points {mated:.3f}, candidates {listed:.3f}"
         )
         if args.no_build:
             shard.close()
@@ -249,7 +251,7 @@ def main() -> int:
             kind = "" if args.float else f"int8 x{args.oversampling:g}, "
             print(
                 f"HNSW search (top 10, {kind}ef={ef:<4d}):      {percentiles(indexed)}, recall@10 {recall:.3f}, "
-                f"identity's own points {mated:.3f}, candidates {listed:.3f}"
+                f"own points {mated:.3f}, candidates {listed:.3f}"
             )
         shard.close()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
