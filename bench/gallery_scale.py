@@ -64,8 +64,8 @@ class Uniform:
         self.rng, self.spread = rng, spread
 
     def points(self, identities: int, per: int) -> np.ndarray:
-        self.centres = unit(self.rng.standard_normal((identities, DIM)).astype(np.float32))
-        return self._noisy(np.repeat(self.centres, per, axis=0))
+        centres = unit(self.rng.standard_normal((identities, DIM)).astype(np.float32))
+        return self._noisy(np.repeat(centres, per, axis=0))
 
     def _noisy(self, rows: np.ndarray) -> np.ndarray:
         return unit(rows + self.spread * self.rng.standard_normal(rows.shape).astype(np.float32))
@@ -81,8 +81,7 @@ class FaceLike:
     def __init__(self, rng: np.random.Generator, vectors: np.ndarray, labels: list[str]) -> None:
         self.rng = rng
         real = unit(vectors).astype(np.float64)
-        people = sorted(set(labels))
-        person = np.array([people.index(label) for label in labels])
+        people, person = np.unique(labels, return_inverse=True)
         means = np.stack([real[person == i].mean(axis=0) for i in range(len(people))])
         self.mean = real.mean(axis=0)
         ridge = 1e-6 * np.eye(DIM)  # fewer people than dimensions leaves the estimate singular
@@ -95,7 +94,7 @@ class FaceLike:
         alone = np.bincount(person)[person] == 1  # a person with one photo says nothing about it
         self.scales = np.linalg.norm(within[~alone], axis=1) / np.sqrt(np.trace(covariance))
         self.scales *= np.sqrt(1 / np.mean(self.scales**2))  # the covariance keeps its size on average
-        self.real, self.person = real, person
+        self.real, self.labels = real, labels
 
     def _draw(self, centres: np.ndarray) -> np.ndarray:
         noise = self.rng.standard_normal(centres.shape) @ self.within.T
@@ -110,14 +109,12 @@ class FaceLike:
 
     def likeness(self, points: np.ndarray, per: int) -> None:
         """Genuine and impostor scores: the real photos against a sample of drawn points."""
-        for name, rows, person in (
-            ("real photos", self.real, self.person),
-            ("drawn points", points[: 4000 // per * per], np.arange(4000 // per).repeat(per)),
+        drawn = [str(i // per) for i in range(4000 // per * per)]
+        for name, rows, labels in (
+            ("real photos", self.real, self.labels),
+            ("drawn points", points[: len(drawn)], drawn),
         ):
-            scores = rows @ rows.T
-            upper = np.triu_indices(len(rows), 1)
-            same = person[upper[0]] == person[upper[1]]
-            genuine, impostor = scores[upper][same], scores[upper][~same]
+            genuine, impostor = operating.pair_scores(rows, labels)
             print(
                 f"{name:>12}: genuine mean {genuine.mean():.3f} (sd {genuine.std():.3f}), impostor mean "
                 f"{impostor.mean():.3f} (sd {impostor.std():.3f}, 99th {np.percentile(impostor, 99):.3f}, "
