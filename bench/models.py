@@ -3,8 +3,8 @@
 - YuNet: the project's detector (ONNX Runtime, the size-free graph at the image's own size, long
   side capped at 640), the same on a fixed 640x640 input (what the model file pins), and OpenCV's
   `FaceDetectorYN` at the image's size.
-- SFace: the prepared model on OpenCV's DNN module (the pipeline's default) and on ONNX Runtime, each
-  one aligned face a call and in batches of 16 (per face), and OpenCV's `FaceRecognizerSF` (the
+- SFace: the prepared model on OpenVINO (the pipeline's default), OpenCV's DNN module and ONNX Runtime,
+  each one aligned face a call and in batches of 16 (per face), and OpenCV's `FaceRecognizerSF` (the
   packaged model, what the ceiling in bench/pipeline.py runs), one face a call.
 
 Rounds alternate the runtimes (a shared machine's speed drifts); medians of the per-round means.
@@ -37,6 +37,7 @@ from facestream.services.detector.logic import MAX_SIDE, FaceDetector, align  # 
 from facestream.services.embedder.logic import (  # noqa: E402
     OnnxRuntimeBackend,
     OpenCvBackend,
+    OpenVinoBackend,
     prepared_path,
     preprocess,
 )
@@ -97,13 +98,17 @@ def main() -> int:
             crops.append(align(image, faces[0]))
     backend = OnnxRuntimeBackend(prepared_path(ROOT / "models"))
     opencv, single = OpenCvBackend(prepared_path(ROOT / "models")), OpenCvBackend(prepared_path(ROOT / "models"), 1)
+    openvino = OpenVinoBackend(prepared_path(ROOT / "models"))
+    openvino_single = OpenVinoBackend(prepared_path(ROOT / "models"), 1)
     batches = [crops[i : i + 16] for i in range(0, len(crops), 16)]
     sface = cv2.FaceRecognizerSF.create(str(path_of(SFACE)), "")
     runs: dict[str, tuple[list[Any], Callable[[Any], Any]]] = {
         "YuNet, ONNX Runtime at the image's size (the pipeline)": (images, detector.detect),
         "YuNet, ONNX Runtime at 640x640": (images, at_640),
         "YuNet, OpenCV at the image's size": (images, opencv_yunet),
-        "SFace, OpenCV DNN, batches of 16 (the pipeline; per face)": (batches, opencv.embed),
+        "SFace, OpenVINO, batches of 16 (the pipeline; per face)": (batches, openvino.embed),
+        "SFace, OpenVINO, one face a call": (crops, lambda crop: openvino_single.embed([crop])),
+        "SFace, OpenCV DNN, batches of 16 (per face)": (batches, opencv.embed),
         "SFace, OpenCV DNN, one face a call": (crops, lambda crop: single.embed([crop])),
         "SFace, ONNX Runtime, one face a call": (crops, lambda crop: backend.embed([crop])),
         "SFace, ONNX Runtime, batches of 16 (per face)": (

@@ -2,8 +2,8 @@
 
 1. Ceiling: the best raw path for the same two models, OpenCV's own `FaceDetectorYN` at the image's
    size (long side capped at 640) and `FaceRecognizerSF`, in 2 processes of 1 thread each.
-2. Plain loop: the project's own model code (decode, detect, align, embed every face), in 2
-   processes (no Kafka, no JSON).
+2. Plain loop: the project's own model code (decode, detect, align, embed every face on the configured
+   `embedder_runtime`), in 2 processes (no Kafka, no JSON).
 3. End to end: the demo's machinery (devtools/demo.py) on a real local Kafka: the gallery is enrolled first,
    then every probe is submitted; images/s = probes / (first probe submitted .. last outcome known).
 
@@ -46,10 +46,12 @@ _state: dict[str, object] = {}
 
 
 def _init() -> None:
+    from facestream.config import load_settings
     from facestream.services.detector.logic import FaceDetector
     from facestream.services.embedder.logic import load_backend, prepared_path
 
-    _state["detector"], _state["backend"] = FaceDetector(), load_backend(prepared_path(ROOT / "models"))
+    runtime = load_settings().embedder_runtime  # as the pipeline's model processes run it
+    _state["detector"], _state["backend"] = FaceDetector(), load_backend(prepared_path(ROOT / "models"), runtime)
 
 
 def _one(path: str) -> int:

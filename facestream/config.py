@@ -279,10 +279,11 @@ class Settings(BaseSettings):
     model_repository: Path = Field(
         Path("models"), description="model repository: the prepared SFace (`facestream prepare-model`), also Triton's"
     )
-    embedder_runtime: Literal["opencv", "onnxruntime"] = Field(
-        "opencv",
-        description="SFace's runtime in the model processes when triton_url is unset: opencv (OpenCV's DNN "
-        "module, the faster one on the CPUs measured by bench/models.py) or onnxruntime; the same embeddings",
+    embedder_runtime: Literal["openvino", "opencv", "onnxruntime"] = Field(
+        "openvino",
+        description="SFace's runtime in the model processes when triton_url is unset: openvino (the least CPU "
+        "a face on the CPUs measured by bench/models.py), opencv (OpenCV's DNN module) or onnxruntime; the "
+        "same embeddings",
     )
     # Matcher
     gallery_backend: Literal["edge", "qdrant"] = Field(

@@ -60,10 +60,14 @@ message.max.bytes=16777216
 CONF
 }
 
+# The JIT's first tier only (FACESTREAM_KAFKA_JVM_OPTS replaces it, set empty for the JVM's default):
+# the optimising tier spent 10-16 s of CPU compiling in a fresh broker's first pipeline run and still
+# 1-2 s a run half an hour later, while the broker's own CPU per probe was no lower once it settled
+# (README, Throughput). This broker is for development, tests and benches on small machines.
+jvm_opts=(-Xms256m -Xmx1g -XX:+UseG1GC ${FACESTREAM_KAFKA_JVM_OPTS--XX:TieredStopAtLevel=1} -Djava.awt.headless=true
+  -Dlog4j2.configurationFile="$root/kafka/log4j2.yaml")
 java_run() {
-  java -Xms256m -Xmx1g -XX:+UseG1GC -Djava.awt.headless=true \
-    -Dlog4j2.configurationFile="$root/kafka/log4j2.yaml" \
-    -cp "$lib/*" "$@"
+  java "${jvm_opts[@]}" -cp "$lib/*" "$@"
 }
 
 up() {
@@ -82,9 +86,7 @@ up() {
     java_run kafka.tools.StorageTool format -t "$(java_run kafka.tools.StorageTool random-uuid)" \
       -c "$state/server.properties" >"$state/format.log" 2>&1 || { cat "$state/format.log" >&2; exit 1; }
   fi
-  nohup java -Xms256m -Xmx1g -XX:+UseG1GC -Djava.awt.headless=true \
-    -Dlog4j2.configurationFile="$root/kafka/log4j2.yaml" \
-    -cp "$lib/*" kafka.Kafka "$state/server.properties" >"$logfile" 2>&1 &
+  nohup java "${jvm_opts[@]}" -cp "$lib/*" kafka.Kafka "$state/server.properties" >"$logfile" 2>&1 &
   echo $! > "$pidfile"
   for _ in $(seq 1 120); do
     if answers; then echo "kafka: up on 127.0.0.1:$port (pid $(cat "$pidfile"))"; return 0; fi

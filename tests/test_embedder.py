@@ -15,7 +15,13 @@ from facestream.config import Settings
 from facestream.errors import MalformedEvent
 from facestream.runtime.stage import Record
 from facestream.services.detector.logic import FaceDetector, align
-from facestream.services.embedder.logic import EmbeddingBackend, OnnxRuntimeBackend, OpenCvBackend, load_backend
+from facestream.services.embedder.logic import (
+    EmbeddingBackend,
+    OnnxRuntimeBackend,
+    OpenCvBackend,
+    OpenVinoBackend,
+    load_backend,
+)
 from facestream.services.embedder.stage import EmbedderStage
 from tests.conftest import MODEL, SAMPLES, read
 from tests.helpers import face_detected
@@ -81,23 +87,27 @@ async def test_stage_batches_and_validates(detector: FaceDetector, settings: Set
 
 
 def test_the_runtimes_give_the_same_embeddings(detector: FaceDetector) -> None:
-    """OpenCV's DNN module (the default, faster here) and ONNX Runtime (Triton's runtime) run the same
-    prepared graph: a gallery enrolled on one is searched on the other. Batched or one face a call,
-    and from several threads at once (each gets its own network), the numbers are the same."""
-    opencv = load_backend(MODEL)
-    assert isinstance(opencv, OpenCvBackend)
-    assert cv2.getNumThreads() == 1  # one thread a call: the model processes give the concurrency
+    """OpenVINO (the default, the least CPU here), OpenCV's DNN module and ONNX Runtime (Triton's
+    runtime) run the same prepared graph: a gallery enrolled on one is searched on another. Batched
+    or one face a call, and from several threads at once (each gets its own network or inference
+    request), the numbers are the same."""
+    default = load_backend(MODEL)
+    assert isinstance(default, OpenVinoBackend)
     onnx = OnnxRuntimeBackend(MODEL)
     reference, _ = embed(detector, onnx)
-    batched, _ = embed(detector, opencv)
-    assert np.abs(batched - reference).max() < 1e-5
     crops = []
     for path in PHOTOS:
         image = read(path)
         crops.append(align(image, max(detector.detect(image), key=lambda f: f.area)))
-    one_by_one = np.concatenate([OpenCvBackend(MODEL, batch=1).embed([c]) for c in crops[:4]])
-    assert np.abs(one_by_one - reference[:4]).max() < 1e-5
-    with ThreadPoolExecutor(4) as pool:
-        parallel = list(pool.map(lambda i: opencv.embed(crops[i : i + 3]), range(0, len(crops), 3)))
-    assert np.abs(np.concatenate(parallel) - reference).max() < 1e-5
-    assert opencv.embed([]).shape == (0, 128)
+    opencv = load_backend(MODEL, "opencv")
+    assert isinstance(opencv, OpenCvBackend)
+    assert cv2.getNumThreads() == 1  # one thread a call: the model processes give the concurrency
+    for backend, single in ((default, OpenVinoBackend(MODEL, batch=1)), (opencv, OpenCvBackend(MODEL, batch=1))):
+        batched, _ = embed(detector, backend)
+        assert np.abs(batched - reference).max() < 1e-5
+        one_by_one = np.concatenate([single.embed([c]) for c in crops[:4]])
+        assert np.abs(one_by_one - reference[:4]).max() < 1e-5
+        with ThreadPoolExecutor(4) as pool:
+            parallel = list(pool.map(lambda i, b=backend: b.embed(crops[i : i + 3]), range(0, len(crops), 3)))
+        assert np.abs(np.concatenate(parallel) - reference).max() < 1e-5
+        assert backend.embed([]).shape == (0, 128)

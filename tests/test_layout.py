@@ -119,10 +119,11 @@ def test_readme_layout_names_every_part() -> None:
 
 
 def test_commands_and_workers_start_without_the_optional_clients() -> None:
-    """Every command and worker imports services/main.py; qdrant-client (0.7 s) and onnx (80 ms)
-    are imported only where a server gallery or a detector is made, not by every start."""
+    """Every command and worker imports services/main.py; qdrant-client (0.7 s), onnx (80 ms) and
+    OpenVINO (0.2 s) are imported only where a server gallery, a detector or an embedder is made,
+    not by every start."""
     probe = "import sys, facestream.services.main; print(sorted({m.split('.')[0] for m in sys.modules}))"
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, check=True)
     modules = set(ast.literal_eval(loaded.stdout))
     assert "facestream" in modules
-    assert not modules & {"qdrant_client", "onnx"}
+    assert not modules & {"qdrant_client", "onnx", "openvino"}

@@ -1,5 +1,6 @@
-"""Face embedding backends. `EmbeddingBackend` is the interface; `OpenCvBackend` (the embedded
-default) and `OnnxRuntimeBackend` run SFace in-process. A Triton backend implements the same interface."""
+"""Face embedding backends. `EmbeddingBackend` is the interface; `OpenVinoBackend` (the embedded
+default), `OpenCvBackend` and `OnnxRuntimeBackend` run SFace in-process. A Triton backend implements
+the same interface."""
 
 from __future__ import annotations
 
@@ -17,9 +18,9 @@ from facestream.models import ALIGNED_SIZE, SFACE, session_options
 
 FloatArray = np.ndarray[Any, np.dtype[np.float32]]
 Crop = np.ndarray[Any, np.dtype[np.uint8]]
-Runtime = Literal["opencv", "onnxruntime"]
-# Faces per OpenCV DNN call: there batches of 16 cost less per face than one a call, while on ONNX
-# Runtime's CPU provider they cost more (bench/models.py prints all four).
+Runtime = Literal["openvino", "opencv", "onnxruntime"]
+# Faces per OpenCV DNN or OpenVINO call: there batches of 16 cost less per face (or the same) than one
+# a call, while on ONNX Runtime's CPU provider they cost more (bench/models.py prints them all).
 CPU_BATCH = 16
 
 
@@ -68,17 +69,38 @@ def l2_normalise(vectors: FloatArray) -> FloatArray:
     return normalised
 
 
-class OnnxRuntimeBackend:
-    """SFace on ONNX Runtime in this process. Thread-safe: call `embed` from several threads."""
+class _InProcessBackend:
+    """What the in-process runtimes share: the prepared file's check, and `embed` as calls of at most
+    `max_batch` faces to `_forward`."""
 
     model_name = SFACE.name
     model_version = SFACE.version
+    dim: int
+    max_batch: int
 
-    def __init__(self, model: Path, threads: int = 1) -> None:
+    def __init__(self, model: Path) -> None:
         if not model.exists():
             raise ModelError(
                 f"{model} is missing: prepare it with `facestream prepare-model` (part of scripts/install.sh)"
             )
+        self.model = model
+
+    def _forward(self, batch: FloatArray) -> FloatArray:
+        raise NotImplementedError
+
+    def embed(self, crops: list[Crop]) -> FloatArray:
+        if not crops:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        batch = preprocess(crops)
+        parts = [self._forward(batch[i : i + self.max_batch]) for i in range(0, len(batch), self.max_batch)]
+        return l2_normalise(np.concatenate(parts).astype(np.float32))
+
+
+class OnnxRuntimeBackend(_InProcessBackend):
+    """SFace on ONNX Runtime in this process. Thread-safe: call `embed` from several threads."""
+
+    def __init__(self, model: Path, threads: int = 1) -> None:
+        super().__init__(model)
         self.session = ort.InferenceSession(str(model), session_options(threads), providers=["CPUExecutionProvider"])
         inputs = self.session.get_inputs()
         self.input_name = inputs[0].name
@@ -91,62 +113,76 @@ class OnnxRuntimeBackend:
         self.output_name = self.session.get_outputs()[0].name
         self.dim = int(self.session.get_outputs()[0].shape[1])
 
-    def embed(self, crops: list[Crop]) -> FloatArray:
-        if not crops:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        batch = preprocess(crops)
-        parts = [
-            self.session.run([self.output_name], {self.input_name: batch[i : i + self.max_batch]})[0]
-            for i in range(0, len(batch), self.max_batch)
-        ]
-        return l2_normalise(np.concatenate(parts).astype(np.float32))
+    def _forward(self, batch: FloatArray) -> FloatArray:
+        out: FloatArray = self.session.run([self.output_name], {self.input_name: batch})[0]
+        return out
 
 
-class OpenCvBackend:
+class OpenCvBackend(_InProcessBackend):
     """SFace on OpenCV's DNN module in this process: the same graph and the same numbers as ONNX
-    Runtime (within 1e-5), and faster on the CPUs measured (bench/models.py). A `cv2.dnn.Net` is not
-    thread-safe, so each thread that calls `embed` gets its own."""
-
-    model_name = SFACE.name
-    model_version = SFACE.version
+    Runtime (within 1e-5), at less CPU than ONNX Runtime on the CPUs measured (bench/models.py). A
+    `cv2.dnn.Net` is not thread-safe, so each thread that calls `embed` gets its own."""
 
     def __init__(self, model: Path, batch: int = CPU_BATCH) -> None:
-        if not model.exists():
-            raise ModelError(
-                f"{model} is missing: prepare it with `facestream prepare-model` (part of scripts/install.sh)"
-            )
+        super().__init__(model)
         # One thread a call, like ONNX Runtime's options: concurrency comes from the model processes.
         cv2.setNumThreads(1)
-        self.model, self.max_batch = model, batch
+        self.max_batch = batch
         self._local = threading.local()
-        probe = np.zeros((1, 3, ALIGNED_SIZE, ALIGNED_SIZE), np.float32)
-        net = self._net()
-        net.setInput(probe)
-        self.dim = int(net.forward().shape[1])
+        self.dim = int(self._forward(np.zeros((1, 3, ALIGNED_SIZE, ALIGNED_SIZE), np.float32)).shape[1])
 
-    def _net(self) -> Any:
+    def _forward(self, batch: FloatArray) -> FloatArray:
         net = getattr(self._local, "net", None)
         if net is None:
             net = self._local.net = cv2.dnn.readNetFromONNX(str(self.model))
-        return net
+        net.setInput(batch)
+        return np.array(net.forward(), dtype=np.float32)
 
-    def embed(self, crops: list[Crop]) -> FloatArray:
-        if not crops:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        batch, net, parts = preprocess(crops), self._net(), []
-        for i in range(0, len(batch), self.max_batch):
-            net.setInput(batch[i : i + self.max_batch])
-            parts.append(np.array(net.forward(), dtype=np.float32))
-        return l2_normalise(np.concatenate(parts))
+
+class OpenVinoBackend(_InProcessBackend):
+    """SFace on OpenVINO's CPU plugin in this process: the same graph and numbers as ONNX Runtime
+    (within 1e-5), at the least CPU a face of the three runtimes on the CPUs measured
+    (bench/models.py). An inference request is not thread-safe, so each calling thread gets its own."""
+
+    def __init__(self, model: Path, batch: int = CPU_BATCH) -> None:
+        super().__init__(model)
+        import openvino  # here, not at the top: 0.2 s of every command's start, needed by model processes only
+
+        core = openvino.Core()
+        # One thread a call, as on the other runtimes: concurrency comes from the model processes,
+        # and they must not be pinned (the plugin pins every process's thread to the same first
+        # core: two model processes on two cores then ran at half speed). f32 throughout: on CPUs
+        # with bf16 units the plugin would otherwise compute in bf16 and the embeddings (and every
+        # calibrated threshold) would move.
+        config = {
+            "INFERENCE_NUM_THREADS": 1,
+            "NUM_STREAMS": 1,
+            "PERFORMANCE_HINT": "LATENCY",
+            "ENABLE_CPU_PINNING": False,
+        }
+        self._compiled = core.compile_model(
+            core.read_model(str(model)), "CPU", {**config, "INFERENCE_PRECISION_HINT": "f32"}
+        )
+        self.max_batch = batch
+        self._local = threading.local()
+        self.dim = int(self._forward(np.zeros((1, 3, ALIGNED_SIZE, ALIGNED_SIZE), np.float32)).shape[1])
+
+    def _forward(self, batch: FloatArray) -> FloatArray:
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self._compiled.create_infer_request()
+        return np.array(request.infer({0: batch})[0], dtype=np.float32)
 
 
 @functools.cache
-def load_backend(model: Path, runtime: Runtime = "opencv") -> EmbeddingBackend:
+def load_backend(model: Path, runtime: Runtime = "openvino") -> EmbeddingBackend:
     """The in-process backend for the prepared model file `model`, one per process (a model
     process loads it once, see `facestream.runtime.compute`)."""
     if runtime == "onnxruntime":
         return OnnxRuntimeBackend(model)
-    return OpenCvBackend(model)
+    if runtime == "opencv":
+        return OpenCvBackend(model)
+    return OpenVinoBackend(model)
 
 
 def embed_with(model: Path, runtime: Runtime, crops: list[Crop]) -> FloatArray:
