@@ -111,3 +111,16 @@ def test_the_runtimes_give_the_same_embeddings(detector: FaceDetector) -> None:
             parallel = list(pool.map(lambda i, b=backend: b.embed(crops[i : i + 3]), range(0, len(crops), 3)))
         assert np.abs(np.concatenate(parallel) - reference).max() < 1e-5
         assert backend.embed([]).shape == (0, 128)
+
+
+def test_openvino_runs_unpinned_in_f32_on_one_thread() -> None:
+    """The model processes are the concurrency, so the plugin must not pin: by default it pinned each
+    process's inference thread to the same first core, and two model processes on two cores ran
+    at half speed (README, Throughput). And f32, not the bf16 it picks on CPUs that have it: bf16
+    would move the embeddings away from those the thresholds were calibrated on."""
+    import openvino
+
+    compiled = OpenVinoBackend(MODEL).compiled
+    assert compiled.get_property("ENABLE_CPU_PINNING") is False
+    assert compiled.get_property("INFERENCE_PRECISION_HINT") == openvino.Type.f32
+    assert compiled.get_property("INFERENCE_NUM_THREADS") == 1

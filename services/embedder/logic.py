@@ -160,7 +160,7 @@ class OpenVinoBackend(_InProcessBackend):
             "PERFORMANCE_HINT": "LATENCY",
             "ENABLE_CPU_PINNING": False,
         }
-        self._compiled = core.compile_model(
+        self.compiled = core.compile_model(
             core.read_model(str(model)), "CPU", {**config, "INFERENCE_PRECISION_HINT": "f32"}
         )
         self.max_batch = batch
@@ -170,7 +170,7 @@ class OpenVinoBackend(_InProcessBackend):
     def _forward(self, batch: FloatArray) -> FloatArray:
         request = getattr(self._local, "request", None)
         if request is None:
-            request = self._local.request = self._compiled.create_infer_request()
+            request = self._local.request = self.compiled.create_infer_request()
         return np.array(request.infer({0: batch})[0], dtype=np.float32)
 
 
