@@ -25,8 +25,15 @@ fetch() {
   if [ -f "$lib/.complete" ]; then return 0; fi
   echo "kafka: resolving broker jars from Maven Central" >&2
   rm -rf "$lib"
-  mvn -q -B -f "$root/kafka/pom.xml" dependency:copy-dependencies \
-    -DoutputDirectory="$lib" -DincludeScope=runtime >&2
+  # Maven's output is shown only when it fails: a quiet run still prints bare colour codes.
+  local out
+  if ! out=$(mvn -q -B -Dstyle.color=never -f "$root/kafka/pom.xml" dependency:copy-dependencies \
+    -DoutputDirectory="$lib" -DincludeScope=runtime 2>&1); then
+    printf '%s\n' "$out" >&2
+    echo "kafka: resolving the broker jars failed (output above)" >&2
+    exit 1
+  fi
+  echo "kafka: $(ls "$lib" | wc -l) jars in $lib" >&2
   touch "$lib/.complete"
 }
 

@@ -71,6 +71,9 @@ class EmbedderStage:
     async def start(self) -> None:
         if isinstance(self.backend, AsyncEmbeddingBackend):
             await self.backend.start()
+        # Named once: otherwise only the time a face takes tells which runtime embeds.
+        runtime = type(self.backend).__name__ if self.backend else self.settings.embedder_runtime
+        log.info("embedder_runtime", runtime=runtime)
 
     async def stop(self) -> None:
         if isinstance(self.backend, AsyncEmbeddingBackend):
