@@ -69,8 +69,7 @@ CONF
 
 # The JIT's first tier only (FACESTREAM_KAFKA_JVM_OPTS replaces it, set empty for the JVM's default):
 # the optimising tier spent 10-16 s of CPU compiling in a fresh broker's first pipeline run and still
-# 1-2 s a run half an hour later, while the broker's own CPU per probe was no lower once it settled
-# (README, Throughput). This broker is for development, tests and benches on small machines.
+# 1-2 s in the sixth, while the broker's own CPU per probe was no lower with it (README, Throughput). This broker is for development, tests and benches on small machines.
 jvm_opts=(-Xms256m -Xmx1g -XX:+UseG1GC ${FACESTREAM_KAFKA_JVM_OPTS--XX:TieredStopAtLevel=1} -Djava.awt.headless=true
   -Dlog4j2.configurationFile="$root/kafka/log4j2.yaml")
 java_run() {
