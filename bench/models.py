@@ -96,10 +96,10 @@ def main() -> int:
         faces = detector.detect(image)
         if faces:
             crops.append(align(image, faces[0]))
-    backend = OnnxRuntimeBackend(prepared_path(ROOT / "models"))
-    opencv, single = OpenCvBackend(prepared_path(ROOT / "models")), OpenCvBackend(prepared_path(ROOT / "models"), 1)
-    openvino = OpenVinoBackend(prepared_path(ROOT / "models"))
-    openvino_single = OpenVinoBackend(prepared_path(ROOT / "models"), 1)
+    model = prepared_path(ROOT / "models")
+    backend = OnnxRuntimeBackend(model)
+    opencv, single = OpenCvBackend(model), OpenCvBackend(model, 1)
+    openvino, openvino_single = OpenVinoBackend(model), OpenVinoBackend(model, 1)
     batches = [crops[i : i + 16] for i in range(0, len(crops), 16)]
     sface = cv2.FaceRecognizerSF.create(str(path_of(SFACE)), "")
     runs: dict[str, tuple[list[Any], Callable[[Any], Any]]] = {

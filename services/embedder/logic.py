@@ -70,23 +70,27 @@ def l2_normalise(vectors: FloatArray) -> FloatArray:
 
 
 class _InProcessBackend:
-    """What the in-process runtimes share: the prepared file's check, and `embed` as calls of at most
-    `max_batch` faces to `_forward`."""
+    """What the in-process runtimes share: the prepared file's check, `embed` as calls of at most
+    `max_batch` faces to `_forward`, and `_local` for what a runtime must hold one of per thread."""
 
     model_name = SFACE.name
     model_version = SFACE.version
     dim: int
-    max_batch: int
 
-    def __init__(self, model: Path) -> None:
+    def __init__(self, model: Path, batch: int) -> None:
         if not model.exists():
             raise ModelError(
                 f"{model} is missing: prepare it with `facestream prepare-model` (part of scripts/install.sh)"
             )
-        self.model = model
+        self.model, self.max_batch = model, batch
+        self._local = threading.local()
 
     def _forward(self, batch: FloatArray) -> FloatArray:
         raise NotImplementedError
+
+    def _output_dim(self) -> int:
+        """The embedding's length, from one blank face through the runtime."""
+        return int(self._forward(np.zeros((1, 3, ALIGNED_SIZE, ALIGNED_SIZE), np.float32)).shape[1])
 
     def embed(self, crops: list[Crop]) -> FloatArray:
         if not crops:
@@ -100,16 +104,15 @@ class OnnxRuntimeBackend(_InProcessBackend):
     """SFace on ONNX Runtime in this process. Thread-safe: call `embed` from several threads."""
 
     def __init__(self, model: Path, threads: int = 1) -> None:
-        super().__init__(model)
+        # The packaged file has a fixed batch of 1; a prepared model may have a dynamic one, but one
+        # face a call is the fastest per face on ONNX Runtime's CPU provider (bench/models.py).
+        super().__init__(model, batch=1)
         self.session = ort.InferenceSession(str(model), session_options(threads), providers=["CPUExecutionProvider"])
         inputs = self.session.get_inputs()
         self.input_name = inputs[0].name
         shape = inputs[0].shape
         if list(shape[1:]) != [3, ALIGNED_SIZE, ALIGNED_SIZE]:
             raise ModelError(f"SFace input shape {shape} != [N, 3, 112, 112]")
-        # The packaged file has a fixed batch of 1; a prepared model may have a dynamic one, but one
-        # face a call is the fastest per face on ONNX Runtime's CPU provider (bench/models.py).
-        self.max_batch = 1
         self.output_name = self.session.get_outputs()[0].name
         self.dim = int(self.session.get_outputs()[0].shape[1])
 
@@ -124,12 +127,10 @@ class OpenCvBackend(_InProcessBackend):
     `cv2.dnn.Net` is not thread-safe, so each thread that calls `embed` gets its own."""
 
     def __init__(self, model: Path, batch: int = CPU_BATCH) -> None:
-        super().__init__(model)
+        super().__init__(model, batch)
         # One thread a call, like ONNX Runtime's options: concurrency comes from the model processes.
         cv2.setNumThreads(1)
-        self.max_batch = batch
-        self._local = threading.local()
-        self.dim = int(self._forward(np.zeros((1, 3, ALIGNED_SIZE, ALIGNED_SIZE), np.float32)).shape[1])
+        self.dim = self._output_dim()
 
     def _forward(self, batch: FloatArray) -> FloatArray:
         net = getattr(self._local, "net", None)
@@ -145,7 +146,7 @@ class OpenVinoBackend(_InProcessBackend):
     (bench/models.py). An inference request is not thread-safe, so each calling thread gets its own."""
 
     def __init__(self, model: Path, batch: int = CPU_BATCH) -> None:
-        super().__init__(model)
+        super().__init__(model, batch)
         import openvino  # here, not at the top: 0.2 s of every command's start, needed by model processes only
 
         core = openvino.Core()
@@ -159,13 +160,10 @@ class OpenVinoBackend(_InProcessBackend):
             "NUM_STREAMS": 1,
             "PERFORMANCE_HINT": "LATENCY",
             "ENABLE_CPU_PINNING": False,
+            "INFERENCE_PRECISION_HINT": "f32",
         }
-        self.compiled = core.compile_model(
-            core.read_model(str(model)), "CPU", {**config, "INFERENCE_PRECISION_HINT": "f32"}
-        )
-        self.max_batch = batch
-        self._local = threading.local()
-        self.dim = int(self._forward(np.zeros((1, 3, ALIGNED_SIZE, ALIGNED_SIZE), np.float32)).shape[1])
+        self.compiled = core.compile_model(core.read_model(str(model)), "CPU", config)
+        self.dim = self._output_dim()
 
     def _forward(self, batch: FloatArray) -> FloatArray:
         request = getattr(self._local, "request", None)
